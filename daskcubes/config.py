@@ -1,0 +1,125 @@
+"""Settings of a run: presets in ``conf/*.yaml``, overridden by command-line values.
+
+Every setting has one name, used alike in YAML files, on the command line
+(``--cubes`` for ``cubes``) and in Python (``Config(cubes=...)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from daskcubes.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+Scheduler = Literal["sync", "threads", "processes"]
+DType = Literal["float64", "float32"]
+Compressor = Literal["none", "lz4", "zstd"]
+FrameFormat = Literal["parquet", "csv"]
+
+
+class Config(BaseModel):
+    """All settings of a daskcubes run, validated.
+
+    Unknown keys and bad values raise :class:`UserError` through :func:`load_config`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # -- frames ------------------------------------------------------------------
+    frames: str = Field(
+        "daskcubes-data/frames",
+        description="frame files: a directory, or a glob such as 'data/*.parquet'",
+    )
+    synthetic: bool = Field(
+        True, description="generate synthetic frames into 'frames' before ingesting"
+    )
+    frame_format: FrameFormat = Field("parquet", description="file format of synthetic frames")
+    n_frames: int = Field(100, ge=1, description="synthetic frames: how many")
+    n_rows: int = Field(1000, ge=1, description="synthetic frames: rows per frame")
+    n_cols: int = Field(1000, ge=1, description="synthetic frames: columns per frame")
+    allow_nonfinite: bool = Field(False, description="accept NaN and infinite frame values")
+    # -- stores ------------------------------------------------------------------
+    frames_store: str = Field(
+        "daskcubes-data/frames.zarr", description="zarr store the frames are ingested into"
+    )
+    out: str = Field("daskcubes-data/cubes.zarr", description="zarr store the cubes are written to")
+    compressor: Compressor = Field(
+        "none", description="codec of the cube store (random floats compress ~1.14x)"
+    )
+    # -- cubes -------------------------------------------------------------------
+    cubes: int = Field(100, ge=1, description="number of cubes to cut")
+    dim: int = Field(100, ge=1, description="cube edge: rows and columns taken from each frame")
+    seed: int = Field(0, ge=0, description="root seed: cube i depends only on (seed, i)")
+    dtype: DType = Field("float64", description="dtype of the cubes")
+    shard_size: int = Field(16, ge=1, description="cubes per shard file of the cube store")
+    batch_size: int = Field(
+        16, ge=1, description="cubes per task: a multiple of shard_size (does not change the store)"
+    )
+    # -- execution ---------------------------------------------------------------
+    scheduler: Scheduler = Field("threads", description="Dask scheduler")
+    workers: int | None = Field(
+        None, ge=1, description="threads or processes (default: one per core)"
+    )
+
+    @model_validator(mode="after")
+    def _cube_fits_synthetic_frames(self) -> Config:
+        if self.synthetic and self.dim > min(self.n_rows, self.n_cols):
+            raise ValueError(
+                f"dim {self.dim} is larger than the synthetic frames "
+                f"({self.n_rows} rows x {self.n_cols} columns)"
+            )
+        return self
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    name = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return (
+            f"{source}: unknown setting '{name}'; known settings: {', '.join(Config.model_fields)}"
+        )
+    value = first.get("input")
+    where = f"setting '{name}'" if name else "settings"
+    return f"{source}: {where}: {first['msg']} (got {value!r})"
+
+
+def read_preset(path: str | Path) -> dict[str, Any]:
+    """Read a YAML preset into a mapping; a name without suffix means ``conf/NAME.yaml``."""
+    file = Path(path)
+    if not file.suffix and not file.exists():
+        file = CONF_DIR / f"{path}.yaml"
+    try:
+        data = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise UserError(f"{file}: cannot read config file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{file}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{file}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(preset: str | Path | None = None, **overrides: Any) -> Config:
+    """Build a :class:`Config` from a preset file (default ``conf/default.yaml``) and overrides.
+
+    Overrides whose value is ``None`` are ignored, so parsed command-line options can be
+    passed straight through.
+    """
+    preset = preset or CONF_DIR / "default.yaml"
+    values = read_preset(preset)
+    try:
+        Config(**values)
+    except ValidationError as exc:
+        raise UserError(_describe(exc, str(preset))) from None
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Config(**{**values, **given})
+    except ValidationError as exc:
+        raise UserError(_describe(exc, "command line")) from None

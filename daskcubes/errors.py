@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can fix."""
+
+
+class UserError(Exception):
+    """Bad input, bad settings or an unusable store.
+
+    The message is one line that names the offending file or setting and says what
+    was expected; the command line prints it without a traceback and exits non-zero.
+    """

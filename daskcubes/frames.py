@@ -1,0 +1,183 @@
+"""Frame files: find them, check they agree, and read one into a numpy array.
+
+A frame is one 2-D numeric table from one parquet or CSV file. Frame order is the
+natural sort order of the file names (``frame_2`` before ``frame_10``). All frames
+must share shape, column names and order; anything else is a :class:`UserError`
+raised before any output exists.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from natsort import natsorted
+
+from daskcubes.errors import UserError
+
+FRAME_SUFFIXES = (".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class FrameFile:
+    """What is known of one frame file without reading its values."""
+
+    path: str
+    n_rows: int
+    columns: tuple[str, ...]
+    dtype: str
+    size: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    """The shape every frame shares."""
+
+    n_rows: int
+    columns: tuple[str, ...]
+    dtype: str
+
+    @property
+    def n_cols(self) -> int:
+        return len(self.columns)
+
+
+def find_frame_files(pattern: str) -> list[str]:
+    """Frame files named by a directory or a glob, in natural sort order."""
+    if os.path.isdir(pattern):
+        paths = [str(p) for p in Path(pattern).iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
+    else:
+        paths = [p for p in glob.glob(pattern) if os.path.isfile(p)]
+    if not paths:
+        raise UserError(
+            f"frames '{pattern}': no frame files found (expected *.parquet or *.csv files)"
+        )
+    unknown = [p for p in paths if Path(p).suffix.lower() not in FRAME_SUFFIXES]
+    if unknown:
+        raise UserError(f"{unknown[0]}: not a frame file (expected a .parquet or .csv suffix)")
+    return list(natsorted(paths))
+
+
+def fingerprint(path: str, size: int) -> str:
+    """A cheap content fingerprint: size plus a hash of the first and last 64 KiB."""
+    digest = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as file:
+        digest.update(file.read(65536))
+        if size > 65536:
+            file.seek(max(65536, size - 65536))
+            digest.update(file.read())
+    return digest.hexdigest()
+
+
+def _numeric_dtype(path: str, schema: pa.Schema) -> str:
+    for field in schema:
+        if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
+            raise UserError(
+                f"{path}: column '{field.name}' has type {field.type}; expected numbers"
+            )
+    dtypes = [field.type.to_pandas_dtype() for field in schema]
+    return str(np.result_type(*dtypes)) if dtypes else "float64"
+
+
+def _csv_header(path: str) -> tuple[str, ...]:
+    with open(path, newline="") as file:
+        header = file.readline().rstrip("\r\n")
+    if not header:
+        raise UserError(f"{path}: empty CSV file (expected a header line of column names)")
+    return tuple(name.strip('"') for name in header.split(","))
+
+
+def _csv_rows(path: str) -> int:
+    """Count data lines without parsing them (a trailing newline is optional)."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    if last != b"\n":
+        lines += 1
+    return lines - 1
+
+
+def inspect_frame(path: str) -> FrameFile:
+    """Read a frame file's metadata (not its values) and check it is usable."""
+    size = os.path.getsize(path)
+    if size == 0:
+        raise UserError(f"{path}: empty file (expected a parquet or CSV frame)")
+    if path.lower().endswith(".parquet"):
+        try:
+            meta = pq.read_metadata(path)
+            schema = meta.schema.to_arrow_schema()
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"{path}: not a readable parquet file ({exc})") from None
+        pandas_index = {"__index_level_0__"}
+        schema = pa.schema([f for f in schema if f.name not in pandas_index])
+        n_rows, columns, dtype = meta.num_rows, tuple(schema.names), _numeric_dtype(path, schema)
+    else:
+        n_rows, columns, dtype = _csv_rows(path), _csv_header(path), "float64"
+    if n_rows < 1 or not columns:
+        raise UserError(
+            f"{path}: frame has {n_rows} rows and {len(columns)} columns; expected data"
+        )
+    return FrameFile(path, n_rows, columns, dtype, size, fingerprint(path, size))
+
+
+def check_frames_agree(files: list[FrameFile]) -> FrameSpec:
+    """The shape all frames share, or a :class:`UserError` naming the first that differs."""
+    first = files[0]
+    for other in files[1:]:
+        if other.columns != first.columns:
+            if sorted(other.columns) == sorted(first.columns):
+                problem = "has the same columns in a different order"
+            else:
+                problem = f"has {len(other.columns)} columns named differently"
+            raise UserError(f"{other.path}: {problem} than {first.path}")
+        if other.n_rows != first.n_rows:
+            raise UserError(
+                f"{other.path}: has {other.n_rows} rows; expected {first.n_rows} like {first.path}"
+            )
+    dtype = str(np.result_type(*[f.dtype for f in files]))
+    return FrameSpec(first.n_rows, first.columns, dtype)
+
+
+def read_frame(path: str, spec: FrameSpec, allow_nonfinite: bool = False) -> np.ndarray:
+    """Read one frame's values, shape ``(n_rows, n_cols)``, checked against ``spec``."""
+    with open(path, "rb") as file:
+        data = file.read()
+    try:
+        if path.lower().endswith(".parquet"):
+            table = pq.read_table(io.BytesIO(data), columns=list(spec.columns))
+        else:
+            types = dict.fromkeys(spec.columns, pa.float64())
+            table = pacsv.read_csv(
+                io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types=types)
+            )
+    except pa.ArrowInvalid as exc:
+        detail = str(exc).splitlines()[0]
+        raise UserError(f"{path}: cannot read frame values ({detail})") from None
+    if table.num_rows != spec.n_rows or tuple(table.column_names) != spec.columns:
+        raise UserError(
+            f"{path}: frame is {table.num_rows} x {table.num_columns}; "
+            f"expected {spec.n_rows} x {spec.n_cols} with the same columns as the other frames"
+        )
+    values = np.empty((spec.n_rows, spec.n_cols), dtype=spec.dtype)
+    for j, column in enumerate(table.columns):
+        if column.null_count:
+            raise UserError(f"{path}: column '{spec.columns[j]}' has missing values")
+        values[:, j] = column.to_numpy()
+    if not allow_nonfinite and values.dtype.kind == "f" and not np.isfinite(values).all():
+        row, col = np.argwhere(~np.isfinite(values))[0]
+        raise UserError(
+            f"{path}: value {values[row, col]} at row {row}, column '{spec.columns[col]}'; "
+            "expected finite numbers (allow_nonfinite: true accepts NaN and infinity)"
+        )
+    return values

@@ -1,0 +1,102 @@
+"""Reading a cube store from training code.
+
+Imports nothing from the executors: reading needs only zarr and numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from daskcubes.errors import UserError
+from daskcubes.plan import Recipes
+from daskcubes.store import open_group, store_attrs
+
+Index = int | slice | Sequence[int] | np.ndarray
+
+
+class CubeStore:
+    """A complete cube store, opened read-only.
+
+    ``len(store)`` is the number of cubes; ``store[i]`` is cube ``i`` as a numpy array
+    of shape ``(depth, dim, dim)``; ``store[a:b]`` and ``store[[i, j]]`` give a stacked
+    ``(n, depth, dim, dim)`` array; ``store.recipes(...)`` tells where each cube came from.
+    """
+
+    def __init__(self, group: zarr.Group, path: str) -> None:
+        self.path = path
+        self.attrs: dict[str, Any] = store_attrs(group)
+        self.cubes: zarr.Array = group["cubes"]  # type: ignore[assignment]
+        self._group = group
+
+    def __len__(self) -> int:
+        return int(self.cubes.shape[0])
+
+    def __repr__(self) -> str:
+        return f"<CubeStore {self.path!r}: {len(self)} cubes of {self.cube_shape} {self.dtype}>"
+
+    @property
+    def cube_shape(self) -> tuple[int, int, int]:
+        _, depth, rows, cols = self.cubes.shape
+        return (depth, rows, cols)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.cubes.dtype)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.attrs.get("complete"))
+
+    def _positions(self, index: Index) -> np.ndarray | int:
+        if isinstance(index, int | np.integer):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"cube {index} out of range for {len(self)} cubes")
+            return int(index) % len(self)
+        if isinstance(index, slice):
+            return np.arange(len(self))[index]
+        positions = np.asarray(index, dtype=np.int64)
+        if positions.size and not (-len(self) <= positions.min() and positions.max() < len(self)):
+            raise IndexError(f"cube index out of range for {len(self)} cubes")
+        return positions % len(self)
+
+    def __getitem__(self, index: Index) -> np.ndarray:
+        positions = self._positions(index)
+        if isinstance(index, slice) and index.step in (None, 1):
+            return np.asarray(self.cubes[index])
+        if isinstance(positions, int):
+            return np.asarray(self.cubes[positions])
+        return np.asarray(self.cubes.get_orthogonal_selection((positions,)))
+
+    def recipes(self, index: Index) -> Recipes:
+        """Source frames, first row and source columns of the cubes at ``index``."""
+        positions = np.atleast_1d(np.asarray(self._positions(index)))
+        select = (positions,)
+        return Recipes(
+            start=int(positions[0]) if positions.size else 0,
+            frames=np.asarray(self._group["frames"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
+            rows=np.asarray(self._group["rows"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
+            columns=np.asarray(self._group["columns"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
+        )
+
+
+def open_cubes(path: str, allow_incomplete: bool = False) -> CubeStore:
+    """Open the cube store at ``path`` for reading.
+
+    Raises :class:`UserError` unless the store is complete, since missing chunks of an
+    unfinished run would silently read back as zeros; ``allow_incomplete=True`` opens
+    it anyway.
+    """
+    group = open_group(path, "cube store")
+    store = CubeStore(group, path)
+    if store.attrs.get("kind") != "cubes":
+        raise UserError(f"cube store '{path}': holds {store.attrs.get('kind')}, not cubes")
+    if not store.complete and not allow_incomplete:
+        raise UserError(
+            f"cube store '{path}': incomplete (its run did not finish); "
+            "open_cubes(..., allow_incomplete=True) reads it anyway"
+        )
+    return store

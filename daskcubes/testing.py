@@ -1,0 +1,41 @@
+"""Helpers for tests of daskcubes and of code built on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from daskcubes.plan import Recipes
+
+
+def expected_cubes(frames: np.ndarray, recipes: Recipes) -> np.ndarray:
+    """Cubes by the definition, ``cube[f, r, c] = frames[frame[f], row + r, column[c]]``.
+
+    A slow, obvious oracle: ``frames`` is ``(n_frames, n_rows, n_cols)``.
+    """
+    n, dim = recipes.columns.shape
+    cubes = np.empty((n, recipes.frames.shape[1], dim, dim), dtype=frames.dtype)
+    for i in range(n):
+        rows = slice(recipes.rows[i], recipes.rows[i] + dim)
+        cubes[i] = frames[recipes.frames[i]][:, rows][:, :, recipes.columns[i]]
+    return cubes
+
+
+def store_files(path: str | Path) -> dict[str, bytes]:
+    """Every file of a local zarr store by relative path, except the root group's
+    metadata (which records when and how the run went)."""
+    root = Path(path)
+    return {
+        str(file.relative_to(root)): file.read_bytes()
+        for file in sorted(root.rglob("*"))
+        if file.is_file() and file != root / "zarr.json"
+    }
+
+
+def assert_stores_identical(a: str | Path, b: str | Path) -> None:
+    """Assert two local stores hold byte-identical arrays (chunks and array metadata)."""
+    files_a, files_b = store_files(a), store_files(b)
+    assert sorted(files_a) == sorted(files_b), f"{a} and {b} hold different files"
+    differ = [name for name in files_a if files_a[name] != files_b[name]]
+    assert not differ, f"{a} and {b} differ in {differ[:5]}"

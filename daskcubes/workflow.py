@@ -1,0 +1,144 @@
+"""The command line: ``python -m daskcubes.workflow [COMMAND] [OPTIONS]``.
+
+Parses arguments, loads the config, runs the stages, reports. Every setting of
+:class:`~daskcubes.config.Config` is an option (``batch_size`` is ``--batch-size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from daskcubes import pipeline
+from daskcubes.config import Config, load_config
+from daskcubes.errors import UserError
+from daskcubes.store import open_group, store_attrs
+
+COMMANDS = {
+    "run": "generate synthetic frames (if 'synthetic'), ingest them, cut cubes (the default)",
+    "generate": "write synthetic frame files (parquet or CSV) into --frames",
+    "ingest": "read frame files (--frames) into the zarr frames store (--frames-store)",
+    "sample": "cut cubes from the frames store into the cube store (--out)",
+    "info": "describe a frames store or a cube store",
+}
+
+
+def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
+    field = Config.model_fields[name]
+    flag = "--" + name.replace("_", "-")
+    text = f"{field.description} (preset default: {field.default})"
+    annotation = field.annotation
+    args = typing.get_args(annotation)
+    if annotation is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+    elif typing.get_origin(annotation) is typing.Literal:
+        parser.add_argument(flag, choices=args, default=None, help=text)
+    elif annotation is int or (isinstance(annotation, types.UnionType) and int in args):
+        parser.add_argument(flag, type=int, default=None, metavar="N", help=text)
+    else:
+        parser.add_argument(flag, default=None, metavar="VALUE", help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m daskcubes.workflow",
+        description="Cut 3-D training cubes out of many 2-D frames with Dask and zarr.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command, text in COMMANDS.items():
+        sub = commands.add_parser(command, help=text, description=text, parents=[common])
+        if command == "info":
+            sub.add_argument("store", help="path of a frames store or cube store")
+            continue
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            help="YAML preset: a file, or the name of one in conf/ (default: conf/default.yaml)",
+        )
+        for name in Config.model_fields:
+            _add_setting(sub, name)
+        sub.add_argument(
+            "--overwrite", action="store_true", help="replace existing stores and frame files"
+        )
+        sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {name: getattr(args, name) for name in Config.model_fields}
+    if args.frames is not None and args.synthetic is None:
+        overrides["synthetic"] = False  # frames named on the command line are the user's data
+    return load_config(args.config, **overrides)
+
+
+def describe_store(path: str) -> list[str]:
+    """Lines describing a frames store or cube store."""
+    group = open_group(path, "store")
+    attrs = store_attrs(group)
+    lines = [f"{path}: daskcubes {attrs.get('kind')} store, created {attrs.get('created')}"]
+    for name, array in group.arrays():
+        lines.append(f"  {name}: shape {array.shape}, {array.dtype}, chunks {array.chunks}")
+    complete = attrs.get("complete")
+    lines.append(f"  complete: {complete['finished'] if complete else 'no (run did not finish)'}")
+    if attrs.get("kind") == "cubes":
+        lines.append(f"  plan: {attrs['plan']}")
+        lines.append(f"  frames store: {attrs['frames_store']['path']}")
+    else:
+        lines.append(f"  sources: {len(attrs['sources'])} files, columns {len(attrs['columns'])}")
+    return lines
+
+
+def _report(results: list[pipeline.StageResult]) -> None:
+    for result in results:
+        print(result.summary())
+    last = results[-1]
+    if last.stage == "sample":
+        print(
+            f"daskcubes: {last.items} cubes, {last.nbytes / 1e9:.2f} GB, {last.seconds:.1f} s, "
+            f"{last.rate:.1f} cubes/s; cube store {last.path}"
+        )
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "info":
+        print("\n".join(describe_store(args.store)))
+        return
+    config = config_from_args(args)
+    stage: Any = {
+        "run": pipeline.run,
+        "generate": pipeline.generate,
+        "ingest": pipeline.ingest,
+        "sample": pipeline.sample,
+    }[args.command]
+    results = stage(config, overwrite=args.overwrite, show_progress=not args.quiet)
+    _report(results if isinstance(results, list) else [results])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in [*COMMANDS, "-h", "--help"]:
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    args.command = args.command or "run"
+    try:
+        _dispatch(args)
+    except UserError as error:
+        if args.debug:
+            raise
+        print(f"daskcubes: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("daskcubes: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The whole pipeline on small shapes: cubes checked against the source files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from natsort import natsorted
+
+from daskcubes import open_cubes, pipeline
+from daskcubes.config import Config
+from daskcubes.testing import assert_stores_identical, expected_cubes
+from tests.conftest import small_config
+
+
+def source_frames(config: Config) -> np.ndarray:
+    """The frame files read independently, with pandas, in natural name order."""
+    paths = natsorted(Path(config.frames).iterdir())
+    read = pd.read_csv if config.frame_format == "csv" else pd.read_parquet
+    return np.stack([read(path).to_numpy() for path in paths])
+
+
+def run(config: Config) -> None:
+    pipeline.run(config, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"seed": 0, "frame_format": "csv"},
+        {"seed": 123, "n_rows": 8, "n_cols": 30, "dim": 8},  # dim == rows < cols
+        {"seed": 5, "n_rows": 30, "n_cols": 9, "dim": 4, "dtype": "float32"},
+        {"seed": 9, "n_frames": 1, "cubes": 3, "shard_size": 2, "batch_size": 2},
+        {"seed": 11, "n_frames": 12, "cubes": 17},  # ragged last batch; frame_10 after frame_2
+    ],
+)
+def test_cubes_match_the_source_files(tmp_path: Path, overrides: dict) -> None:
+    config = small_config(tmp_path, **overrides)
+    run(config)
+    store = open_cubes(config.out)
+    recipes = store.recipes(slice(None))
+    frames = source_frames(config)
+    assert len(store) == config.cubes
+    assert store.cube_shape == (config.n_frames, config.dim, config.dim)
+    assert store.dtype == np.dtype(config.dtype)
+    assert np.array_equal(store[:], expected_cubes(frames, recipes).astype(config.dtype))
+
+
+def test_stores_are_identical_across_schedulers_workers_and_batch_sizes(tmp_path: Path) -> None:
+    oracle = small_config(tmp_path / "sync")
+    run(oracle)
+    for name, overrides in {
+        "threads-1": {"scheduler": "threads", "workers": 1},
+        "threads-3": {"scheduler": "threads", "workers": 3, "batch_size": 4},
+        "processes-2": {"scheduler": "processes", "workers": 2, "batch_size": 16},
+    }.items():
+        config = small_config(tmp_path / name, **overrides)
+        run(config)
+        assert_stores_identical(oracle.frames_store, config.frames_store)
+        assert_stores_identical(oracle.out, config.out)
+
+
+def test_csv_and_parquet_frames_give_the_same_cubes(tmp_path: Path) -> None:
+    parquet = small_config(tmp_path / "parquet", frame_format="parquet")
+    csv = small_config(tmp_path / "csv", frame_format="csv")
+    run(parquet)
+    run(csv)
+    assert np.array_equal(open_cubes(parquet.out)[:], open_cubes(csv.out)[:])
+    assert_stores_identical(parquet.out, csv.out)
+
+
+def test_store_layout_and_provenance(config: Config) -> None:
+    run(config)
+    store = open_cubes(config.out)
+    attrs = store.attrs
+    assert attrs["complete"]["cubes"] == config.cubes
+    assert attrs["seed"] == config.seed
+    assert attrs["config"]["dim"] == config.dim
+    assert attrs["frames_store"]["path"] == config.frames_store
+    assert set(attrs["versions"]) >= {"daskcubes", "dask", "zarr", "numpy"}
+    assert store.cubes.metadata.dimension_names == ("cube", "frame", "row", "col")
+    shard_files = list(Path(config.out, "cubes").rglob("c/*/0/0/0"))
+    assert len(shard_files) == config.cubes // config.shard_size
+
+
+def test_reader_indexing(config: Config) -> None:
+    run(config)
+    store = open_cubes(config.out)
+    everything = store[:]
+    assert np.array_equal(store[3], everything[3])
+    assert np.array_equal(store[-1], everything[-1])
+    assert np.array_equal(store[[5, 1, 5]], everything[[5, 1, 5]])
+    assert np.array_equal(store[2:9:3], everything[2:9:3])
+    assert np.array_equal(store.recipes([4]).columns[0], store.recipes(slice(None)).columns[4])
+    with pytest.raises(IndexError):
+        store[len(store)]

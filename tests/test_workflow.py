@@ -1,0 +1,120 @@
+"""The command line, called as ``main(argv)`` and as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from daskcubes import open_cubes
+from daskcubes.config import CONF_DIR, Config, load_config
+from daskcubes.workflow import main
+
+
+def small_args(root: Path) -> list[str]:
+    return [
+        *("--frames", str(root / "frames"), "--synthetic"),
+        *("--frames-store", str(root / "frames.zarr"), "--out", str(root / "cubes.zarr")),
+        *("--n-frames", "4", "--n-rows", "10", "--n-cols", "12", "--dim", "5"),
+        *("--cubes", "20", "--seed", "3", "--shard-size", "4", "--batch-size", "8", "--quiet"),
+    ]
+
+
+def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(small_args(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "daskcubes: 20 cubes" in out and "cubes/s" in out and "cubes.zarr" in out
+    store = open_cubes(str(tmp_path / "cubes.zarr"))
+    assert store[:].shape == (20, 4, 5, 5)
+    assert store.attrs["config"]["seed"] == 3
+
+
+def test_stages_one_by_one_equal_run(tmp_path: Path) -> None:
+    args = small_args(tmp_path / "staged")
+    assert main(["generate", *args]) == 0
+    ingest_args = [a for a in args if a != "--synthetic"]
+    assert main(["ingest", *ingest_args]) == 0
+    assert main(["sample", *ingest_args, "--scheduler", "sync"]) == 0
+    assert main(small_args(tmp_path / "run")) == 0
+    staged = open_cubes(str(tmp_path / "staged" / "cubes.zarr"))[:]
+    assert np.array_equal(staged, open_cubes(str(tmp_path / "run" / "cubes.zarr"))[:])
+
+
+def test_info_describes_both_stores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(small_args(tmp_path))
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "cubes.zarr")]) == 0
+    assert "cubes store" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "frames.zarr")]) == 0
+    assert "frames store" in capsys.readouterr().out
+
+
+def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for name in Config.model_fields:
+        assert "--" + name.replace("_", "-") in text
+    assert "--config" in text and "--overwrite" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dim", "50"], "dim 50 is larger than the synthetic frames"),
+        (["--cubes", "0"], "setting 'cubes'"),
+        (["--config", "no-such-preset.yaml"], "no-such-preset.yaml: cannot read config file"),
+    ],
+)
+def test_bad_settings_give_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert main([*small_args(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1 and err.startswith("daskcubes: error:")
+    assert not (tmp_path / "cubes.zarr").exists()
+
+
+def test_unknown_config_key_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("cubes: 4\ncubez: 5\n")
+    assert main([*small_args(tmp_path), "--config", str(preset)]) == 2
+    assert "unknown setting 'cubez'" in capsys.readouterr().err
+
+
+def test_existing_output_is_not_overwritten_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(small_args(tmp_path)) == 0
+    before = open_cubes(str(tmp_path / "cubes.zarr"))[:]
+    assert main([*small_args(tmp_path), "--no-synthetic"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert np.array_equal(open_cubes(str(tmp_path / "cubes.zarr"))[:], before)
+    assert main([*small_args(tmp_path), "--overwrite", "--seed", "4"]) == 0
+    assert not np.array_equal(open_cubes(str(tmp_path / "cubes.zarr"))[:], before)
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in CONF_DIR.glob("*.yaml")))
+def test_presets_are_valid(preset: str) -> None:
+    assert isinstance(load_config(preset), Config)
+
+
+def test_default_preset_is_the_embedded_default() -> None:
+    values = yaml.safe_load((CONF_DIR / "default.yaml").read_text())
+    assert Config(**values) == Config()
+
+
+def test_module_runs_as_a_program(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "daskcubes.workflow", *small_args(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "daskcubes: 20 cubes" in done.stdout
