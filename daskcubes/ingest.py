@@ -6,12 +6,14 @@ bounded by the frames in flight (about one per worker thread), never by their nu
 
 from __future__ import annotations
 
+from typing import Any
+
 import dask
 import dask.array as da
 from dask.base import tokenize
 
 from daskcubes.frames import FrameFile, FrameSpec, check_frames_agree, inspect_frame, read_frame
-from daskcubes.store import FRAME_ROW_CHUNK, create_frames_store
+from daskcubes.store import FRAME_ROW_CHUNK, WriteMode, create_frames_store
 
 
 def inspect_frames(paths: list[str]) -> tuple[list[FrameFile], FrameSpec]:
@@ -38,12 +40,17 @@ def frames_array(files: list[FrameFile], spec: FrameSpec, allow_nonfinite: bool)
 
 
 def ingest_graph(
-    files: list[FrameFile], spec: FrameSpec, store_path: str, allow_nonfinite: bool, overwrite: bool
-) -> da.Array:
-    """Create the (empty) frames store and return the lazy write of every frame into it.
+    files: list[FrameFile],
+    spec: FrameSpec,
+    store_path: str,
+    allow_nonfinite: bool,
+    mode: WriteMode,
+) -> tuple[da.Array, dict[str, Any]]:
+    """Create (or reopen, to resume) the frames store; return the lazy write of every frame
+    into it, and the store's attributes.
 
     Each chunk of the store is written by exactly one task, so no lock is needed.
     """
-    target = create_frames_store(store_path, files, spec, overwrite)
+    target, attrs = create_frames_store(store_path, files, spec, mode)
     frames = frames_array(files, spec, allow_nonfinite)
-    return da.store(frames, target, lock=False, compute=False)  # type: ignore[arg-type]
+    return da.store(frames, target, lock=False, compute=False), attrs  # type: ignore[arg-type]

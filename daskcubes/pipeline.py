@@ -1,15 +1,20 @@
 """The stages of a run, wired from a :class:`Config`: generate → ingest → sample.
 
-Each stage validates its inputs before writing anything, runs its tasks on the
-configured executor with a progress bar, and returns a :class:`StageResult`.
+Each stage validates its inputs before writing anything, holds a lock on the store it
+writes, runs only the tasks whose work is not yet recorded as finished, records each
+finished task in the store (see :mod:`daskcubes.progress`), and marks the store
+complete at the end. ``mode`` says what to do with existing output: refuse it
+(``new``), replace it (``overwrite``) or finish it (``resume``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,18 +24,32 @@ from dask.typing import Key
 from tqdm import tqdm
 
 from daskcubes.config import Config
-from daskcubes.executors import OnDone, run_graph
+from daskcubes.errors import UserError
+from daskcubes.executors import run_graph
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_graph, inspect_frames
 from daskcubes.plan import CubePlan
+from daskcubes.progress import ProgressRecord
 from daskcubes.sample import SampleJob, sample_graph
-from daskcubes.store import create_cube_store, frames_store_info, mark_complete
-from daskcubes.synthetic import prepare_frame_directory, write_synthetic_frame
+from daskcubes.store import (
+    WriteMode,
+    create_cube_store,
+    cube_plan_attrs,
+    frames_store_info,
+    mark_complete,
+    store_lock,
+)
+from daskcubes.synthetic import (
+    prepare_frame_directory,
+    synthetic_frame_path,
+    write_synthetic_frame,
+)
 
 
 @dataclass(frozen=True)
 class StageResult:
-    """What a stage made: ``items`` things of ``unit``, ``nbytes`` bytes, at ``path``."""
+    """What a stage made: ``items`` things of ``unit`` (of which ``resumed`` had been made
+    by an earlier, interrupted run), ``nbytes`` bytes, at ``path``."""
 
     stage: str
     items: int
@@ -38,61 +57,131 @@ class StageResult:
     nbytes: int
     seconds: float
     path: str
+    resumed: int = 0
 
     @property
     def rate(self) -> float:
-        return self.items / self.seconds if self.seconds > 0 else float("inf")
+        made = self.items - self.resumed
+        return made / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> str:
+        earlier = f" ({self.resumed} made by an earlier run)" if self.resumed else ""
         return (
-            f"{self.stage}: {self.items} {self.unit}, {self.nbytes / 1e9:.2f} GB, "
+            f"{self.stage}: {self.items} {self.unit}{earlier}, {self.nbytes / 1e9:.2f} GB, "
             f"{self.seconds:.1f} s, {self.rate:.1f} {self.unit}/s -> {self.path}"
         )
 
 
 @contextmanager
-def progress(total: int, what: str, enabled: bool) -> Iterator[OnDone]:
-    """A progress bar on stderr, advanced by the ``on_done`` callback it yields."""
+def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[], None]]:
     with tqdm(total=total, desc=what, unit="task", disable=not enabled, leave=False) as bar:
-        yield lambda key: bar.update()
+        yield bar.update
 
 
-def generate(config: Config, overwrite: bool = False, show_progress: bool = True) -> StageResult:
-    """Write ``n_frames`` synthetic frame files into the ``frames`` directory."""
-    prepare_frame_directory(config.frames, overwrite)
+def _execute(
+    config: Config,
+    graph: Any,
+    keys: list[Key],
+    finished: Callable[[Key], None],
+    record: ProgressRecord | None,
+    what: str,
+    show_progress: bool,
+) -> float:
+    """Run the tasks ``keys`` of ``graph``, calling ``finished(key)`` as each ends; seconds.
+
+    The record is saved however the run ends (an error, Ctrl-C), so that ``--resume``
+    redoes only what did not finish.
+    """
+    started = time.perf_counter()
+    with _progress_bar(len(keys), what, show_progress) as advance:
+
+        def on_done(key: Key) -> None:
+            finished(key)
+            advance()
+
+        try:
+            run_graph(graph, keys, on_done, scheduler=config.scheduler, workers=config.workers)
+        finally:
+            if record is not None:
+                with suppress(OSError):  # a full disk: the error being raised says so
+                    record.save()
+    return time.perf_counter() - started
+
+
+def generate(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
+    """Write ``n_frames`` synthetic frame files into the ``frames`` directory.
+
+    Frame files are written whole or not at all, so resuming writes only the missing ones.
+    """
+    prepare_frame_directory(config.frames, mode)
     token = tokenize(config)
+    fmt = config.frame_format
+    todo = [
+        i
+        for i in range(config.n_frames)
+        if not Path(synthetic_frame_path(config.frames, fmt, i)).exists()
+    ]
     graph: dict[Key, Any] = {
         (f"generate-{token}", i): (
             write_synthetic_frame,
             config.frames,
-            config.frame_format,
+            fmt,
             config.seed,
             i,
             config.n_rows,
             config.n_cols,
         )
-        for i in range(config.n_frames)
+        for i in todo
     }
-    started = time.perf_counter()
-    with progress(len(graph), "generate", show_progress) as on_done:
-        run_graph(graph, list(graph), on_done, scheduler=config.scheduler, workers=config.workers)
-    seconds = time.perf_counter() - started
-    nbytes = sum(f.size for f in inspect_frames(find_frame_files(config.frames))[0])
-    return StageResult("generate", config.n_frames, "frames", nbytes, seconds, config.frames)
+    seconds = _execute(config, graph, list(graph), _ignore, None, "generate", show_progress)
+    files, spec = inspect_frames(find_frame_files(config.frames))
+    if (len(files), spec.n_rows, spec.n_cols) != (config.n_frames, config.n_rows, config.n_cols):
+        raise UserError(
+            f"frames '{config.frames}': holds {len(files)} frames of {spec.n_rows} x "
+            f"{spec.n_cols}; this run makes {config.n_frames} of {config.n_rows} x "
+            f"{config.n_cols} (pass --overwrite to replace them)"
+        )
+    return StageResult(
+        "generate",
+        config.n_frames,
+        "frames",
+        sum(f.size for f in files),
+        seconds,
+        config.frames,
+        resumed=config.n_frames - len(todo),
+    )
 
 
-def ingest(config: Config, overwrite: bool = False, show_progress: bool = True) -> StageResult:
+def _ignore(key: Key) -> None:
+    """Generated frames need no record: a frame file exists only once it is whole."""
+
+
+def ingest(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
     """Read the frame files into the zarr frames store, then mark it complete."""
     files, spec = inspect_frames(find_frame_files(config.frames))
-    stored = ingest_graph(files, spec, config.frames_store, config.allow_nonfinite, overwrite)
-    graph, keys = stored.__dask_graph__(), list(flatten(stored.__dask_keys__()))
-    started = time.perf_counter()
-    with progress(len(keys), "ingest", show_progress) as on_done:
-        run_graph(graph, keys, on_done, scheduler=config.scheduler, workers=config.workers)
-    seconds = time.perf_counter() - started
-    mark_complete(config.frames_store, frames=len(files))
     nbytes = len(files) * spec.n_rows * spec.n_cols * np.dtype(spec.dtype).itemsize
-    return StageResult("ingest", len(files), "frames", nbytes, seconds, config.frames_store)
+    path = config.frames_store
+    with store_lock(path, "frames store"):
+        stored, attrs = ingest_graph(files, spec, path, config.allow_nonfinite, mode)
+        if attrs["complete"]:
+            return StageResult("ingest", len(files), "frames", nbytes, 0.0, path, len(files))
+        record = ProgressRecord(path)
+        done = set(record.done.get("frames", ()))
+        # Write tasks are keyed (name, frame, row chunk, col chunk); a frame is finished
+        # once all its chunks are written.
+        keys = [key for key in flatten(stored.__dask_keys__()) if key[1] not in done]
+        chunks_left = Counter(key[1] for key in keys)
+
+        def finished(key: Key) -> None:
+            frame: int = key[1]  # type: ignore[index,assignment]
+            chunks_left[frame] -= 1
+            if not chunks_left[frame]:
+                record.finished("frames", [frame])
+
+        graph = stored.__dask_graph__()
+        seconds = _execute(config, graph, keys, finished, record, "ingest", show_progress)
+        mark_complete(path, frames=len(files))
+    return StageResult("ingest", len(files), "frames", nbytes, seconds, path, len(done))
 
 
 def sample_job(config: Config) -> SampleJob:
@@ -112,28 +201,40 @@ def sample_job(config: Config) -> SampleJob:
     return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype)
 
 
-def sample(config: Config, overwrite: bool = False, show_progress: bool = True) -> StageResult:
+def sample(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
     """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
     job = sample_job(config)
+    plan = job.plan
+    nbytes = plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize
     provenance = {
         "config": config.model_dump(),
         "seed": config.seed,
         "frames_store": {"path": job.frames.path, "fingerprint": job.frames.fingerprint},
     }
-    create_cube_store(config.out, job.plan, config.dtype, config.compressor, provenance, overwrite)
-    graph = sample_graph(job)
-    started = time.perf_counter()
-    with progress(len(graph), "sample", show_progress) as on_done:
-        run_graph(graph, list(graph), on_done, scheduler=config.scheduler, workers=config.workers)
-    seconds = time.perf_counter() - started
-    mark_complete(config.out, cubes=config.cubes)
-    nbytes = config.cubes * job.plan.depth * job.plan.dim**2 * np.dtype(config.dtype).itemsize
-    return StageResult("sample", config.cubes, "cubes", nbytes, seconds, config.out)
+    plan_attrs = cube_plan_attrs(plan, config.dtype, config.compressor, job.frames.fingerprint)
+    with store_lock(config.out, "cube store"):
+        attrs = create_cube_store(config.out, plan_attrs, provenance, mode)
+        if attrs["complete"]:
+            return StageResult(
+                "sample", plan.n_cubes, "cubes", nbytes, 0.0, config.out, plan.n_cubes
+            )
+        record = ProgressRecord(config.out)
+        done = record.done.setdefault("shards", set())
+        resumed = sum(len(range(*plan.shard_bounds(s))) for s in done)
+        graph, finishes = sample_graph(job, done, record.done.setdefault("recipes", set()))
+
+        def finished(key: Key) -> None:
+            kind, units = finishes[key]
+            record.finished(kind, units)
+
+        seconds = _execute(config, graph, list(graph), finished, record, "sample", show_progress)
+        mark_complete(config.out, cubes=plan.n_cubes)
+    return StageResult("sample", plan.n_cubes, "cubes", nbytes, seconds, config.out, resumed)
 
 
-def run(config: Config, overwrite: bool = False, show_progress: bool = True) -> list[StageResult]:
+def run(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> list[StageResult]:
     """The whole job: (synthetic frames →) frames store → cube store."""
-    results = [generate(config, overwrite, show_progress)] if config.synthetic else []
-    results.append(ingest(config, overwrite, show_progress))
-    results.append(sample(config, overwrite, show_progress))
+    results = [generate(config, mode, show_progress)] if config.synthetic else []
+    results.append(ingest(config, mode, show_progress))
+    results.append(sample(config, mode, show_progress))
     return results

@@ -100,6 +100,20 @@ class CubePlan:
         start = batch * self.batch_size
         return start, min(start + self.batch_size, self.n_cubes)
 
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_cubes // self.shard_size)
+
+    def shard_bounds(self, shard: int) -> tuple[int, int]:
+        """First cube and one past the last cube of shard file ``shard``."""
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.n_cubes)
+
+    def batch_shards(self, batch: int) -> range:
+        """The shards that batch ``batch`` writes."""
+        per_batch = self.batch_size // self.shard_size
+        return range(batch * per_batch, min((batch + 1) * per_batch, self.n_shards))
+
     def recipe_block_bounds(self, block: int) -> tuple[int, int]:
         start = block * self.recipe_block
         return start, min(start + self.recipe_block, self.n_cubes)

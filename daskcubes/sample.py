@@ -49,8 +49,10 @@ def worker_slab(frames: FramesStoreInfo, dim: int, dtype: str) -> np.ndarray:
 
 @lru_cache(maxsize=8)
 def _open_output(job: SampleJob, name: str) -> zarr.Array:
-    # Keyed by the whole job: a store replaced at the same path is opened afresh.
-    return zarr.open_array(job.out, path=name, mode="r+")
+    # Keyed by the whole job: a store replaced at the same path is opened afresh. Empty
+    # chunks are written too, so that every chunk of a finished store exists.
+    array = zarr.open_array(job.out, path=name, mode="r+")
+    return array.with_config({"write_empty_chunks": True})
 
 
 _buffers = threading.local()
@@ -87,14 +89,31 @@ def write_recipe_block(job: SampleJob, block: int) -> None:
     _open_output(job, "frames")[start:stop] = batch.frames
 
 
-def sample_graph(job: SampleJob) -> dict[Key, Any]:
-    """One task per recipe block and per batch of cubes, keyed ``(name, index)``."""
+Finishes = dict[Key, tuple[str, list[int]]]
+
+
+def sample_graph(
+    job: SampleJob, shards_done: set[int], recipes_done: set[int]
+) -> tuple[dict[Key, Any], Finishes]:
+    """Tasks for the recipe blocks and the batches of cubes not yet done.
+
+    Returns the graph, and for each task the units it finishes: ``("recipes", [block])``
+    or ``("shards", [shard, ...])``. A batch with any unfinished shard is redone whole;
+    rewriting a finished shard writes the same bytes.
+    """
     token = tokenize(job)
-    graph: dict[Key, Any] = {
-        (f"recipes-{token}", k): (write_recipe_block, job, k)
-        for k in range(job.plan.n_recipe_blocks)
-    }
-    graph.update(
-        {(f"sample-{token}", b): (write_cube_batch, job, b) for b in range(job.plan.n_batches)}
-    )
-    return graph
+    plan = job.plan
+    graph: dict[Key, Any] = {}
+    finishes: Finishes = {}
+    for block in range(plan.n_recipe_blocks):
+        if block not in recipes_done:
+            key = (f"recipes-{token}", block)
+            graph[key] = (write_recipe_block, job, block)
+            finishes[key] = ("recipes", [block])
+    for batch in range(plan.n_batches):
+        shards = plan.batch_shards(batch)
+        if not set(shards) <= shards_done:
+            key = (f"sample-{token}", batch)
+            graph[key] = (write_cube_batch, job, batch)
+            finishes[key] = ("shards", list(shards))
+    return graph, finishes

@@ -11,13 +11,16 @@ happens after every write has finished.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -26,7 +29,7 @@ from zarr.errors import GroupNotFoundError
 
 from daskcubes.errors import UserError
 from daskcubes.frames import FrameFile, FrameSpec
-from daskcubes.plan import CubePlan
+from daskcubes.plan import SEMANTICS, CubePlan
 
 ATTRS = "daskcubes"
 #: Rows per chunk of the frames store: a cube reads only the first ``dim`` rows of each
@@ -53,12 +56,24 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _prepare_path(path: str, what: str, overwrite: bool) -> None:
-    """Refuse an existing store unless ``overwrite``; check the parent can be written."""
+WriteMode = Literal["new", "overwrite", "resume"]
+
+
+def prepare_store(path: str, what: str, mode: WriteMode) -> bool:
+    """Make way for a store at ``path``; return whether an unfinished one is to be resumed.
+
+    An existing store is refused in mode ``new``, deleted in mode ``overwrite``, and kept
+    in mode ``resume`` (the caller then checks it was started with the same settings).
+    """
     target = Path(path)
     if target.exists():
-        if not overwrite:
-            raise UserError(f"{what} '{path}' already exists; pass --overwrite to replace it")
+        if mode == "resume":
+            return True
+        if mode == "new":
+            raise UserError(
+                f"{what} '{path}' already exists; pass --resume to finish it "
+                "or --overwrite to replace it"
+            )
         if target.is_dir():
             shutil.rmtree(target)
         else:
@@ -67,6 +82,43 @@ def _prepare_path(path: str, what: str, overwrite: bool) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"{what} '{path}': cannot create its directory ({exc.strerror})") from None
+    return False
+
+
+@contextmanager
+def store_lock(path: str, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on writing the store at ``path`` (a ``.lock`` file beside it).
+
+    The operating system releases the lock when the process ends, however it ends, so a
+    killed run never leaves a stale lock behind.
+    """
+    lock_path = Path(f"{str(path).rstrip('/')}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a")  # noqa: SIM115 - closed in the finally below
+    except OSError as exc:
+        raise UserError(f"{what} '{path}': cannot write beside it ({exc.strerror})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{what} '{path}': another daskcubes run is writing it (lock {lock_path})"
+            ) from None
+        yield
+        lock_path.unlink(missing_ok=True)
+    finally:
+        handle.close()
+
+
+def check_resumable(path: str, what: str, started: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to resume a store whose defining settings differ from this run's."""
+    for name, value in now.items():
+        if started.get(name) != value:
+            raise UserError(
+                f"{what} '{path}' was started with {name}={started.get(name)!r}; this run has "
+                f"{name}={value!r}. Resume needs the same settings (or pass --overwrite)"
+            )
 
 
 def open_group(path: str, what: str) -> zarr.Group:
@@ -88,6 +140,7 @@ def mark_complete(path: str, **record: Any) -> None:
     """Record that every write of the store at ``path`` has finished."""
     group = zarr.open_group(path, mode="r+")
     attrs = store_attrs(group)
+    attrs.pop("progress", None)
     attrs["complete"] = {"finished": now(), **record}
     group.attrs[ATTRS] = attrs
 
@@ -111,24 +164,40 @@ def frames_fingerprint(files: list[FrameFile], spec: FrameSpec) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def frames_identity(files: list[FrameFile], spec: FrameSpec) -> dict[str, Any]:
+    """What defines a frames store's content: its sources, in order, and their shape."""
+    return {
+        "frame files": len(files),
+        **{Path(f.path).name: f"{f.size} bytes, fingerprint {f.fingerprint}" for f in files},
+        "columns": list(spec.columns),
+        "dtype": spec.dtype,
+    }
+
+
 def create_frames_store(
-    path: str, files: list[FrameFile], spec: FrameSpec, overwrite: bool
-) -> zarr.Array:
-    """An empty frames store for ``files``, with their provenance in its attributes."""
-    _prepare_path(path, "frames store", overwrite)
+    path: str, files: list[FrameFile], spec: FrameSpec, mode: WriteMode
+) -> tuple[zarr.Array, dict[str, Any]]:
+    """The frames store for ``files`` (new, or resumed if unfinished), and its attributes."""
+    identity = frames_identity(files, spec)
+    if prepare_store(path, "frames store", mode):
+        group = open_group(path, "frames store")
+        started = store_attrs(group)
+        check_resumable(path, "frames store", started["identity"], identity)
+        return group["frames"], started  # type: ignore[return-value]
     group = zarr.open_group(path, mode="w")
     attrs: dict[str, Any] = {
         "kind": "frames",
         "sources": [{"path": f.path, "size": f.size, "fingerprint": f.fingerprint} for f in files],
         "columns": list(spec.columns),
         "dtype": spec.dtype,
+        "identity": identity,
         "fingerprint": frames_fingerprint(files, spec),
         "versions": versions(),
         "created": now(),
         "complete": None,
     }
     group.attrs[ATTRS] = attrs
-    return group.create_array(
+    frames = group.create_array(
         "frames",
         shape=(len(files), spec.n_rows, spec.n_cols),
         dtype=spec.dtype,
@@ -137,6 +206,7 @@ def create_frames_store(
         fill_value=0,
         dimension_names=("frame", "row", "col"),
     )
+    return frames, attrs
 
 
 def frames_store_info(path: str) -> FramesStoreInfo:
@@ -164,46 +234,60 @@ def _codecs(compressor: str) -> list[Any] | None:
     return None
 
 
+def cube_plan_attrs(
+    plan: CubePlan, dtype: str, compressor: str, frames_fingerprint: str
+) -> dict[str, Any]:
+    """Everything that defines a cube store's bytes; a resumed run must match it all."""
+    return {
+        "semantics": SEMANTICS,
+        "n_cubes": plan.n_cubes,
+        "dim": plan.dim,
+        "depth": plan.depth,
+        "n_rows": plan.n_rows,
+        "n_cols": plan.n_cols,
+        "seed": plan.seed,
+        "shard_size": plan.shard_size,
+        "recipe_block": plan.recipe_block,
+        "dtype": dtype,
+        "compressor": compressor,
+        "frames_fingerprint": frames_fingerprint,
+    }
+
+
 def create_cube_store(
-    path: str,
-    plan: CubePlan,
-    dtype: str,
-    compressor: str,
-    provenance: dict[str, Any],
-    overwrite: bool,
-) -> zarr.Group:
-    """An empty cube store for ``plan``: one chunk per cube, ``shard_size`` cubes per file."""
-    _prepare_path(path, "cube store", overwrite)
+    path: str, plan_attrs: dict[str, Any], provenance: dict[str, Any], mode: WriteMode
+) -> dict[str, Any]:
+    """The cube store for a plan (new, or resumed if unfinished); returns its attributes.
+
+    ``cubes`` has one chunk per cube and ``shard_size`` cubes per shard file; the
+    recipe arrays have one chunk per block of recipes.
+    """
+    if prepare_store(path, "cube store", mode):
+        attrs = store_attrs(open_group(path, "cube store"))
+        check_resumable(path, "cube store", attrs["plan"], plan_attrs)
+        return attrs
     group = zarr.open_group(path, mode="w")
-    group.attrs[ATTRS] = {
+    attrs = {
         "kind": "cubes",
-        "semantics": "article",
-        "plan": {
-            "n_cubes": plan.n_cubes,
-            "dim": plan.dim,
-            "depth": plan.depth,
-            "n_rows": plan.n_rows,
-            "n_cols": plan.n_cols,
-            "seed": plan.seed,
-            "shard_size": plan.shard_size,
-        },
+        "plan": plan_attrs,
         **provenance,
         "versions": versions(),
         "created": now(),
         "complete": None,
     }
-    n, depth, dim = plan.n_cubes, plan.depth, plan.dim
+    group.attrs[ATTRS] = attrs
+    n, depth, dim = plan_attrs["n_cubes"], plan_attrs["depth"], plan_attrs["dim"]
     group.create_array(
         "cubes",
         shape=(n, depth, dim, dim),
-        dtype=dtype,
+        dtype=plan_attrs["dtype"],
         chunks=(1, depth, dim, dim),
-        shards=(plan.shard_size, depth, dim, dim),
-        compressors=_codecs(compressor),
+        shards=(plan_attrs["shard_size"], depth, dim, dim),
+        compressors=_codecs(plan_attrs["compressor"]),
         fill_value=0,
         dimension_names=("cube", "frame", "row", "col"),
     )
-    block = plan.recipe_block
+    block = plan_attrs["recipe_block"]
     for name, shape, dims in (
         ("columns", (n, dim), ("cube", "col")),
         ("rows", (n,), ("cube",)),
@@ -217,4 +301,4 @@ def create_cube_store(
             fill_value=-1,
             dimension_names=dims,
         )
-    return group
+    return attrs

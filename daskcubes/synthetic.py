@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from daskcubes.errors import UserError
+from daskcubes.store import WriteMode
 
 DECIMALS = 10
 
@@ -31,25 +33,36 @@ def write_synthetic_frame(
 ) -> str:
     """Write one synthetic frame file and return its path."""
     table = frame_table(synthetic_frame(seed, index, n_rows, n_cols))
-    path = str(Path(directory) / f"frame_{index}.{fmt}")
+    path = synthetic_frame_path(directory, fmt, index)
+    partial = f"{path}.partial"  # renamed when whole, so a killed run leaves no torn frame
     if fmt == "parquet":
-        pq.write_table(table, path, compression="snappy")
+        pq.write_table(table, partial, compression="snappy")
     else:
-        pacsv.write_csv(table, path)
+        pacsv.write_csv(table, partial)
+    os.replace(partial, path)
     return path
 
 
-def prepare_frame_directory(directory: str, overwrite: bool) -> None:
-    """Create ``directory`` for synthetic frames; refuse one holding frames unless told."""
+def synthetic_frame_path(directory: str, fmt: str, index: int) -> str:
+    return str(Path(directory) / f"frame_{index}.{fmt}")
+
+
+def prepare_frame_directory(directory: str, mode: WriteMode) -> None:
+    """Create ``directory`` for synthetic frames.
+
+    A directory already holding frames is refused in mode ``new``, emptied in mode
+    ``overwrite``, and kept in mode ``resume`` (its whole frames are not written again).
+    """
     folder = Path(directory)
     existing = [p for p in folder.glob("frame_*") if p.suffix in (".parquet", ".csv")]
-    if existing and not overwrite:
+    if existing and mode == "new":
         raise UserError(
-            f"frames '{directory}': already holds {len(existing)} frame files; "
-            "pass --overwrite to replace them, or --no-synthetic to use them"
+            f"frames '{directory}': already holds {len(existing)} frame files; pass --resume "
+            "to keep them, --overwrite to replace them, or --no-synthetic to use them as input"
         )
-    for path in existing:
-        path.unlink()
+    if mode == "overwrite":
+        for path in existing:
+            path.unlink()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

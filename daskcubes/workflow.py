@@ -7,6 +7,7 @@ Parses arguments, loads the config, runs the stages, reports. Every setting of
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import types
 import typing
@@ -63,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         for name in Config.model_fields:
             _add_setting(sub, name)
-        sub.add_argument(
+        existing = sub.add_mutually_exclusive_group()
+        existing.add_argument(
+            "--resume", action="store_true", help="finish the stores an interrupted run left"
+        )
+        existing.add_argument(
             "--overwrite", action="store_true", help="replace existing stores and frame files"
         )
         sub.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -116,8 +121,17 @@ def _dispatch(args: argparse.Namespace) -> None:
         "ingest": pipeline.ingest,
         "sample": pipeline.sample,
     }[args.command]
-    results = stage(config, overwrite=args.overwrite, show_progress=not args.quiet)
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    results = stage(config, mode=mode, show_progress=not args.quiet)
     _report(results if isinstance(results, list) else [results])
+
+
+def _describe_os_error(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    text = f"{where}{error.strerror or error}"
+    if error.errno == errno.ENOSPC:
+        text += "; free some space, then run the same command with --resume to finish"
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,8 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"daskcubes: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if args.debug:
+            raise
+        print(f"daskcubes: error: {_describe_os_error(error)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("daskcubes: interrupted", file=sys.stderr)
+        print(
+            "daskcubes: interrupted; run the same command with --resume to finish",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -29,7 +29,7 @@ def test_columns_are_distinct_in_bounds_and_deterministic(
     columns = cube_columns(seed, index, n_cols, dim)
     assert columns.shape == (dim,)
     assert len(set(columns.tolist())) == dim
-    assert 0 <= columns.min() and columns.max() < n_cols
+    assert columns.min() >= 0 and columns.max() < n_cols
     assert np.array_equal(columns, cube_columns(seed, index, n_cols, dim))
 
 

@@ -93,7 +93,7 @@ def test_existing_output_is_not_overwritten_silently(
     assert main(small_args(tmp_path)) == 0
     before = open_cubes(str(tmp_path / "cubes.zarr"))[:]
     assert main([*small_args(tmp_path), "--no-synthetic"]) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert "already exists; pass --resume to finish it or --overwrite" in capsys.readouterr().err
     assert np.array_equal(open_cubes(str(tmp_path / "cubes.zarr"))[:], before)
     assert main([*small_args(tmp_path), "--overwrite", "--seed", "4"]) == 0
     assert not np.array_equal(open_cubes(str(tmp_path / "cubes.zarr"))[:], before)
