@@ -18,6 +18,7 @@ from daskcubes import pipeline
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
 from daskcubes.store import open_group, store_attrs
+from daskcubes.verify import verify_cube_store
 
 COMMANDS = {
     "run": "generate synthetic frames (if 'synthetic'), ingest them, cut cubes (the default)",
@@ -25,6 +26,7 @@ COMMANDS = {
     "ingest": "read frame files (--frames) into the zarr frames store (--frames-store)",
     "sample": "cut cubes from the frames store into the cube store (--out)",
     "info": "describe a frames store or a cube store",
+    "verify": "check a cube store; exit 1 if anything is wrong",
 }
 
 
@@ -56,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(command, help=text, description=text, parents=[common])
         if command == "info":
             sub.add_argument("store", help="path of a frames store or cube store")
+            continue
+        if command == "verify":
+            sub.add_argument("store", help="path of a cube store")
+            sub.add_argument(
+                "--against",
+                metavar="FRAMES_STORE",
+                help="the frames store the cubes were cut from: recompute sampled cubes",
+            )
+            sub.add_argument(
+                "--sample", type=int, default=16, metavar="N", help="cubes to read (default 16)"
+            )
             continue
         sub.add_argument(
             "--config",
@@ -110,10 +123,22 @@ def _report(results: list[pipeline.StageResult]) -> None:
         )
 
 
-def _dispatch(args: argparse.Namespace) -> None:
+def _verify(args: argparse.Namespace) -> int:
+    report = verify_cube_store(args.store, args.against, args.sample)
+    for fact in report.facts:
+        print(f"{args.store}: {fact}")
+    for problem in report.problems:
+        print(f"{args.store}: PROBLEM: {problem}")
+    print(f"{args.store}: {len(report.problems) or 'no'} problems")
+    return 1 if report.problems else 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "info":
         print("\n".join(describe_store(args.store)))
-        return
+        return 0
+    if args.command == "verify":
+        return _verify(args)
     config = config_from_args(args)
     stage: Any = {
         "run": pipeline.run,
@@ -124,6 +149,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     results = stage(config, mode=mode, show_progress=not args.quiet)
     _report(results if isinstance(results, list) else [results])
+    return 0
 
 
 def _describe_os_error(error: OSError) -> str:
@@ -142,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command = args.command or "run"
     try:
-        _dispatch(args)
+        return _dispatch(args)
     except UserError as error:
         if args.debug:
             raise
@@ -159,7 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    return 0
 
 
 if __name__ == "__main__":
