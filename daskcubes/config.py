@@ -83,9 +83,9 @@ def _describe(error: ValidationError, source: str) -> str:
         return (
             f"{source}: unknown setting '{name}'; known settings: {', '.join(Config.model_fields)}"
         )
-    value = first.get("input")
-    where = f"setting '{name}'" if name else "settings"
-    return f"{source}: {where}: {first['msg']} (got {value!r})"
+    if not name:  # a check across settings: its message names them
+        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
+    return f"{source}: setting '{name}': {first['msg']} (got {first.get('input')!r})"
 
 
 def read_preset(path: str | Path) -> dict[str, Any]:

@@ -68,6 +68,10 @@ def prepare_store(path: str, what: str, mode: WriteMode) -> bool:
     target = Path(path)
     if target.exists():
         if mode == "resume":
+            # zarr writes each local chunk to a '.partial' file, then renames it; a killed
+            # run can leave such files behind. They hold nothing that is not redone.
+            for partial in target.rglob("*.partial"):
+                partial.unlink()
             return True
         if mode == "new":
             raise UserError(
@@ -180,10 +184,9 @@ def create_frames_store(
     """The frames store for ``files`` (new, or resumed if unfinished), and its attributes."""
     identity = frames_identity(files, spec)
     if prepare_store(path, "frames store", mode):
-        group = open_group(path, "frames store")
-        started = store_attrs(group)
+        started = store_attrs(open_group(path, "frames store"))
         check_resumable(path, "frames store", started["identity"], identity)
-        return group["frames"], started  # type: ignore[return-value]
+        return zarr.open_array(path, path="frames", mode="r+"), started
     group = zarr.open_group(path, mode="w")
     attrs: dict[str, Any] = {
         "kind": "frames",

@@ -1,0 +1,216 @@
+"""Runs that survive: real processes killed mid-run, then resumed to the same bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daskcubes import UserError, open_cubes
+from daskcubes.store import store_lock
+from daskcubes.testing import assert_stores_identical
+from daskcubes.workflow import main
+
+pytestmark = pytest.mark.slow
+
+
+def frame_args(root: Path, n_frames: int = 6, fmt: str = "parquet") -> list[str]:
+    return [
+        *("--frames", str(root / "frames"), "--frames-store", str(root / "frames.zarr")),
+        *("--n-frames", str(n_frames), "--n-rows", "40", "--n-cols", "60", "--seed", "5"),
+        *("--dim", "16"),
+        *("--frame-format", fmt, "--quiet"),
+    ]
+
+
+def cube_args(root: Path, out: str = "cubes.zarr") -> list[str]:
+    # Many one-cube tasks, so that a run lasts long enough to be killed half-way.
+    return [
+        *frame_args(root),
+        *("--out", str(root / out), "--cubes", "600"),
+        *("--shard-size", "1", "--batch-size", "1", "--workers", "2"),
+    ]
+
+
+@pytest.fixture
+def frames_ready(tmp_path: Path) -> Path:
+    assert main(["generate", *frame_args(tmp_path), "--synthetic"]) == 0
+    assert main(["ingest", *frame_args(tmp_path)]) == 0
+    return tmp_path
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "daskcubes.workflow", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def recorded(store: Path, kind: str) -> int:
+    """Units of ``kind`` the store's completion record lists as finished."""
+    try:
+        attrs = json.loads((store / "zarr.json").read_text())["attributes"]["daskcubes"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    ranges = (attrs.get("progress") or {}).get(kind, [])
+    return sum(stop - start for start, stop in ranges)
+
+
+def interrupt_after_progress(
+    process: subprocess.Popen[str], store: Path, kind: str, sig: int
+) -> None:
+    """Send ``sig`` to ``process`` once the store records some finished ``kind`` units."""
+    deadline = time.monotonic() + 120
+    while recorded(store, kind) == 0:
+        if process.poll() is not None:
+            pytest.fail(f"run ended before it could be interrupted: {process.communicate()}")
+        assert time.monotonic() < deadline, "run recorded no progress"
+        time.sleep(0.02)
+    process.send_signal(sig)
+
+
+def test_sigkill_mid_sample_then_resume_gives_the_uninterrupted_store(frames_ready: Path) -> None:
+    root = frames_ready
+    process = start(["sample", *cube_args(root)])
+    interrupt_after_progress(process, root / "cubes.zarr", "shards", signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    finished_before = recorded(root / "cubes.zarr", "shards")
+    assert 0 < finished_before < 600
+
+    with pytest.raises(UserError, match="incomplete"):
+        open_cubes(str(root / "cubes.zarr"))
+    assert len(open_cubes(str(root / "cubes.zarr"), allow_incomplete=True)) == 600
+    assert main(["sample", *cube_args(root)]) == 2  # no silent overwrite, no silent resume
+
+    resumed = start(["sample", *cube_args(root), "--resume"])
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    made_before = int(out.split("cubes (")[1].split(" made by an earlier run")[0])
+    assert made_before >= finished_before  # only unfinished batches were redone
+
+    assert main(["sample", *cube_args(root, out="clean.zarr")]) == 0
+    assert_stores_identical(root / "clean.zarr", root / "cubes.zarr")
+    assert open_cubes(str(root / "cubes.zarr")).complete
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(frames_ready: Path) -> None:
+    root = frames_ready
+    process = start(["sample", *cube_args(root)])
+    interrupt_after_progress(process, root / "cubes.zarr", "shards", signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        "daskcubes: interrupted; run the same command with --resume to finish"
+    )
+    assert main(["sample", *cube_args(root), "--resume"]) == 0
+    assert main(["sample", *cube_args(root, out="clean.zarr")]) == 0
+    assert_stores_identical(root / "clean.zarr", root / "cubes.zarr")
+
+
+def test_sigkill_mid_ingest_then_resume(tmp_path: Path) -> None:
+    args = frame_args(tmp_path, n_frames=300, fmt="csv")
+    assert main(["generate", *args, "--synthetic"]) == 0
+    process = start(["ingest", *args, "--scheduler", "sync"])
+    interrupt_after_progress(process, tmp_path / "frames.zarr", "frames", signal.SIGKILL)
+    process.communicate()
+    assert 0 < recorded(tmp_path / "frames.zarr", "frames") < 300
+    assert main(["ingest", *args, "--resume"]) == 0
+    clean = [*args, "--frames-store", str(tmp_path / "clean.zarr")]
+    assert main(["ingest", *clean]) == 0
+    assert_stores_identical(tmp_path / "clean.zarr", tmp_path / "frames.zarr")
+
+
+@pytest.fixture
+def interrupted(frames_ready: Path) -> Path:
+    process = start(["sample", *cube_args(frames_ready)])
+    interrupt_after_progress(process, frames_ready / "cubes.zarr", "shards", signal.SIGKILL)
+    process.communicate()
+    return frames_ready
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["--seed", "6"], "seed=5; this run has seed=6"),
+        (["--dim", "15"], "dim=16; this run has dim=15"),
+        (["--cubes", "500"], "n_cubes=600; this run has n_cubes=500"),
+        (["--dtype", "float32"], "dtype='float64'; this run has dtype='float32'"),
+        (["--shard-size", "3", "--batch-size", "3"], "shard_size=1; this run has shard_size=3"),
+    ],
+)
+def test_resume_refuses_changed_settings(
+    interrupted: Path, capsys: pytest.CaptureFixture[str], change: list[str], named: str
+) -> None:
+    assert main(["sample", *cube_args(interrupted), "--resume", *change]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Resume needs the same settings" in err
+
+
+def test_resume_refuses_a_different_frames_store(
+    interrupted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = [*frame_args(interrupted), "--frames", str(interrupted / "other")]
+    assert main(["generate", *other, "--synthetic", "--seed", "9"]) == 0
+    assert main(["ingest", *other, "--overwrite"]) == 0
+    assert main(["sample", *cube_args(interrupted), "--resume"]) == 2
+    assert "frames_fingerprint" in capsys.readouterr().err
+
+
+def test_a_second_writer_is_refused(frames_ready: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = frames_ready / "cubes.zarr"
+    with store_lock(str(out), "cube store"):
+        assert main(["sample", *cube_args(frames_ready)]) == 2
+    assert "another daskcubes run is writing it" in capsys.readouterr().err
+    assert main(["sample", *cube_args(frames_ready)]) == 0  # the lock went with its holder
+
+
+def test_resume_of_a_finished_run_does_nothing(frames_ready: Path) -> None:
+    args = ["sample", *cube_args(frames_ready), "--cubes", "20"]
+    assert main(args) == 0
+    before = (frames_ready / "cubes.zarr" / "zarr.json").read_bytes()
+    assert main([*args, "--resume"]) == 0
+    assert (frames_ready / "cubes.zarr" / "zarr.json").read_bytes() == before
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 3 MiB tmpfs, mounted for the test (needs root, as on CI)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=False
+    )
+    if done.returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_ends_with_one_line_and_resumes_once_space_is_freed(
+    frames_ready: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*frame_args(frames_ready), "--cubes", "400", "--shard-size", "4"]
+    args += ["--batch-size", "4"]
+    full = [*args, "--out", str(small_disk / "cubes.zarr")]  # 400 x 12 KiB = 4.8 MB > 3 MiB
+    assert main(["sample", *full]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "No space left on device" in err and "--resume" in err
+    assert not json.loads((small_disk / "cubes.zarr" / "zarr.json").read_text())["attributes"][
+        "daskcubes"
+    ]["complete"]
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    assert main(["sample", *full, "--resume"]) == 0
+    assert main(["sample", *args, "--out", str(frames_ready / "clean.zarr")]) == 0
+    assert_stores_identical(frames_ready / "clean.zarr", small_disk / "cubes.zarr")
+    assert not os.path.exists(small_disk / "cubes.zarr.lock")
