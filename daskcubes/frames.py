@@ -171,9 +171,11 @@ def read_frame(path: str, spec: FrameSpec, allow_nonfinite: bool = False) -> np.
         )
     values = np.empty((spec.n_rows, spec.n_cols), dtype=spec.dtype)
     for j, column in enumerate(table.columns):
-        if column.null_count:
+        # A missing float (an empty CSV field) is NaN, judged with the other non-finite
+        # values below; integers have no NaN to stand for it.
+        if column.null_count and not pa.types.is_floating(column.type):
             raise UserError(f"{path}: column '{spec.columns[j]}' has missing values")
-        values[:, j] = column.to_numpy()
+        values[:, j] = column.to_numpy(zero_copy_only=False)
     if not allow_nonfinite and values.dtype.kind == "f" and not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
         raise UserError(
