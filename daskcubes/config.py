@@ -48,6 +48,11 @@ class Config(BaseModel):
         "daskcubes-data/frames.zarr", description="zarr store the frames are ingested into"
     )
     out: str = Field("daskcubes-data/cubes.zarr", description="zarr store the cubes are written to")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options for URLs (s3://, gs://, ...), as JSON on the command line; "
+        "credentials may come from the usual environment variables instead",
+    )
     compressor: Compressor = Field(
         "none", description="codec of the cube store (random floats compress ~1.14x)"
     )

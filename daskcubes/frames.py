@@ -8,12 +8,10 @@ raised before any output exists.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
-import os
+import posixpath
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +20,7 @@ import pyarrow.parquet as pq
 from natsort import natsorted
 
 from daskcubes.errors import UserError
+from daskcubes.storage import Storage, basename
 
 FRAME_SUFFIXES = (".parquet", ".csv")
 
@@ -51,30 +50,36 @@ class FrameSpec:
         return len(self.columns)
 
 
-def find_frame_files(pattern: str) -> list[str]:
-    """Frame files named by a directory or a glob, in natural sort order."""
-    if os.path.isdir(pattern):
-        paths = [str(p) for p in Path(pattern).iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
-    else:
-        paths = [p for p in glob.glob(pattern) if os.path.isfile(p)]
-    if not paths:
+def _suffix(url: str) -> str:
+    return posixpath.splitext(url)[1].lower()
+
+
+def find_frame_files(pattern: str, storage: Storage) -> list[str]:
+    """Frame files named by a directory or a glob (local or a URL), in natural sort order."""
+    try:
+        urls = storage.list_files(pattern)
+    except FileNotFoundError:
+        urls = []
+    except OSError as exc:
+        raise UserError(f"frames '{pattern}': cannot list files ({exc})") from None
+    if storage.isdir(pattern):  # other files in a directory of frames are no concern
+        urls = [url for url in urls if _suffix(url) in FRAME_SUFFIXES]
+    if not urls:
         raise UserError(
             f"frames '{pattern}': no frame files found (expected *.parquet or *.csv files)"
         )
-    unknown = [p for p in paths if Path(p).suffix.lower() not in FRAME_SUFFIXES]
+    unknown = [url for url in urls if _suffix(url) not in FRAME_SUFFIXES]
     if unknown:
         raise UserError(f"{unknown[0]}: not a frame file (expected a .parquet or .csv suffix)")
-    return list(natsorted(paths))
+    return list(natsorted(urls, key=basename))
 
 
-def fingerprint(path: str, size: int) -> str:
+def fingerprint(url: str, size: int, storage: Storage) -> str:
     """A cheap content fingerprint: size plus a hash of the first and last 64 KiB."""
     digest = hashlib.blake2b(str(size).encode(), digest_size=16)
-    with open(path, "rb") as file:
-        digest.update(file.read(65536))
-        if size > 65536:
-            file.seek(max(65536, size - 65536))
-            digest.update(file.read())
+    digest.update(storage.read_bytes(url, 0, min(size, 65536)))
+    if size > 65536:
+        digest.update(storage.read_bytes(url, max(65536, size - 65536), size))
     return digest.hexdigest()
 
 
@@ -88,18 +93,20 @@ def _numeric_dtype(path: str, schema: pa.Schema) -> str:
     return str(np.result_type(*dtypes)) if dtypes else "float64"
 
 
-def _csv_header(path: str) -> tuple[str, ...]:
-    with open(path, newline="") as file:
-        header = file.readline().rstrip("\r\n")
+def _csv_header(path: str, storage: Storage) -> tuple[str, ...]:
+    fs, inner = storage.filesystem(path)
+    with fs.open(inner, "rb") as file:
+        header = file.readline().decode().rstrip("\r\n")
     if not header:
         raise UserError(f"{path}: empty CSV file (expected a header line of column names)")
     return tuple(name.strip('"') for name in header.split(","))
 
 
-def _csv_rows(path: str) -> int:
+def _csv_rows(path: str, storage: Storage) -> int:
     """Count data lines without parsing them (a trailing newline is optional)."""
     lines, last = 0, b"\n"
-    with open(path, "rb") as file:
+    fs, inner = storage.filesystem(path)
+    with fs.open(inner, "rb") as file:
         while block := file.read(1 << 20):
             lines += block.count(b"\n")
             last = block[-1:]
@@ -108,14 +115,16 @@ def _csv_rows(path: str) -> int:
     return lines - 1
 
 
-def inspect_frame(path: str) -> FrameFile:
+def inspect_frame(path: str, storage: Storage) -> FrameFile:
     """Read a frame file's metadata (not its values) and check it is usable."""
-    size = os.path.getsize(path)
+    size = storage.size(path)
     if size == 0:
         raise UserError(f"{path}: empty file (expected a parquet or CSV frame)")
-    if path.lower().endswith(".parquet"):
+    if _suffix(path) == ".parquet":
+        fs, inner = storage.filesystem(path)
         try:
-            meta = pq.read_metadata(path)
+            with fs.open(inner, "rb") as file:
+                meta = pq.read_metadata(file)
             schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as exc:
             raise UserError(f"{path}: not a readable parquet file ({exc})") from None
@@ -123,12 +132,12 @@ def inspect_frame(path: str) -> FrameFile:
         schema = pa.schema([f for f in schema if f.name not in pandas_index])
         n_rows, columns, dtype = meta.num_rows, tuple(schema.names), _numeric_dtype(path, schema)
     else:
-        n_rows, columns, dtype = _csv_rows(path), _csv_header(path), "float64"
+        n_rows, columns, dtype = _csv_rows(path, storage), _csv_header(path, storage), "float64"
     if n_rows < 1 or not columns:
         raise UserError(
             f"{path}: frame has {n_rows} rows and {len(columns)} columns; expected data"
         )
-    return FrameFile(path, n_rows, columns, dtype, size, fingerprint(path, size))
+    return FrameFile(path, n_rows, columns, dtype, size, fingerprint(path, size, storage))
 
 
 def check_frames_agree(files: list[FrameFile]) -> FrameSpec:
@@ -149,12 +158,13 @@ def check_frames_agree(files: list[FrameFile]) -> FrameSpec:
     return FrameSpec(first.n_rows, first.columns, dtype)
 
 
-def read_frame(path: str, spec: FrameSpec, allow_nonfinite: bool = False) -> np.ndarray:
+def read_frame(
+    path: str, spec: FrameSpec, storage: Storage, allow_nonfinite: bool = False
+) -> np.ndarray:
     """Read one frame's values, shape ``(n_rows, n_cols)``, checked against ``spec``."""
-    with open(path, "rb") as file:
-        data = file.read()
+    data = storage.read_bytes(path)
     try:
-        if path.lower().endswith(".parquet"):
+        if _suffix(path) == ".parquet":
             table = pq.read_table(io.BytesIO(data), columns=list(spec.columns))
         else:
             types = dict.fromkeys(spec.columns, pa.float64())

@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from daskcubes.ingest import ingest_graph, inspect_frames
 from daskcubes.plan import CubePlan
 from daskcubes.progress import ProgressRecord
 from daskcubes.sample import SampleJob, sample_graph
+from daskcubes.storage import Storage
 from daskcubes.store import (
     WriteMode,
     create_cube_store,
@@ -113,13 +113,14 @@ def generate(config: Config, mode: WriteMode = "new", show_progress: bool = True
 
     Frame files are written whole or not at all, so resuming writes only the missing ones.
     """
-    prepare_frame_directory(config.frames, mode)
+    storage = Storage.of(config.storage_options)
+    prepare_frame_directory(config.frames, mode, storage)
     token = tokenize(config)
     fmt = config.frame_format
     todo = [
         i
         for i in range(config.n_frames)
-        if not Path(synthetic_frame_path(config.frames, fmt, i)).exists()
+        if not storage.exists(synthetic_frame_path(config.frames, fmt, i))
     ]
     graph: dict[Key, Any] = {
         (f"generate-{token}", i): (
@@ -130,11 +131,12 @@ def generate(config: Config, mode: WriteMode = "new", show_progress: bool = True
             i,
             config.n_rows,
             config.n_cols,
+            storage,
         )
         for i in todo
     }
     seconds = _execute(config, graph, list(graph), _ignore, None, "generate", show_progress)
-    files, spec = inspect_frames(find_frame_files(config.frames))
+    files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
     if (len(files), spec.n_rows, spec.n_cols) != (config.n_frames, config.n_rows, config.n_cols):
         raise UserError(
             f"frames '{config.frames}': holds {len(files)} frames of {spec.n_rows} x "
@@ -158,14 +160,15 @@ def _ignore(key: Key) -> None:
 
 def ingest(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
     """Read the frame files into the zarr frames store, then mark it complete."""
-    files, spec = inspect_frames(find_frame_files(config.frames))
+    storage = Storage.of(config.storage_options)
+    files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
     nbytes = len(files) * spec.n_rows * spec.n_cols * np.dtype(spec.dtype).itemsize
     path = config.frames_store
     with store_lock(path, "frames store"):
-        stored, attrs = ingest_graph(files, spec, path, config.allow_nonfinite, mode)
+        stored, attrs = ingest_graph(files, spec, path, config.allow_nonfinite, mode, storage)
         if attrs["complete"]:
             return StageResult("ingest", len(files), "frames", nbytes, 0.0, path, len(files))
-        record = ProgressRecord(path)
+        record = ProgressRecord(path, storage)
         done = set(record.done.get("frames", ()))
         # Write tasks are keyed (name, frame, row chunk, col chunk); a frame is finished
         # once all its chunks are written.
@@ -180,13 +183,14 @@ def ingest(config: Config, mode: WriteMode = "new", show_progress: bool = True) 
 
         graph = stored.__dask_graph__()
         seconds = _execute(config, graph, keys, finished, record, "ingest", show_progress)
-        mark_complete(path, frames=len(files))
+        mark_complete(path, storage, frames=len(files))
     return StageResult("ingest", len(files), "frames", nbytes, seconds, path, len(done))
 
 
 def sample_job(config: Config) -> SampleJob:
     """The sampling job for ``config``: the plan checked against the frames store."""
-    frames = frames_store_info(config.frames_store)
+    storage = Storage.of(config.storage_options)
+    frames = frames_store_info(config.frames_store, storage)
     depth, n_rows, n_cols = frames.shape
     plan = CubePlan(
         n_cubes=config.cubes,
@@ -198,7 +202,7 @@ def sample_job(config: Config) -> SampleJob:
         batch_size=config.batch_size,
         shard_size=config.shard_size,
     )
-    return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype)
+    return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype, storage=storage)
 
 
 def sample(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
@@ -207,18 +211,18 @@ def sample(config: Config, mode: WriteMode = "new", show_progress: bool = True) 
     plan = job.plan
     nbytes = plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize
     provenance = {
-        "config": config.model_dump(),
+        "config": config.model_dump(exclude={"storage_options"}),  # may hold credentials
         "seed": config.seed,
         "frames_store": {"path": job.frames.path, "fingerprint": job.frames.fingerprint},
     }
     plan_attrs = cube_plan_attrs(plan, config.dtype, config.compressor, job.frames.fingerprint)
     with store_lock(config.out, "cube store"):
-        attrs = create_cube_store(config.out, plan_attrs, provenance, mode)
+        attrs = create_cube_store(config.out, plan_attrs, provenance, mode, job.storage)
         if attrs["complete"]:
             return StageResult(
                 "sample", plan.n_cubes, "cubes", nbytes, 0.0, config.out, plan.n_cubes
             )
-        record = ProgressRecord(config.out)
+        record = ProgressRecord(config.out, job.storage)
         done = record.done.setdefault("shards", set())
         resumed = sum(len(range(*plan.shard_bounds(s))) for s in done)
         graph, finishes = sample_graph(job, done, record.done.setdefault("recipes", set()))
@@ -228,7 +232,7 @@ def sample(config: Config, mode: WriteMode = "new", show_progress: bool = True) 
             record.finished(kind, units)
 
         seconds = _execute(config, graph, list(graph), finished, record, "sample", show_progress)
-        mark_complete(config.out, cubes=plan.n_cubes)
+        mark_complete(config.out, job.storage, cubes=plan.n_cubes)
     return StageResult("sample", plan.n_cubes, "cubes", nbytes, seconds, config.out, resumed)
 
 

@@ -15,8 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import zarr
-
+from daskcubes.storage import Storage
 from daskcubes.store import ATTRS, store_attrs
 
 Ranges = list[list[int]]
@@ -48,11 +47,12 @@ class ProgressRecord:
     Parameters
     ----------
     path : the store (a zarr group written by daskcubes).
+    storage : how to reach it.
     interval : least seconds between two writes of the record.
     """
 
-    def __init__(self, path: str, interval: float = 0.2) -> None:
-        self._group = zarr.open_group(path, mode="r+")
+    def __init__(self, path: str, storage: Storage, interval: float = 0.2) -> None:
+        self._group = storage.open_group(path, mode="r+")
         self._attrs = store_attrs(self._group)
         self.done = recorded_progress(self._attrs)
         self._interval = interval

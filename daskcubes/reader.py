@@ -5,7 +5,7 @@ Imports nothing from the executors: reading needs only zarr and numpy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ import zarr
 
 from daskcubes.errors import UserError
 from daskcubes.plan import Recipes
+from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 
 Index = int | slice | Sequence[int] | np.ndarray
@@ -83,14 +84,18 @@ class CubeStore:
         )
 
 
-def open_cubes(path: str, allow_incomplete: bool = False) -> CubeStore:
-    """Open the cube store at ``path`` for reading.
+def open_cubes(
+    path: str,
+    allow_incomplete: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> CubeStore:
+    """Open the cube store at ``path`` (a local path or a URL such as ``s3://...``).
 
     Raises :class:`UserError` unless the store is complete, since missing chunks of an
     unfinished run would silently read back as zeros; ``allow_incomplete=True`` opens
-    it anyway.
+    it anyway. ``storage_options`` are fsspec options for a URL (credentials, endpoint).
     """
-    group = open_group(path, "cube store")
+    group = open_group(path, "cube store", Storage.of(storage_options))
     store = CubeStore(group, path)
     if store.attrs.get("kind") != "cubes":
         raise UserError(f"cube store '{path}': holds {store.attrs.get('kind')}, not cubes")

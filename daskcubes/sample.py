@@ -19,6 +19,7 @@ from dask.typing import Key
 
 from daskcubes.kernels import gather_cubes, make_slab
 from daskcubes.plan import CubePlan, recipes
+from daskcubes.storage import Storage
 from daskcubes.store import FramesStoreInfo
 
 
@@ -30,28 +31,29 @@ class SampleJob:
     out: str
     plan: CubePlan
     dtype: str
+    storage: Storage
 
 
 _slab_lock = threading.Lock()
 
 
 @lru_cache(maxsize=2)
-def _cached_slab(frames_path: str, fingerprint: str, dim: int, dtype: str) -> np.ndarray:
-    first_rows = zarr.open_array(frames_path, path="frames", mode="r")[:, :dim, :]
+def _cached_slab(frames: FramesStoreInfo, storage: Storage, dim: int, dtype: str) -> np.ndarray:
+    first_rows = storage.open_array(frames.path, "frames", mode="r")[:, :dim, :]
     return make_slab(np.asarray(first_rows), dtype)
 
 
-def worker_slab(frames: FramesStoreInfo, dim: int, dtype: str) -> np.ndarray:
+def worker_slab(frames: FramesStoreInfo, storage: Storage, dim: int, dtype: str) -> np.ndarray:
     """The slab of ``frames`` for cubes of edge ``dim``, loaded once per process."""
     with _slab_lock:  # threads of one worker wait for the first load rather than repeat it
-        return _cached_slab(frames.path, frames.fingerprint, dim, dtype)
+        return _cached_slab(frames, storage, dim, dtype)
 
 
 @lru_cache(maxsize=8)
 def _open_output(job: SampleJob, name: str) -> zarr.Array:
     # Keyed by the whole job: a store replaced at the same path is opened afresh. Empty
     # chunks are written too, so that every chunk of a finished store exists.
-    array = zarr.open_array(job.out, path=name, mode="r+")
+    array = job.storage.open_array(job.out, name, mode="r+")
     return array.with_config({"write_empty_chunks": True})
 
 
@@ -69,7 +71,7 @@ def _batch_buffer(shape: tuple[int, ...], dtype: str) -> np.ndarray:
 def make_cube_batch(job: SampleJob, start: int, stop: int) -> np.ndarray:
     """Cubes ``start .. stop`` as an array view into a per-thread buffer."""
     plan = job.plan
-    slab = worker_slab(job.frames, plan.dim, job.dtype)
+    slab = worker_slab(job.frames, job.storage, plan.dim, job.dtype)
     out = _batch_buffer((stop - start, *plan.cube_shape), job.dtype)
     return gather_cubes(slab, recipes(plan, start, stop).columns, out)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,11 +24,13 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.codecs
+from zarr.core.common import AccessModeLiteral
 from zarr.errors import GroupNotFoundError
 
 from daskcubes.errors import UserError
 from daskcubes.frames import FrameFile, FrameSpec
 from daskcubes.plan import SEMANTICS, CubePlan
+from daskcubes.storage import Storage, basename, local_path
 
 ATTRS = "daskcubes"
 #: Rows per chunk of the frames store: a cube reads only the first ``dim`` rows of each
@@ -59,55 +60,58 @@ def now() -> str:
 WriteMode = Literal["new", "overwrite", "resume"]
 
 
-def prepare_store(path: str, what: str, mode: WriteMode) -> bool:
-    """Make way for a store at ``path``; return whether an unfinished one is to be resumed.
+def prepare_store(url: str, what: str, mode: WriteMode, storage: Storage) -> bool:
+    """Make way for a store at ``url``; return whether an unfinished one is to be resumed.
 
     An existing store is refused in mode ``new``, deleted in mode ``overwrite``, and kept
     in mode ``resume`` (the caller then checks it was started with the same settings).
     """
-    target = Path(path)
-    if target.exists():
-        if mode == "resume":
-            # zarr writes each local chunk to a '.partial' file, then renames it; a killed
-            # run can leave such files behind. They hold nothing that is not redone.
-            for partial in target.rglob("*.partial"):
-                partial.unlink()
-            return True
-        if mode == "new":
-            raise UserError(
-                f"{what} '{path}' already exists; pass --resume to finish it "
-                "or --overwrite to replace it"
-            )
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+    path = local_path(url)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if storage.exists(url):
+            if mode == "resume":
+                # zarr writes each local chunk to a '.partial' file, then renames it; a
+                # killed run can leave such files behind, holding nothing not redone.
+                for partial in Path(path).rglob("*.partial") if path else ():
+                    partial.unlink()
+                return True
+            if mode == "new":
+                raise UserError(
+                    f"{what} '{url}' already exists; pass --resume to finish it "
+                    "or --overwrite to replace it"
+                )
+            storage.remove(url)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{what} '{path}': cannot create its directory ({exc.strerror})") from None
+        raise UserError(f"{what} '{url}': cannot write there ({exc.strerror or exc})") from None
     return False
 
 
 @contextmanager
-def store_lock(path: str, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on writing the store at ``path`` (a ``.lock`` file beside it).
+def store_lock(url: str, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on writing the local store at ``url`` (``STORE.lock`` beside it).
 
     The operating system releases the lock when the process ends, however it ends, so a
-    killed run never leaves a stale lock behind.
+    killed run never leaves a stale lock behind. Object stores offer no such lock: there,
+    keep to one writer per store.
     """
-    lock_path = Path(f"{str(path).rstrip('/')}.lock")
+    path = local_path(url)
+    if path is None:
+        yield
+        return
+    lock_path = Path(f"{path.rstrip('/')}.lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a")  # noqa: SIM115 - closed in the finally below
     except OSError as exc:
-        raise UserError(f"{what} '{path}': cannot write beside it ({exc.strerror})") from None
+        raise UserError(f"{what} '{url}': cannot write beside it ({exc.strerror})") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(
-                f"{what} '{path}': another daskcubes run is writing it (lock {lock_path})"
+                f"{what} '{url}': another daskcubes run is writing it (lock {lock_path})"
             ) from None
         yield
         lock_path.unlink(missing_ok=True)
@@ -125,14 +129,16 @@ def check_resumable(path: str, what: str, started: dict[str, Any], now: dict[str
             )
 
 
-def open_group(path: str, what: str) -> zarr.Group:
-    """Open an existing daskcubes store read-only, or raise a :class:`UserError`."""
+def open_group(url: str, what: str, storage: Storage, mode: AccessModeLiteral = "r") -> zarr.Group:
+    """Open an existing daskcubes store, or raise a :class:`UserError`."""
     try:
-        group = zarr.open_group(path, mode="r")
+        group = storage.open_group(url, mode=mode)
     except (GroupNotFoundError, FileNotFoundError):
-        raise UserError(f"{what} '{path}': no zarr store there") from None
+        raise UserError(f"{what} '{url}': no zarr store there") from None
+    except OSError as exc:  # an object store's missing bucket, denied access, ...
+        raise UserError(f"{what} '{url}': cannot open ({exc})") from None
     if ATTRS not in group.attrs:
-        raise UserError(f"{what} '{path}': a zarr group, but not written by daskcubes")
+        raise UserError(f"{what} '{url}': a zarr group, but not written by daskcubes")
     return group
 
 
@@ -140,9 +146,9 @@ def store_attrs(group: zarr.Group) -> dict[str, Any]:
     return dict(group.attrs[ATTRS])  # type: ignore[arg-type]
 
 
-def mark_complete(path: str, **record: Any) -> None:
-    """Record that every write of the store at ``path`` has finished."""
-    group = zarr.open_group(path, mode="r+")
+def mark_complete(url: str, storage: Storage, **record: Any) -> None:
+    """Record that every write of the store at ``url`` has finished."""
+    group = storage.open_group(url, mode="r+")
     attrs = store_attrs(group)
     attrs.pop("progress", None)
     attrs["complete"] = {"finished": now(), **record}
@@ -163,7 +169,7 @@ class FramesStoreInfo:
 
 
 def frames_fingerprint(files: list[FrameFile], spec: FrameSpec) -> str:
-    described = [(Path(f.path).name, f.size, f.fingerprint) for f in files]
+    described = [(basename(f.path), f.size, f.fingerprint) for f in files]
     text = json.dumps([described, spec.n_rows, spec.columns, spec.dtype])
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
@@ -172,22 +178,22 @@ def frames_identity(files: list[FrameFile], spec: FrameSpec) -> dict[str, Any]:
     """What defines a frames store's content: its sources, in order, and their shape."""
     return {
         "frame files": len(files),
-        **{Path(f.path).name: f"{f.size} bytes, fingerprint {f.fingerprint}" for f in files},
+        **{basename(f.path): f"{f.size} bytes, fingerprint {f.fingerprint}" for f in files},
         "columns": list(spec.columns),
         "dtype": spec.dtype,
     }
 
 
 def create_frames_store(
-    path: str, files: list[FrameFile], spec: FrameSpec, mode: WriteMode
+    path: str, files: list[FrameFile], spec: FrameSpec, mode: WriteMode, storage: Storage
 ) -> tuple[zarr.Array, dict[str, Any]]:
     """The frames store for ``files`` (new, or resumed if unfinished), and its attributes."""
     identity = frames_identity(files, spec)
-    if prepare_store(path, "frames store", mode):
-        started = store_attrs(open_group(path, "frames store"))
+    if prepare_store(path, "frames store", mode, storage):
+        started = store_attrs(open_group(path, "frames store", storage))
         check_resumable(path, "frames store", started["identity"], identity)
-        return zarr.open_array(path, path="frames", mode="r+"), started
-    group = zarr.open_group(path, mode="w")
+        return storage.open_array(path, "frames", mode="r+"), started
+    group = storage.open_group(path, mode="w")
     attrs: dict[str, Any] = {
         "kind": "frames",
         "sources": [{"path": f.path, "size": f.size, "fingerprint": f.fingerprint} for f in files],
@@ -212,9 +218,9 @@ def create_frames_store(
     return frames, attrs
 
 
-def frames_store_info(path: str) -> FramesStoreInfo:
+def frames_store_info(path: str, storage: Storage) -> FramesStoreInfo:
     """Describe a complete frames store, or raise a :class:`UserError`."""
-    group = open_group(path, "frames store")
+    group = open_group(path, "frames store", storage)
     attrs = store_attrs(group)
     if attrs.get("kind") != "frames":
         raise UserError(f"frames store '{path}': holds {attrs.get('kind')}, not frames")
@@ -258,18 +264,22 @@ def cube_plan_attrs(
 
 
 def create_cube_store(
-    path: str, plan_attrs: dict[str, Any], provenance: dict[str, Any], mode: WriteMode
+    path: str,
+    plan_attrs: dict[str, Any],
+    provenance: dict[str, Any],
+    mode: WriteMode,
+    storage: Storage,
 ) -> dict[str, Any]:
     """The cube store for a plan (new, or resumed if unfinished); returns its attributes.
 
     ``cubes`` has one chunk per cube and ``shard_size`` cubes per shard file; the
     recipe arrays have one chunk per block of recipes.
     """
-    if prepare_store(path, "cube store", mode):
-        attrs = store_attrs(open_group(path, "cube store"))
+    if prepare_store(path, "cube store", mode, storage):
+        attrs = store_attrs(open_group(path, "cube store", storage))
         check_resumable(path, "cube store", attrs["plan"], plan_attrs)
         return attrs
-    group = zarr.open_group(path, mode="w")
+    group = storage.open_group(path, mode="w")
     attrs = {
         "kind": "cubes",
         "plan": plan_attrs,

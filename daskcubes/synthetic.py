@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import io
 
 import numpy as np
 import pyarrow as pa
@@ -11,6 +10,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from daskcubes.errors import UserError
+from daskcubes.storage import Storage
 from daskcubes.store import WriteMode
 
 DECIMALS = 10
@@ -29,41 +29,41 @@ def frame_table(values: np.ndarray) -> pa.Table:
 
 
 def write_synthetic_frame(
-    directory: str, fmt: str, seed: int, index: int, n_rows: int, n_cols: int
+    directory: str, fmt: str, seed: int, index: int, n_rows: int, n_cols: int, storage: Storage
 ) -> str:
-    """Write one synthetic frame file and return its path."""
+    """Write one synthetic frame file, whole or not at all, and return its URL."""
     table = frame_table(synthetic_frame(seed, index, n_rows, n_cols))
-    path = synthetic_frame_path(directory, fmt, index)
-    partial = f"{path}.partial"  # renamed when whole, so a killed run leaves no torn frame
+    buffer = io.BytesIO()
     if fmt == "parquet":
-        pq.write_table(table, partial, compression="snappy")
+        pq.write_table(table, buffer, compression="snappy")
     else:
-        pacsv.write_csv(table, partial)
-    os.replace(partial, path)
-    return path
+        pacsv.write_csv(table, buffer)
+    url = synthetic_frame_path(directory, fmt, index)
+    storage.write_whole(url, buffer.getvalue())
+    return url
 
 
 def synthetic_frame_path(directory: str, fmt: str, index: int) -> str:
-    return str(Path(directory) / f"frame_{index}.{fmt}")
+    return f"{directory.rstrip('/')}/frame_{index}.{fmt}"
 
 
-def prepare_frame_directory(directory: str, mode: WriteMode) -> None:
+def prepare_frame_directory(directory: str, mode: WriteMode, storage: Storage) -> None:
     """Create ``directory`` for synthetic frames.
 
     A directory already holding frames is refused in mode ``new``, emptied in mode
     ``overwrite``, and kept in mode ``resume`` (its whole frames are not written again).
     """
-    folder = Path(directory)
-    existing = [p for p in folder.glob("frame_*") if p.suffix in (".parquet", ".csv")]
+    pattern = f"{directory.rstrip('/')}/frame_*"
+    existing = [url for url in storage.list_files(pattern) if url.endswith((".parquet", ".csv"))]
     if existing and mode == "new":
         raise UserError(
             f"frames '{directory}': already holds {len(existing)} frame files; pass --resume "
             "to keep them, --overwrite to replace them, or --no-synthetic to use them as input"
         )
     if mode == "overwrite":
-        for path in existing:
-            path.unlink()
+        for url in existing:
+            storage.remove(url)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        storage.makedirs(directory)
     except OSError as exc:
         raise UserError(f"frames '{directory}': cannot create directory ({exc.strerror})") from None

@@ -21,6 +21,7 @@ from zarr.core.sync import sync
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
 from daskcubes.sample import SampleJob, make_cube_batch
+from daskcubes.storage import Storage
 from daskcubes.store import frames_store_info, open_group, store_attrs
 
 #: Marks a chunk absent from its shard, in the sharding index.
@@ -102,11 +103,13 @@ def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:
                 )
 
 
-def verify_cube_store(path: str, against: str | None = None, sample: int = 16) -> Report:
+def verify_cube_store(
+    path: str, storage: Storage, against: str | None = None, sample: int = 16
+) -> Report:
     """Check the cube store at ``path``; with ``against`` (its frames store), recompute
     ``sample`` randomly chosen cubes and compare them byte for byte."""
     report = Report()
-    group = open_group(path, "cube store")
+    group = open_group(path, "cube store", storage)
     attrs = store_attrs(group)
     if attrs.get("kind") != "cubes":
         report.problems.append(f"holds {attrs.get('kind')}, not cubes")
@@ -162,13 +165,13 @@ def verify_cube_store(path: str, against: str | None = None, sample: int = 16) -
     chosen = np.sort(rng.choice(plan.n_cubes, size=min(sample, plan.n_cubes), replace=False))
     job = None
     if against is not None:
-        frames = frames_store_info(against)
+        frames = frames_store_info(against, storage)
         if frames.fingerprint != attrs["plan"]["frames_fingerprint"]:
             report.problems.append(
                 f"frames store '{against}' is not the one these cubes were cut from"
             )
         else:
-            job = SampleJob(frames=frames, out=path, plan=plan, dtype=dtype)
+            job = SampleJob(frames=frames, out=path, plan=plan, dtype=dtype, storage=storage)
     for index in chosen.tolist():
         try:
             stored = np.asarray(cubes[index])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import sys
 import types
 import typing
@@ -17,6 +18,7 @@ from typing import Any
 from daskcubes import pipeline
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
+from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 from daskcubes.verify import verify_cube_store
 
@@ -33,10 +35,13 @@ COMMANDS = {
 def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     field = Config.model_fields[name]
     flag = "--" + name.replace("_", "-")
-    text = f"{field.description} (preset default: {field.default})"
+    default = field.get_default(call_default_factory=True)
+    text = f"{field.description} (preset default: {default})"
     annotation = field.annotation
     args = typing.get_args(annotation)
-    if annotation is bool:
+    if typing.get_origin(annotation) is dict:
+        parser.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=text)
+    elif annotation is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
     elif typing.get_origin(annotation) is typing.Literal:
         parser.add_argument(flag, choices=args, default=None, help=text)
@@ -46,6 +51,16 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument(flag, default=None, metavar="VALUE", help=text)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m daskcubes.workflow",
@@ -53,9 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    reading = argparse.ArgumentParser(add_help=False)
+    _add_setting(reading, "storage_options")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command, text in COMMANDS.items():
-        sub = commands.add_parser(command, help=text, description=text, parents=[common])
+        inspects = command in ("info", "verify")
+        parents = [common, reading] if inspects else [common]
+        sub = commands.add_parser(command, help=text, description=text, parents=parents)
         if command == "info":
             sub.add_argument("store", help="path of a frames store or cube store")
             continue
@@ -95,9 +114,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, **overrides)
 
 
-def describe_store(path: str) -> list[str]:
+def describe_store(path: str, storage: Storage) -> list[str]:
     """Lines describing a frames store or cube store."""
-    group = open_group(path, "store")
+    group = open_group(path, "store", storage)
     attrs = store_attrs(group)
     lines = [f"{path}: daskcubes {attrs.get('kind')} store, created {attrs.get('created')}"]
     for name, array in group.arrays():
@@ -124,7 +143,8 @@ def _report(results: list[pipeline.StageResult]) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    report = verify_cube_store(args.store, args.against, args.sample)
+    storage = Storage.of(args.storage_options)
+    report = verify_cube_store(args.store, storage, args.against, args.sample)
     for fact in report.facts:
         print(f"{args.store}: {fact}")
     for problem in report.problems:
@@ -135,7 +155,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "info":
-        print("\n".join(describe_store(args.store)))
+        print("\n".join(describe_store(args.store, Storage.of(args.storage_options))))
         return 0
     if args.command == "verify":
         return _verify(args)

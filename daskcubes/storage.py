@@ -1,0 +1,129 @@
+"""Where frame files and stores live: local paths, or URLs (``s3://``, ``gs://``,
+``memory://``, ``file://``) reached through fsspec with the configured options.
+
+Credentials come from the options or from the usual environment variables (for S3:
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...); they are
+never written into store attributes or printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import fsspec
+import zarr
+from fsspec import AbstractFileSystem
+from zarr.core.common import AccessModeLiteral
+from zarr.storage import FsspecStore, LocalStore
+
+from daskcubes.errors import UserError
+
+
+def local_path(url: str) -> str | None:
+    """The local path ``url`` names, or None for a remote URL."""
+    if url.startswith("file://"):
+        return url.removeprefix("file://")
+    return None if "://" in url else url
+
+
+def basename(url: str) -> str:
+    return posixpath.basename(url.rstrip("/"))
+
+
+@dataclass(frozen=True)
+class Storage:
+    """fsspec options for every URL of a run: small, hashable, and sent with each task.
+
+    Build it with :meth:`of`; the options are kept as sorted JSON so that a storage is
+    hashable and compares by value.
+    """
+
+    options_json: str = "{}"
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any] | None = None) -> Storage:
+        return cls(json.dumps(dict(options or {}), sort_keys=True))
+
+    @cached_property
+    def options(self) -> dict[str, Any]:
+        return dict(json.loads(self.options_json))
+
+    def filesystem(self, url: str) -> tuple[AbstractFileSystem, str]:
+        """The fsspec filesystem of ``url``, and the path within it."""
+        path = local_path(url)
+        if path is not None:
+            return fsspec.filesystem("file"), os.path.abspath(path)
+        try:
+            fs, inner = fsspec.core.url_to_fs(url, **self.options)
+        except (ImportError, ValueError) as exc:
+            raise UserError(f"'{url}': cannot reach this location ({exc})") from None
+        return fs, inner
+
+    def zarr_store(self, url: str, read_only: bool) -> LocalStore | FsspecStore:
+        """A zarr store object for the store at ``url``."""
+        path = local_path(url)
+        if path is not None:
+            return LocalStore(path, read_only=read_only)
+        return FsspecStore.from_url(url, storage_options=self.options, read_only=read_only)
+
+    def open_group(self, url: str, mode: AccessModeLiteral) -> zarr.Group:
+        return zarr.open_group(store=self.zarr_store(url, read_only=mode == "r"), mode=mode)
+
+    def open_array(self, url: str, name: str, mode: AccessModeLiteral) -> zarr.Array:
+        store = self.zarr_store(url, read_only=mode == "r")
+        return zarr.open_array(store=store, path=name, mode=mode)
+
+    def exists(self, url: str) -> bool:
+        fs, path = self.filesystem(url)
+        return bool(fs.exists(path))
+
+    def isdir(self, url: str) -> bool:
+        fs, path = self.filesystem(url)
+        return bool(fs.isdir(path))
+
+    def remove(self, url: str) -> None:
+        fs, path = self.filesystem(url)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    def makedirs(self, url: str) -> None:
+        fs, path = self.filesystem(url)
+        fs.makedirs(path, exist_ok=True)
+
+    def size(self, url: str) -> int:
+        fs, path = self.filesystem(url)
+        return int(fs.size(path))
+
+    def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
+        fs, path = self.filesystem(url)
+        return bytes(fs.cat_file(path, start=start, end=end))
+
+    def write_whole(self, url: str, data: bytes) -> None:
+        """Write a file whole or not at all: a local file is written beside its name, then
+        renamed; an object store's single put is atomic already."""
+        path = local_path(url)
+        if path is None:
+            fs, inner = self.filesystem(url)
+            fs.pipe_file(inner, data)
+            return
+        partial = f"{path}.partial"
+        with open(partial, "wb") as file:
+            file.write(data)
+        os.replace(partial, path)
+
+    def list_files(self, url_or_glob: str) -> list[str]:
+        """Files in a directory, or matching a glob, as URLs of the same kind as given."""
+        fs, path = self.filesystem(url_or_glob)
+        if self.isdir(url_or_glob):
+            found = [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "file"]
+        else:
+            found = [name for name in fs.glob(path) if fs.isfile(name)]
+        if local_path(url_or_glob) is not None:
+            return found
+        return [fs.unstrip_protocol(name) for name in found]
