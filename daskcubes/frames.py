@@ -56,6 +56,7 @@ def _suffix(url: str) -> str:
 
 def find_frame_files(pattern: str, storage: Storage) -> list[str]:
     """Frame files named by a directory or a glob (local or a URL), in natural sort order."""
+    storage.check_reachable(pattern, "frames")
     try:
         urls = storage.list_files(pattern)
     except FileNotFoundError:

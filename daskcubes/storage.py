@@ -25,6 +25,10 @@ from zarr.storage import FsspecStore, LocalStore
 from daskcubes.errors import UserError
 
 
+#: fsspec protocols whose paths start with a bucket that must exist before writing.
+BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+
+
 def local_path(url: str) -> str | None:
     """The local path ``url`` names, or None for a remote URL."""
     if url.startswith("file://"):
@@ -78,6 +82,31 @@ class Storage:
     def open_array(self, url: str, name: str, mode: AccessModeLiteral) -> zarr.Array:
         store = self.zarr_store(url, read_only=mode == "r")
         return zarr.open_array(store=store, path=name, mode=mode)
+
+    def check_reachable(self, url: str, what: str) -> None:
+        """Check that a URL's bucket (its top-level container) exists and lets us in.
+
+        Raises :class:`UserError` naming the bucket or the access problem; local paths
+        pass unchecked.
+        """
+        if local_path(url) is not None:
+            return
+        fs, path = self.filesystem(url)
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        if not protocols & BUCKET_PROTOCOLS:
+            return
+        bucket = path.split("/", 1)[0]
+        try:
+            fs.info(bucket)
+        except FileNotFoundError:
+            raise UserError(f"{what} '{url}': bucket '{bucket}' does not exist") from None
+        except PermissionError as exc:
+            raise UserError(
+                f"{what} '{url}': access denied ({exc}); check the credentials "
+                "(storage_options, or the usual environment variables such as AWS_ACCESS_KEY_ID)"
+            ) from None
+        except OSError as exc:
+            raise UserError(f"{what} '{url}': cannot reach it ({exc})") from None
 
     def exists(self, url: str) -> bool:
         fs, path = self.filesystem(url)

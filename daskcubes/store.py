@@ -67,6 +67,7 @@ def prepare_store(url: str, what: str, mode: WriteMode, storage: Storage) -> boo
     in mode ``resume`` (the caller then checks it was started with the same settings).
     """
     path = local_path(url)
+    storage.check_reachable(url, what)
     try:
         if storage.exists(url):
             if mode == "resume":
@@ -131,6 +132,7 @@ def check_resumable(path: str, what: str, started: dict[str, Any], now: dict[str
 
 def open_group(url: str, what: str, storage: Storage, mode: AccessModeLiteral = "r") -> zarr.Group:
     """Open an existing daskcubes store, or raise a :class:`UserError`."""
+    storage.check_reachable(url, what)
     try:
         group = storage.open_group(url, mode=mode)
     except (GroupNotFoundError, FileNotFoundError):
