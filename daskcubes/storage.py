@@ -24,7 +24,6 @@ from zarr.storage import FsspecStore, LocalStore
 
 from daskcubes.errors import UserError
 
-
 #: fsspec protocols whose paths start with a bucket that must exist before writing.
 BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 
