@@ -81,7 +81,7 @@ def test_store_layout_and_provenance(config: Config) -> None:
     assert attrs["config"]["dim"] == config.dim
     assert attrs["frames_store"]["path"] == config.frames_store
     assert set(attrs["versions"]) >= {"daskcubes", "dask", "zarr", "numpy"}
-    assert store.cubes.metadata.dimension_names == ("cube", "frame", "row", "col")
+    assert store.cubes.metadata.dimension_names == ("cube", "frame", "row", "col")  # type: ignore[union-attr]
     shard_files = list(Path(config.out, "cubes").rglob("c/*/0/0/0"))
     assert len(shard_files) == config.cubes // config.shard_size
 
