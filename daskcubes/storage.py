@@ -75,12 +75,16 @@ class Storage:
             return LocalStore(path, read_only=read_only)
         return FsspecStore.from_url(url, storage_options=self.options, read_only=read_only)
 
+    # zarr_format=3 and no consolidated metadata: zarr then looks for one metadata file
+    # instead of probing for several (each probe is a request to an object store).
+
     def open_group(self, url: str, mode: AccessModeLiteral) -> zarr.Group:
-        return zarr.open_group(store=self.zarr_store(url, read_only=mode == "r"), mode=mode)
+        store = self.zarr_store(url, read_only=mode == "r")
+        return zarr.open_group(store=store, mode=mode, zarr_format=3, use_consolidated=False)
 
     def open_array(self, url: str, name: str, mode: AccessModeLiteral) -> zarr.Array:
         store = self.zarr_store(url, read_only=mode == "r")
-        return zarr.open_array(store=store, path=name, mode=mode)
+        return zarr.open_array(store=store, path=name, mode=mode, zarr_format=3)
 
     def check_reachable(self, url: str, what: str) -> None:
         """Check that a URL's bucket (its top-level container) exists and lets us in.

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,3 +47,37 @@ def assert_stores_identical(a: str | Path, b: str | Path) -> None:
     assert sorted(files_a) == sorted(files_b), f"{a} and {b} hold different files"
     differ = [name for name in files_a if files_a[name] != files_b[name]]
     assert not differ, f"{a} and {b} differ in {differ[:5]}"
+
+
+@contextmanager
+def s3_server(**env: str) -> Iterator[str]:
+    """Run an S3-compatible server (moto's standalone server, ``pip install moto[server]``)
+    in its own process on loopback; yield its endpoint URL, and stop it on exit.
+
+    ``env`` is added to the server's environment: ``INITIAL_NO_AUTH_ACTION_COUNT="0"``
+    makes it check credentials (it then knows none).
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the S3 server did not start") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import s3fs
 import xarray as xr
 
 from daskcubes import open_cubes
-from daskcubes.testing import store_files
+from daskcubes.testing import s3_server, store_files
 from daskcubes.workflow import main
 
 pytestmark = pytest.mark.slow
@@ -28,38 +26,14 @@ pytestmark = pytest.mark.slow
 KEY, SECRET = "daskcubes-test-key", "daskcubes-test-secret"
 
 
-def start_server(**env: str) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
-            return server, endpoint
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                raise RuntimeError("the S3 server did not start") from None
-            time.sleep(0.1)
-
-
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    server.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """An S3 server with a bucket 'cubes'; credentials in the environment, as users keep them."""
-    server, url = start_server()
+    with s3_server() as url:
+        yield from _with_bucket(url)
+
+
+def _with_bucket(url: str) -> Iterator[str]:
     saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
     s3fs.S3FileSystem(endpoint_url=url).mkdir("cubes")
@@ -69,7 +43,6 @@ def endpoint() -> Iterator[str]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
-    stop_server(server)
 
 
 @pytest.fixture
@@ -85,8 +58,8 @@ def options(endpoint: str) -> str:
 def run_args(endpoint: str, frames: str, frames_store: str, out: str) -> list[str]:
     return [
         *("--frames", frames, "--frames-store", frames_store, "--out", out),
-        *("--n-frames", "5", "--n-rows", "20", "--n-cols", "30", "--dim", "8"),
-        *("--cubes", "64", "--shard-size", "4", "--batch-size", "8", "--seed", "2"),
+        *("--n-frames", "3", "--n-rows", "20", "--n-cols", "30", "--dim", "8"),
+        *("--cubes", "32", "--shard-size", "4", "--batch-size", "8", "--seed", "2"),
         *("--storage-options", options(endpoint), "--quiet"),
     ]
 
@@ -138,7 +111,7 @@ def test_interrupted_run_on_s3_resumes_to_the_same_bytes(
 ) -> None:
     frames_store = f"{bucket}/f.zarr"
     args = run_args(endpoint, str(tmp_path / "frames"), frames_store, f"{bucket}/c.zarr")
-    args += ["--cubes", "400", "--shard-size", "1", "--batch-size", "1"]
+    args += ["--cubes", "120", "--shard-size", "1", "--batch-size", "1"]
     assert main(["generate", *args, "--synthetic"]) == 0
     assert main(["ingest", *args]) == 0
     process = subprocess.Popen(
@@ -153,7 +126,7 @@ def test_interrupted_run_on_s3_resumes_to_the_same_bytes(
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    assert 0 < recorded_shards(endpoint, f"{bucket}/c.zarr") < 400
+    assert 0 < recorded_shards(endpoint, f"{bucket}/c.zarr") < 120
 
     assert main(["sample", *args, "--resume"]) == 0
     clean = [*args, "--out", str(tmp_path / "clean.zarr")]
@@ -188,12 +161,9 @@ def test_credentials_never_reach_attributes_or_output(
 
 def test_bad_credentials(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A server that checks credentials (it knows no user) rejects ours: one clear line."""
-    server, endpoint = start_server(INITIAL_NO_AUTH_ACTION_COUNT="0")
-    try:
+    with s3_server(INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
         args = run_args(endpoint, str(tmp_path / "frames"), str(tmp_path / "f.zarr"), "s3://c/c")
         assert main(["run", *args, "--synthetic"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1
-        assert "cube store 's3://c/c': access denied" in err and "credentials" in err
-    finally:
-        stop_server(server)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "cube store 's3://c/c': access denied" in err and "credentials" in err
