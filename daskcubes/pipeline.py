@@ -19,7 +19,7 @@ from dask.typing import Key
 from tqdm import tqdm
 
 from daskcubes.config import Config
-from daskcubes.executors import OnDone, run_graph
+from daskcubes.executors import Executor, OnDone, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_graph, inspect_frames
 from daskcubes.plan import CubePlan
@@ -57,7 +57,12 @@ def progress(total: int, what: str, enabled: bool) -> Iterator[OnDone]:
         yield lambda key: bar.update()
 
 
-def generate(config: Config, overwrite: bool = False, show_progress: bool = True) -> StageResult:
+def generate(
+    config: Config,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    executor: Executor | None = None,
+) -> StageResult:
     """Write ``n_frames`` synthetic frame files into the ``frames`` directory."""
     prepare_frame_directory(config.frames, overwrite)
     token = tokenize(config)
@@ -73,22 +78,29 @@ def generate(config: Config, overwrite: bool = False, show_progress: bool = True
         )
         for i in range(config.n_frames)
     }
-    started = time.perf_counter()
-    with progress(len(graph), "generate", show_progress) as on_done:
-        run_graph(graph, list(graph), on_done, scheduler=config.scheduler, workers=config.workers)
+    with open_executor(config, executor) as run_on:
+        started = time.perf_counter()
+        with progress(len(graph), "generate", show_progress) as on_done:
+            run_on.run(graph, list(graph), on_done)
     seconds = time.perf_counter() - started
     nbytes = sum(f.size for f in inspect_frames(find_frame_files(config.frames))[0])
     return StageResult("generate", config.n_frames, "frames", nbytes, seconds, config.frames)
 
 
-def ingest(config: Config, overwrite: bool = False, show_progress: bool = True) -> StageResult:
+def ingest(
+    config: Config,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    executor: Executor | None = None,
+) -> StageResult:
     """Read the frame files into the zarr frames store, then mark it complete."""
     files, spec = inspect_frames(find_frame_files(config.frames))
     stored = ingest_graph(files, spec, config.frames_store, config.allow_nonfinite, overwrite)
     graph, keys = stored.__dask_graph__(), list(flatten(stored.__dask_keys__()))
-    started = time.perf_counter()
-    with progress(len(keys), "ingest", show_progress) as on_done:
-        run_graph(graph, keys, on_done, scheduler=config.scheduler, workers=config.workers)
+    with open_executor(config, executor) as run_on:
+        started = time.perf_counter()
+        with progress(len(keys), "ingest", show_progress) as on_done:
+            run_on.run(graph, keys, on_done)
     seconds = time.perf_counter() - started
     mark_complete(config.frames_store, frames=len(files))
     nbytes = len(files) * spec.n_rows * spec.n_cols * np.dtype(spec.dtype).itemsize
@@ -112,7 +124,12 @@ def sample_job(config: Config) -> SampleJob:
     return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype)
 
 
-def sample(config: Config, overwrite: bool = False, show_progress: bool = True) -> StageResult:
+def sample(
+    config: Config,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    executor: Executor | None = None,
+) -> StageResult:
     """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
     job = sample_job(config)
     provenance = {
@@ -122,9 +139,10 @@ def sample(config: Config, overwrite: bool = False, show_progress: bool = True) 
     }
     create_cube_store(config.out, job.plan, config.dtype, config.compressor, provenance, overwrite)
     graph = sample_graph(job)
-    started = time.perf_counter()
-    with progress(len(graph), "sample", show_progress) as on_done:
-        run_graph(graph, list(graph), on_done, scheduler=config.scheduler, workers=config.workers)
+    with open_executor(config, executor) as run_on:
+        started = time.perf_counter()
+        with progress(len(graph), "sample", show_progress) as on_done:
+            run_on.run(graph, list(graph), on_done)
     seconds = time.perf_counter() - started
     mark_complete(config.out, cubes=config.cubes)
     nbytes = config.cubes * job.plan.depth * job.plan.dim**2 * np.dtype(config.dtype).itemsize
@@ -132,8 +150,9 @@ def sample(config: Config, overwrite: bool = False, show_progress: bool = True) 
 
 
 def run(config: Config, overwrite: bool = False, show_progress: bool = True) -> list[StageResult]:
-    """The whole job: (synthetic frames →) frames store → cube store."""
-    results = [generate(config, overwrite, show_progress)] if config.synthetic else []
-    results.append(ingest(config, overwrite, show_progress))
-    results.append(sample(config, overwrite, show_progress))
+    """The whole job: (synthetic frames →) frames store → cube store, on one executor."""
+    with open_executor(config) as executor:
+        results = [generate(config, overwrite, show_progress, executor)] if config.synthetic else []
+        results.append(ingest(config, overwrite, show_progress, executor))
+        results.append(sample(config, overwrite, show_progress, executor))
     return results
