@@ -30,7 +30,7 @@ from tests.conftest import small_config
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 #: The default dashboard host with any free port, so that runs never collide.
-DASHBOARD = Config().dashboard_address.rsplit(":", 1)[0] + ":0"
+DASHBOARD = Config.model_validate({}).dashboard_address.rsplit(":", 1)[0] + ":0"
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,7 +62,7 @@ def distributed_config(oracle: Config, root: Path, **overrides: Any) -> Config:
         "dashboard_address": DASHBOARD,
         **overrides,
     }
-    return Config(**values)
+    return Config.model_validate(values)
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +172,8 @@ def slab_loads(client: Client) -> dict[str, int]:
 def test_cli_on_an_existing_cluster_matches_sync(
     dask_cluster: str, oracle: Config, tmp_path: Path
 ) -> None:
-    config = Config(
-        **{
+    config = Config.model_validate(
+        {
             **oracle.model_dump(),
             "frames": str(tmp_path / "frames"),
             "frames_store": str(tmp_path / "frames.zarr"),
