@@ -1,9 +1,9 @@
 """Benchmark: a LocalCluster of 2 single-threaded workers against the threaded scheduler.
 
 Both cut the same cubes from the same frames store into tmpfs; the cluster is started
-before timing (a long run pays that once), and each method's best of ``repeats`` runs
-counts, so both have their source slab loaded and warm. The two stores are checked to be
-byte-identical. Standalone::
+before timing (a long run pays that once), the methods take turns, and each method's
+best of ``repeats`` runs counts, so both have their source slab loaded and warm. The
+two stores are checked to be byte-identical. Standalone::
 
     python workflows/bench_distributed.py --cubes 200 --threads 2
 
@@ -26,12 +26,8 @@ from daskcubes.testing import assert_stores_identical
 CLUSTER = {"scheduler": "distributed", "workers": 2, "threads_per_worker": 1}
 
 
-def _best_rate(config: Config, executor: Executor, repeats: int) -> float:
-    rates = [
-        pipeline.sample(config, overwrite=True, show_progress=False, executor=executor).rate
-        for _ in range(repeats)
-    ]
-    return max(rates)
+def _rate(config: Config, executor: Executor) -> float:
+    return pipeline.sample(config, overwrite=True, show_progress=False, executor=executor).rate
 
 
 def measure(
@@ -46,10 +42,12 @@ def measure(
     cluster = Config.model_validate(
         {**job, **CLUSTER, "out": f"{scratch}/cluster.zarr", "dashboard_address": "127.0.0.1:0"}
     )
-    with open_executor(threaded) as executor:
-        threads_rate = _best_rate(threaded, executor, repeats)
-    with open_executor(cluster) as executor:
-        cluster_rate = _best_rate(cluster, executor, repeats)
+    threads_rates, cluster_rates = [], []
+    with open_executor(threaded) as on_threads, open_executor(cluster) as on_cluster:
+        for _ in range(repeats):  # interleaved, so that both see the same machine load
+            threads_rates.append(_rate(threaded, on_threads))
+            cluster_rates.append(_rate(cluster, on_cluster))
+    threads_rate, cluster_rate = max(threads_rates), max(cluster_rates)
     assert_stores_identical(threaded.out, cluster.out)
     return [
         (f"threads ({threads} threads)", threads_rate, "cubes/s"),
