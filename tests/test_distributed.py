@@ -32,13 +32,7 @@ CHROMIUM = "/usr/bin/chromium"
 #: The default dashboard host with any free port, so that runs never collide.
 DASHBOARD = Config.model_validate({}).dashboard_address.rsplit(":", 1)[0] + ":0"
 
-pytestmark = [
-    pytest.mark.slow,
-    # A worker killed on purpose, or a cluster closing under a connected browser, makes
-    # distributed and bokeh log errors; logs are not warnings, but a closing cluster's
-    # comms may leave sockets for the garbage collector.
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -147,15 +141,15 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for i, command in enumerate(commands):
-            log = (root / f"process-{i}.log").open("wb")
-            processes.append(
-                subprocess.Popen(
-                    [*command, "--scheduler-file", str(scheduler_file)],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+            with (root / f"process-{i}.log").open("wb") as log:  # the process keeps a copy
+                processes.append(
+                    subprocess.Popen(
+                        [*command, "--scheduler-file", str(scheduler_file)],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
                 )
-            )
         with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
             client.wait_for_workers(2, timeout=60)
             address = client.scheduler.address
