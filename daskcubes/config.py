@@ -10,13 +10,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from daskcubes.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-Scheduler = Literal["sync", "threads", "processes"]
+#: Schedulers that run in this process; ``distributed`` (or a cluster's address) runs on
+#: dask.distributed.
+LOCAL_SCHEDULERS = ("sync", "threads", "processes")
 DType = Literal["float64", "float32"]
 Compressor = Literal["none", "lz4", "zstd"]
 FrameFormat = Literal["parquet", "csv"]
@@ -66,10 +75,57 @@ class Config(BaseModel):
         16, ge=1, description="cubes per task: a multiple of shard_size (does not change the store)"
     )
     # -- execution ---------------------------------------------------------------
-    scheduler: Scheduler = Field("threads", description="Dask scheduler")
-    workers: int | None = Field(
-        None, ge=1, description="threads or processes (default: one per core)"
+    scheduler: str = Field(
+        "threads",
+        description="Dask scheduler: sync, threads, processes, distributed (a LocalCluster), "
+        "or the address of a running dask.distributed scheduler (tcp://HOST:PORT)",
     )
+    workers: int | None = Field(
+        None, ge=1, description="threads, processes or LocalCluster workers (default: per core)"
+    )
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="distributed: threads of each LocalCluster worker"
+    )
+    dashboard_address: str = Field(
+        "127.0.0.1:8787",
+        description="distributed: where the LocalCluster's dashboard listens (port 0: any free)",
+    )
+    dask_scheduler_address: str | None = Field(
+        None, description="distributed: run on this existing cluster instead of a LocalCluster"
+    )
+    connect_timeout: int = Field(
+        20, ge=1, description="distributed: seconds to wait for an existing cluster's scheduler"
+    )
+    report: str | None = Field(
+        None, description="distributed: save Dask's performance report of the run to this HTML file"
+    )
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value in (*LOCAL_SCHEDULERS, "distributed") or "://" in value:
+            return value
+        raise ValueError(
+            "expected sync, threads, processes, distributed, or a scheduler address "
+            "such as tcp://HOST:PORT"
+        )
+
+    @field_validator("dask_scheduler_address")
+    @classmethod
+    def _is_address(cls, value: str | None) -> str | None:
+        if value is None or "://" in value:
+            return value
+        raise ValueError("expected a scheduler address such as tcp://HOST:PORT")
+
+    @property
+    def cluster_address(self) -> str | None:
+        """Address of the existing cluster to run on; ``None`` for a LocalCluster."""
+        return self.scheduler if "://" in self.scheduler else self.dask_scheduler_address
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run uses dask.distributed."""
+        return self.scheduler not in LOCAL_SCHEDULERS
 
     @model_validator(mode="after")
     def _cube_fits_synthetic_frames(self) -> Config:
@@ -78,6 +134,15 @@ class Config(BaseModel):
                 f"dim {self.dim} is larger than the synthetic frames "
                 f"({self.n_rows} rows x {self.n_cols} columns)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _distributed_settings_need_distributed(self) -> Config:
+        for name in ("dask_scheduler_address", "report"):
+            if getattr(self, name) and not self.distributed:
+                raise ValueError(
+                    f"{name} needs scheduler 'distributed' (scheduler is '{self.scheduler}')"
+                )
         return self
 
 
@@ -90,7 +155,8 @@ def _describe(error: ValidationError, source: str) -> str:
         )
     if not name:  # a check across settings: its message names them
         return f"{source}: {first['msg'].removeprefix('Value error, ')}"
-    return f"{source}: setting '{name}': {first['msg']} (got {first.get('input')!r})"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: setting '{name}': {message} (got {first.get('input')!r})"
 
 
 def read_preset(path: str | Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from daskcubes.config import Config
 from daskcubes.errors import UserError
-from daskcubes.executors import run_graph
+from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_graph, inspect_frames
 from daskcubes.plan import CubePlan
@@ -86,29 +86,37 @@ def _execute(
     record: ProgressRecord | None,
     what: str,
     show_progress: bool,
+    executor: Executor | None,
 ) -> float:
     """Run the tasks ``keys`` of ``graph``, calling ``finished(key)`` as each ends; seconds.
 
-    The record is saved however the run ends (an error, Ctrl-C), so that ``--resume``
-    redoes only what did not finish.
+    Runs on ``executor``, or on one opened from ``config`` for this stage alone. The
+    record is saved however the run ends (an error, Ctrl-C), so that ``--resume`` redoes
+    only what did not finish.
     """
-    started = time.perf_counter()
-    with _progress_bar(len(keys), what, show_progress) as advance:
+    with open_executor(config, executor) as run_on:
+        started = time.perf_counter()
+        with _progress_bar(len(keys), what, show_progress) as advance:
 
-        def on_done(key: Key) -> None:
-            finished(key)
-            advance()
+            def on_done(key: Key) -> None:
+                finished(key)
+                advance()
 
-        try:
-            run_graph(graph, keys, on_done, scheduler=config.scheduler, workers=config.workers)
-        finally:
-            if record is not None:
-                with suppress(OSError):  # a full disk: the error being raised says so
-                    record.save()
-    return time.perf_counter() - started
+            try:
+                run_on.run(graph, keys, on_done)
+            finally:
+                if record is not None:
+                    with suppress(OSError):  # a full disk: the error being raised says so
+                        record.save()
+        return time.perf_counter() - started
 
 
-def generate(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
+def generate(
+    config: Config,
+    mode: WriteMode = "new",
+    show_progress: bool = True,
+    executor: Executor | None = None,
+) -> StageResult:
     """Write ``n_frames`` synthetic frame files into the ``frames`` directory.
 
     Frame files are written whole or not at all, so resuming writes only the missing ones.
@@ -135,7 +143,9 @@ def generate(config: Config, mode: WriteMode = "new", show_progress: bool = True
         )
         for i in todo
     }
-    seconds = _execute(config, graph, list(graph), _ignore, None, "generate", show_progress)
+    seconds = _execute(
+        config, graph, list(graph), _ignore, None, "generate", show_progress, executor
+    )
     files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
     if (len(files), spec.n_rows, spec.n_cols) != (config.n_frames, config.n_rows, config.n_cols):
         raise UserError(
@@ -158,7 +168,12 @@ def _ignore(key: Key) -> None:
     """Generated frames need no record: a frame file exists only once it is whole."""
 
 
-def ingest(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
+def ingest(
+    config: Config,
+    mode: WriteMode = "new",
+    show_progress: bool = True,
+    executor: Executor | None = None,
+) -> StageResult:
     """Read the frame files into the zarr frames store, then mark it complete."""
     storage = Storage.of(config.storage_options)
     files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
@@ -182,7 +197,7 @@ def ingest(config: Config, mode: WriteMode = "new", show_progress: bool = True) 
                 record.finished("frames", [frame])
 
         graph = stored.__dask_graph__()
-        seconds = _execute(config, graph, keys, finished, record, "ingest", show_progress)
+        seconds = _execute(config, graph, keys, finished, record, "ingest", show_progress, executor)
         mark_complete(path, storage, frames=len(files))
     return StageResult("ingest", len(files), "frames", nbytes, seconds, path, len(done))
 
@@ -205,7 +220,12 @@ def sample_job(config: Config) -> SampleJob:
     return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype, storage=storage)
 
 
-def sample(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> StageResult:
+def sample(
+    config: Config,
+    mode: WriteMode = "new",
+    show_progress: bool = True,
+    executor: Executor | None = None,
+) -> StageResult:
     """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
     job = sample_job(config)
     plan = job.plan
@@ -231,14 +251,17 @@ def sample(config: Config, mode: WriteMode = "new", show_progress: bool = True) 
             kind, units = finishes[key]
             record.finished(kind, units)
 
-        seconds = _execute(config, graph, list(graph), finished, record, "sample", show_progress)
+        seconds = _execute(
+            config, graph, list(graph), finished, record, "sample", show_progress, executor
+        )
         mark_complete(config.out, job.storage, cubes=plan.n_cubes)
     return StageResult("sample", plan.n_cubes, "cubes", nbytes, seconds, config.out, resumed)
 
 
 def run(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> list[StageResult]:
-    """The whole job: (synthetic frames →) frames store → cube store."""
-    results = [generate(config, mode, show_progress)] if config.synthetic else []
-    results.append(ingest(config, mode, show_progress))
-    results.append(sample(config, mode, show_progress))
+    """The whole job: (synthetic frames →) frames store → cube store, on one executor."""
+    with open_executor(config) as executor:
+        results = [generate(config, mode, show_progress, executor)] if config.synthetic else []
+        results.append(ingest(config, mode, show_progress, executor))
+        results.append(sample(config, mode, show_progress, executor))
     return results

@@ -222,7 +222,7 @@ def test_unwritable_output_path(tmp_path: Path, capsys: pytest.CaptureFixture[st
     [
         ("cubes: 4\ncubez: 5\n", ["unknown setting 'cubez'"]),
         ("dim: many\n", ["setting 'dim'", "'many'"]),
-        ("scheduler: mpi\n", ["setting 'scheduler'", "'threads'"]),
+        ("scheduler: mpi\n", ["setting 'scheduler': expected sync, threads", "'mpi'"]),
         ("- a\n- b\n", ["expected a mapping of settings"]),
         ("dim: [\n", ["not valid YAML"]),
     ],

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from dask.typing import Key
 from natsort import natsorted
 
 from daskcubes import open_cubes, pipeline
@@ -97,3 +99,17 @@ def test_reader_indexing(config: Config) -> None:
     assert np.array_equal(store.recipes([4]).columns[0], store.recipes(slice(None)).columns[4])
     with pytest.raises(IndexError):
         store[len(store)]
+
+
+def _never(*args: object) -> None:
+    raise AssertionError("a task nobody asked for ran")
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads"])
+def test_executors_run_only_the_tasks_asked_for(scheduler: str) -> None:
+    from daskcubes.executors import LocalExecutor
+
+    done: list[object] = []
+    graph: dict[Key, Any] = {"wanted": (len, [1, 2]), "unwanted": (_never,)}
+    LocalExecutor(scheduler).run(graph, ["wanted"], done.append)
+    assert done == ["wanted"]

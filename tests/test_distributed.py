@@ -1,0 +1,326 @@
+"""dask.distributed: a real ``dask scheduler`` + ``dask worker`` cluster, LocalClusters with
+a worker killed mid-run, the dashboard (over HTTP and in a headless browser), and the
+performance report. Everything listens on loopback and is stopped by its fixture."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import psutil
+import pytest
+from dask.typing import Key
+from distributed import Client
+
+from daskcubes import pipeline, sample
+from daskcubes.config import Config
+from daskcubes.executors import DistributedExecutor, OnDone, open_executor
+from daskcubes.testing import assert_stores_identical
+from daskcubes.workflow import main
+from tests.conftest import small_config
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+#: The default dashboard host with any free port, so that runs never collide.
+DASHBOARD = Config.model_validate({}).dashboard_address.rsplit(":", 1)[0] + ":0"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A single-threaded run whose stores every distributed run must equal byte for byte."""
+    config = small_config(
+        tmp_path_factory.mktemp("sync"), cubes=64, batch_size=4, shard_size=4, n_frames=6
+    )
+    pipeline.run(config, show_progress=False)
+    return config
+
+
+def distributed_config(oracle: Config, root: Path, **overrides: Any) -> Config:
+    """``oracle``'s job on a 2-worker LocalCluster, sampling into a new store under ``root``."""
+    values = {
+        **oracle.model_dump(),
+        "out": str(root / "cubes.zarr"),
+        "scheduler": "distributed",
+        "workers": 2,
+        "threads_per_worker": 1,
+        "dashboard_address": DASHBOARD,
+        **overrides,
+    }
+    return Config.model_validate(values)
+
+
+@pytest.fixture(scope="module")
+def local_cluster(oracle: Config) -> Iterator[DistributedExecutor]:
+    """A 2-worker LocalCluster shared by the tests that sample on it directly."""
+    with open_executor(distributed_config(oracle, Path(oracle.out).parent)) as executor:
+        assert isinstance(executor, DistributedExecutor)
+        yield executor
+
+
+def cli_args(config: Config) -> list[str]:
+    """Command-line options that give ``config``."""
+    args = []
+    for name, value in config.model_dump().items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            args += [flag, str(value)]
+    return [*args, "--quiet"]
+
+
+class OnFirstDone:
+    """An executor that runs ``action(client)`` when the first task of a graph finishes,
+    while the rest of the run is still outstanding."""
+
+    def __init__(self, executor: DistributedExecutor, action: Callable[[Client], None]) -> None:
+        self.client = executor.client
+        self._executor = executor
+        self._action = action
+
+    def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
+        first = True
+
+        def act_then_report(key: Key) -> None:
+            nonlocal first
+            if first:
+                first = False
+                self._action(self.client)
+            on_done(key)
+
+        self._executor.run(dsk, keys, act_then_report)
+
+
+# -- an existing cluster: `dask scheduler` and two `dask worker` processes ------------------
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The address of a real cluster on loopback: a scheduler and two 1-thread workers."""
+    root = tmp_path_factory.mktemp("cluster")
+    scheduler_file = root / "scheduler.json"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    dask = [sys.executable, "-m", "dask"]
+    commands = [
+        [
+            *dask,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            DASHBOARD,
+        ],
+        *[[*dask, "worker", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]] * 2,
+    ]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, command in enumerate(commands):
+            with (root / f"process-{i}.log").open("wb") as log:  # the process keeps a copy
+                processes.append(
+                    subprocess.Popen(
+                        [*command, "--scheduler-file", str(scheduler_file)],
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+            address = client.scheduler.address
+        yield address
+    finally:
+        _stop(processes)
+
+
+def slab_loads(client: Client) -> dict[str, int]:
+    """How many times each worker process has loaded a source slab."""
+    return client.run(lambda: sample._cached_slab.cache_info().misses)
+
+
+def test_cli_on_an_existing_cluster_matches_sync(
+    dask_cluster: str, oracle: Config, tmp_path: Path
+) -> None:
+    config = Config.model_validate(
+        {
+            **oracle.model_dump(),
+            "frames": str(tmp_path / "frames"),
+            "frames_store": str(tmp_path / "frames.zarr"),
+            "out": str(tmp_path / "cubes.zarr"),
+            "scheduler": dask_cluster,
+        }
+    )
+    with Client(dask_cluster) as client:
+        before = slab_loads(client)
+        assert main(["run", *cli_args(config)]) == 0
+        loads = {worker: n - before[worker] for worker, n in slab_loads(client).items()}
+    assert_stores_identical(oracle.frames_store, config.frames_store)
+    assert_stores_identical(oracle.out, config.out)
+    # The slab is loaded once on each worker that sampled, never once per task.
+    assert sum(loads.values()) >= 1 and max(loads.values()) == 1, loads
+
+
+def test_unreachable_scheduler_is_one_line_and_exit_2(
+    oracle: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = small_config(tmp_path)
+    argv = [*cli_args(config), "--scheduler", f"tcp://127.0.0.1:{port}", "--connect-timeout", "2"]
+    assert main(["run", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"daskcubes: error: scheduler 'tcp://127.0.0.1:{port}'"), err
+    assert "cannot connect within 2 s" in err and len(err.splitlines()) == 1
+    assert not Path(config.frames).exists()  # nothing is written before the cluster is there
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--scheduler", "cluster"], "setting 'scheduler'"),
+        (["--report", "r.html"], "report needs scheduler 'distributed'"),
+        (["--dask-scheduler-address", "tcp://127.0.0.1:1"], "needs scheduler 'distributed'"),
+    ],
+)
+def test_bad_distributed_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert main(["run", *cli_args(small_config(tmp_path)), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+# -- LocalCluster ---------------------------------------------------------------------------
+
+
+def test_local_cluster_cli_prints_dashboard_and_saves_report(
+    oracle: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = distributed_config(oracle, tmp_path, report=str(tmp_path / "report.html"))
+    assert main(["sample", *cli_args(config)]) == 0
+    assert "daskcubes: Dask dashboard http://127.0.0.1:" in capsys.readouterr().err
+    assert_stores_identical(oracle.out, config.out)
+    report = (tmp_path / "report.html").read_text()
+    assert "Dask Performance Report" in report
+    assert "sample-" in report and "recipes-" in report  # the run's task groups
+
+
+def test_a_killed_worker_is_restarted_and_the_run_completes(
+    oracle: Config, local_cluster: DistributedExecutor, tmp_path: Path
+) -> None:
+    config = distributed_config(oracle, tmp_path)
+    killed: list[int] = []
+
+    def kill_a_worker(client: Client) -> None:
+        killed.append(next(iter(client.run(os.getpid).values())))
+        os.kill(killed[0], signal.SIGKILL)
+
+    pipeline.sample(config, show_progress=False, executor=OnFirstDone(local_cluster, kill_a_worker))
+    assert_stores_identical(oracle.out, config.out)
+    local_cluster.client.wait_for_workers(2, timeout=60)  # the Nanny has started a new worker
+    assert killed and killed[0] not in local_cluster.client.run(os.getpid).values()
+
+
+def dashboard_port(client: Client) -> int:
+    port = urlsplit(client.dashboard_link).port
+    assert port is not None
+    return port
+
+
+def test_dashboard_answers_on_loopback_only(
+    oracle: Config, local_cluster: DistributedExecutor, tmp_path: Path
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def probe(client: Client) -> None:
+        port = dashboard_port(client)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=30) as answer:
+            seen["status"], seen["page"] = answer.status, answer.read().decode()
+        # 127.0.0.2 is loopback too, but a server bound to 127.0.0.1 does not answer it,
+        # as it would not answer on the machine's other interfaces.
+        try:
+            socket.create_connection(("127.0.0.2", port), timeout=10).close()
+            seen["other"] = "answered"
+        except ConnectionRefusedError:
+            seen["other"] = "refused"
+        seen["listening"] = {
+            c.laddr.ip
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
+
+    config = distributed_config(oracle, tmp_path)
+    pipeline.sample(config, show_progress=False, executor=OnFirstDone(local_cluster, probe))
+    assert seen["status"] == 200 and "<title>Dask Diagnostic UI</title>" in seen["page"]
+    assert seen["other"] == "refused"
+    assert seen["listening"] == {"127.0.0.1"}
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_browser_renders_the_dashboard_during_a_run(
+    oracle: Config, local_cluster: DistributedExecutor, tmp_path: Path
+) -> None:
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    screenshot = tmp_path / "dashboard.png"
+    seen: dict[str, Any] = {}
+
+    def look(client: Client) -> None:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[
+                    "--no-sandbox",  # the tests run as root
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(client.dashboard_link, timeout=60_000)
+            # The status page's plots are Bokeh canvases, drawn once its websocket is up.
+            page.locator("canvas").nth(3).wait_for(timeout=60_000)
+            page.wait_for_timeout(2000)  # a refresh of the plots
+            page.screenshot(path=str(screenshot))
+            seen["title"] = page.title()
+            page.close()
+            browser.close()
+
+    config = distributed_config(oracle, tmp_path)
+    pipeline.sample(config, show_progress=False, executor=OnFirstDone(local_cluster, look))
+    print(f"dashboard screenshot: {screenshot}")
+    assert seen["title"] == "Dask: Status"
+    with Image.open(screenshot) as image:
+        assert image.size == (1280, 900)
+        # The plots are drawn, not only the navigation bar on a blank page.
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50
