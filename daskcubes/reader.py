@@ -1,6 +1,7 @@
 """Reading a cube store from training code.
 
-Imports nothing from the executors: reading needs only zarr and numpy.
+Imports nothing from the executors: reading needs only zarr, numpy and (for
+``to_dask``) dask.array.
 """
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import zarr
 
 from daskcubes.errors import UserError
 from daskcubes.plan import Recipes
+from daskcubes.rawshards import RawShards
 from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 
@@ -32,6 +35,7 @@ class CubeStore:
         self.attrs: dict[str, Any] = store_attrs(group)
         self.cubes: zarr.Array = group["cubes"]  # type: ignore[assignment]
         self._group = group
+        self._raw = RawShards.of(self.cubes)
 
     def __len__(self) -> int:
         return int(self.cubes.shape[0])
@@ -66,11 +70,25 @@ class CubeStore:
 
     def __getitem__(self, index: Index) -> np.ndarray:
         positions = self._positions(index)
-        if isinstance(index, slice) and index.step in (None, 1):
-            return np.asarray(self.cubes[index])
         if isinstance(positions, int):
-            return np.asarray(self.cubes[positions])
-        return np.asarray(self.cubes.get_orthogonal_selection((positions,)))
+            return self.read(np.array([positions]))[0]
+        return self.read(positions)
+
+    def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Cubes at ``positions`` (non-negative, in any order), into ``out`` if given.
+
+        Returns an ``(len(positions), depth, dim, dim)`` array. Uncompressed stores are
+        read straight from the shard files, in file order; others go through zarr.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(positions), *self.cube_shape), dtype=self.dtype)
+        if self._raw is not None:
+            self._raw.read_into(positions, out)
+        else:
+            for slot in np.argsort(positions, kind="stable"):
+                out[slot] = self.cubes[int(positions[slot])]
+        return out
 
     def recipes(self, index: Index) -> Recipes:
         """Source frames, first row and source columns of the cubes at ``index``."""
@@ -81,6 +99,41 @@ class CubeStore:
             frames=np.asarray(self._group["frames"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             rows=np.asarray(self._group["rows"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             columns=np.asarray(self._group["columns"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
+        )
+
+    def _dask_array(self, name: str) -> da.Array:
+        array: zarr.Array = self._group[name]  # type: ignore[assignment]
+        # One dask chunk per shard file: a chunk per cube would make a million-task graph.
+        chunks = array.shards or array.chunks
+        return da.from_zarr(array, chunks=chunks)
+
+    def to_dask(self) -> da.Array:
+        """The cubes as a lazy ``(n_cubes, depth, dim, dim)`` dask array, one chunk per shard."""
+        return self._dask_array("cubes")
+
+    def to_xarray(self) -> Any:
+        """The cubes as a lazy ``xarray.DataArray`` with dims ``cube, frame, row, col``.
+
+        The recipe arrays are coordinates: ``columns`` (cube, col), ``rows`` (cube,)
+        and ``frames`` (cube, frame), so a selection keeps track of where cubes came from.
+        """
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError(
+                "CubeStore.to_xarray needs xarray: pip install xarray"
+            ) from None
+        coords = {
+            "columns": (("cube", "col"), self._dask_array("columns")),
+            "rows": (("cube",), self._dask_array("rows")),
+            "frames": (("cube", "frame"), self._dask_array("frames")),
+        }
+        return xr.DataArray(
+            self.to_dask(),
+            dims=("cube", "frame", "row", "col"),
+            coords=coords,
+            name="cubes",
+            attrs={"daskcubes": self.attrs},
         )
 
 
