@@ -22,6 +22,20 @@ from daskcubes.store import open_group, store_attrs
 Index = int | slice | Sequence[int] | np.ndarray
 
 
+def cube_positions(index: Index, n_cubes: int) -> np.ndarray | int:
+    """Non-negative cube positions for an int, slice or sequence ``index`` into ``n_cubes``."""
+    if isinstance(index, int | np.integer):
+        if not -n_cubes <= index < n_cubes:
+            raise IndexError(f"cube {index} out of range for {n_cubes} cubes")
+        return int(index) % n_cubes
+    if isinstance(index, slice):
+        return np.arange(n_cubes)[index]
+    found = np.asarray(index, dtype=np.int64)
+    if found.size and not (-n_cubes <= found.min() and found.max() < n_cubes):
+        raise IndexError(f"cube index out of range for {n_cubes} cubes")
+    return found % n_cubes
+
+
 class CubeStore:
     """A complete cube store, opened read-only.
 
@@ -56,23 +70,11 @@ class CubeStore:
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
 
-    def _positions(self, index: Index) -> np.ndarray | int:
-        if isinstance(index, int | np.integer):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f"cube {index} out of range for {len(self)} cubes")
-            return int(index) % len(self)
-        if isinstance(index, slice):
-            return np.arange(len(self))[index]
-        positions = np.asarray(index, dtype=np.int64)
-        if positions.size and not (-len(self) <= positions.min() and positions.max() < len(self)):
-            raise IndexError(f"cube index out of range for {len(self)} cubes")
-        return positions % len(self)
-
     def __getitem__(self, index: Index) -> np.ndarray:
-        positions = self._positions(index)
-        if isinstance(positions, int):
-            return self.read(np.array([positions]))[0]
-        return self.read(positions)
+        found = cube_positions(index, len(self))
+        if isinstance(found, int):
+            return self.read(np.array([found]))[0]
+        return self.read(found)
 
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Cubes at ``positions`` (non-negative, in any order), into ``out`` if given.
@@ -92,10 +94,10 @@ class CubeStore:
 
     def recipes(self, index: Index) -> Recipes:
         """Source frames, first row and source columns of the cubes at ``index``."""
-        positions = np.atleast_1d(np.asarray(self._positions(index)))
-        select = (positions,)
+        found = np.atleast_1d(np.asarray(cube_positions(index, len(self))))
+        select = (found,)
         return Recipes(
-            start=int(positions[0]) if positions.size else 0,
+            start=int(found[0]) if found.size else 0,
             frames=np.asarray(self._group["frames"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             rows=np.asarray(self._group["rows"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             columns=np.asarray(self._group["columns"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
@@ -120,9 +122,7 @@ class CubeStore:
         try:
             import xarray as xr
         except ImportError:
-            raise ImportError(
-                "CubeStore.to_xarray needs xarray: pip install xarray"
-            ) from None
+            raise ImportError("CubeStore.to_xarray needs xarray: pip install xarray") from None
         coords = {
             "columns": (("cube", "col"), self._dask_array("columns")),
             "rows": (("cube",), self._dask_array("rows")),
