@@ -38,7 +38,7 @@ def draw_cube(
         raise UserError(f"--cube {index}: out of range; the store holds {len(store)} cubes")
     cube = store[index]
     recipe = store.recipes(index)
-    depth, dim, _ = cube.shape
+    dim = cube.shape[1]
     panels = [
         (cube[0], "frame 0", "col", "row"),
         (cube[:, dim // 2, :], f"row {dim // 2}", "col", "frame"),
