@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -95,7 +95,7 @@ class _Failure(NamedTuple):
 _END = object()
 
 
-def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+def prefetched(items: Iterator[T], depth: int) -> Generator[T, None, None]:
     """The items of ``items``, produced in a background thread up to ``depth`` ahead.
 
     An exception in the producer is raised in the consumer. When the consumer stops

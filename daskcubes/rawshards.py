@@ -37,7 +37,7 @@ class RawShards:
         self.root = root
         self.shard_size = shard_size
         self.item_shape: tuple[int, ...] = tuple(array.shape[1:])
-        self.dtype = np.dtype(array.dtype)  # type: ignore[arg-type]
+        self.dtype = np.dtype(array.dtype)
         self.item_nbytes = int(np.prod(self.item_shape)) * self.dtype.itemsize
         self._indexes: dict[int, np.ndarray] = {}
 
@@ -48,7 +48,7 @@ class RawShards:
         if not (isinstance(array.store, LocalStore) and len(codecs) == 1):
             return None
         (sharding,) = codecs
-        dtype = np.dtype(array.dtype)  # type: ignore[arg-type]
+        dtype = np.dtype(array.dtype)
         if not (
             isinstance(sharding, ShardingCodec)
             and sharding.index_location == ShardingCodecIndexLocation.end

@@ -93,8 +93,10 @@ def test_dask_from_zarr_agrees(store: CubeStore, stored: Config) -> None:
 
 def test_zarr_python_agrees(store: CubeStore, stored: Config) -> None:
     group = zarr.open_group(stored.out, mode="r")
-    assert np.array_equal(group["cubes"][:], store[:])  # type: ignore[index]
-    assert np.array_equal(group["rows"][:], store.recipes(slice(None)).rows)  # type: ignore[index]
+    cubes, rows = group["cubes"], group["rows"]
+    assert isinstance(cubes, zarr.Array) and isinstance(rows, zarr.Array)
+    assert np.array_equal(np.asarray(cubes[:]), store[:])
+    assert np.array_equal(np.asarray(rows[:]), store.recipes(slice(None)).rows)
 
 
 def test_tensorstore_zarr3_agrees(store: CubeStore, stored: Config) -> None:

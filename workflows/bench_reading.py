@@ -110,10 +110,10 @@ def measure(
         frames_store=frames_store,
         out=str(Path(scratch) / "bench-cubes.zarr"),
         cubes=cubes,
-        dtype=dtype,  # type: ignore[arg-type]
+        dtype=dtype,
         workers=threads,
     )
-    pipeline.sample(config, overwrite=True, show_progress=False)
+    pipeline.sample(config, mode="overwrite", show_progress=False)
     try:
         store = Batches(open_cubes(config.out), BATCH, shuffle=True, seed=1, prefetch=0)
         batches = store.plan.batches(0)
@@ -156,8 +156,8 @@ def main() -> None:
         if frames_store is None:
             frames_store = str(scratch / "frames.zarr")
             made = Config(frames=str(scratch / "frames"), frames_store=frames_store, cubes=1)
-            pipeline.generate(made, overwrite=True, show_progress=False)
-            pipeline.ingest(made, overwrite=True, show_progress=False)
+            pipeline.generate(made, mode="overwrite", show_progress=False)
+            pipeline.ingest(made, mode="overwrite", show_progress=False)
         for method, rate, unit in measure(
             frames_store, str(scratch), args.cubes, args.threads, args.dtype
         ):
