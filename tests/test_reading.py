@@ -55,7 +55,9 @@ def test_compressed_stores_are_read_through_zarr(tmp_path: Path, stored: Config)
     store = open_cubes(config.out)
     assert store._raw is None
     order = np.random.default_rng(1).permutation(len(store))
-    assert np.array_equal(store[order], zarr_cubes(stored)[order])
+    expected = zarr_cubes(stored)
+    assert np.array_equal(store[order], expected[order])
+    assert np.array_equal(store[3:9], expected[3:9])  # a run: one zarr request
 
 
 def test_to_dask_and_to_xarray(store: CubeStore, stored: Config) -> None:
