@@ -27,15 +27,13 @@ from daskcubes.errors import UserError
 from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_graph, inspect_frames
-from daskcubes.plan import CubePlan
 from daskcubes.progress import ProgressRecord
-from daskcubes.sample import SampleJob, sample_graph
+from daskcubes.sample import sample_graph, sample_job
 from daskcubes.storage import Storage
 from daskcubes.store import (
     WriteMode,
     create_cube_store,
     cube_plan_attrs,
-    frames_store_info,
     mark_complete,
     store_lock,
 )
@@ -200,24 +198,6 @@ def ingest(
         seconds = _execute(config, graph, keys, finished, record, "ingest", show_progress, executor)
         mark_complete(path, storage, frames=len(files))
     return StageResult("ingest", len(files), "frames", nbytes, seconds, path, len(done))
-
-
-def sample_job(config: Config) -> SampleJob:
-    """The sampling job for ``config``: the plan checked against the frames store."""
-    storage = Storage.of(config.storage_options)
-    frames = frames_store_info(config.frames_store, storage)
-    depth, n_rows, n_cols = frames.shape
-    plan = CubePlan(
-        n_cubes=config.cubes,
-        dim=config.dim,
-        depth=depth,
-        n_rows=n_rows,
-        n_cols=n_cols,
-        seed=config.seed,
-        batch_size=config.batch_size,
-        shard_size=config.shard_size,
-    )
-    return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype, storage=storage)
 
 
 def sample(

@@ -1,6 +1,7 @@
 """Reading a cube store from training code.
 
-Imports nothing from the executors: reading needs only zarr and numpy.
+Imports nothing from the executors: reading needs only zarr, numpy and (for
+``to_dask``) dask.array.
 """
 
 from __future__ import annotations
@@ -8,15 +9,31 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import dask.array as da
 import numpy as np
 import zarr
 
 from daskcubes.errors import UserError
 from daskcubes.plan import Recipes
+from daskcubes.rawshards import RawShards
 from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 
 Index = int | slice | Sequence[int] | np.ndarray
+
+
+def cube_positions(index: Index, n_cubes: int) -> np.ndarray | int:
+    """Non-negative cube positions for an int, slice or sequence ``index`` into ``n_cubes``."""
+    if isinstance(index, int | np.integer):
+        if not -n_cubes <= index < n_cubes:
+            raise IndexError(f"cube {index} out of range for {n_cubes} cubes")
+        return int(index) % n_cubes
+    if isinstance(index, slice):
+        return np.arange(n_cubes)[index]
+    found = np.asarray(index, dtype=np.int64)
+    if found.size and not (-n_cubes <= found.min() and found.max() < n_cubes):
+        raise IndexError(f"cube index out of range for {n_cubes} cubes")
+    return found % n_cubes
 
 
 class CubeStore:
@@ -32,6 +49,7 @@ class CubeStore:
         self.attrs: dict[str, Any] = store_attrs(group)
         self.cubes: zarr.Array = group["cubes"]  # type: ignore[assignment]
         self._group = group
+        self._raw = RawShards.of(self.cubes)
 
     def __len__(self) -> int:
         return int(self.cubes.shape[0])
@@ -52,35 +70,73 @@ class CubeStore:
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
 
-    def _positions(self, index: Index) -> np.ndarray | int:
-        if isinstance(index, int | np.integer):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f"cube {index} out of range for {len(self)} cubes")
-            return int(index) % len(self)
-        if isinstance(index, slice):
-            return np.arange(len(self))[index]
-        positions = np.asarray(index, dtype=np.int64)
-        if positions.size and not (-len(self) <= positions.min() and positions.max() < len(self)):
-            raise IndexError(f"cube index out of range for {len(self)} cubes")
-        return positions % len(self)
-
     def __getitem__(self, index: Index) -> np.ndarray:
-        positions = self._positions(index)
-        if isinstance(index, slice) and index.step in (None, 1):
-            return np.asarray(self.cubes[index])
-        if isinstance(positions, int):
-            return np.asarray(self.cubes[positions])
-        return np.asarray(self.cubes.get_orthogonal_selection((positions,)))
+        found = cube_positions(index, len(self))
+        if isinstance(found, int):
+            return self.read(np.array([found]))[0]
+        return self.read(found)
+
+    def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Cubes at ``positions`` (non-negative, in any order), into ``out`` if given.
+
+        Returns an ``(len(positions), depth, dim, dim)`` array. Uncompressed stores are
+        read straight from the shard files, in file order; others go through zarr.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        if out is None:
+            out = np.empty((len(positions), *self.cube_shape), dtype=self.dtype)
+        if self._raw is not None:
+            self._raw.read_into(positions, out)
+        elif len(positions) > 1 and np.all(np.diff(positions) == 1):
+            # One zarr request for a run: on object storage its chunks are fetched together.
+            out[:] = self.cubes[int(positions[0]) : int(positions[-1]) + 1]
+        else:
+            for slot in np.argsort(positions, kind="stable"):
+                out[slot] = self.cubes[int(positions[slot])]
+        return out
 
     def recipes(self, index: Index) -> Recipes:
         """Source frames, first row and source columns of the cubes at ``index``."""
-        positions = np.atleast_1d(np.asarray(self._positions(index)))
-        select = (positions,)
+        found = np.atleast_1d(np.asarray(cube_positions(index, len(self))))
+        select = (found,)
         return Recipes(
-            start=int(positions[0]) if positions.size else 0,
+            start=int(found[0]) if found.size else 0,
             frames=np.asarray(self._group["frames"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             rows=np.asarray(self._group["rows"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             columns=np.asarray(self._group["columns"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
+        )
+
+    def _dask_array(self, name: str) -> da.Array:
+        array: zarr.Array = self._group[name]  # type: ignore[assignment]
+        # One dask chunk per shard file: a chunk per cube would make a million-task graph.
+        chunks = array.shards or array.chunks
+        return da.from_zarr(array, chunks=chunks)
+
+    def to_dask(self) -> da.Array:
+        """The cubes as a lazy ``(n_cubes, depth, dim, dim)`` dask array, one chunk per shard."""
+        return self._dask_array("cubes")
+
+    def to_xarray(self) -> Any:
+        """The cubes as a lazy ``xarray.DataArray`` with dims ``cube, frame, row, col``.
+
+        The recipe arrays are coordinates: ``columns`` (cube, col), ``rows`` (cube,)
+        and ``frames`` (cube, frame), so a selection keeps track of where cubes came from.
+        """
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ImportError("CubeStore.to_xarray needs xarray: pip install xarray") from None
+        coords = {
+            "columns": (("cube", "col"), self._dask_array("columns")),
+            "rows": (("cube",), self._dask_array("rows")),
+            "frames": (("cube", "frame"), self._dask_array("frames")),
+        }
+        return xr.DataArray(
+            self.to_dask(),
+            dims=("cube", "frame", "row", "col"),
+            coords=coords,
+            name="cubes",
+            attrs={"daskcubes": self.attrs},
         )
 
 

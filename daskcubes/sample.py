@@ -17,10 +17,11 @@ import zarr
 from dask.base import tokenize
 from dask.typing import Key
 
+from daskcubes.config import Config
 from daskcubes.kernels import gather_cubes, make_slab
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.storage import Storage
-from daskcubes.store import FramesStoreInfo
+from daskcubes.store import FramesStoreInfo, frames_store_info
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,24 @@ class SampleJob:
     plan: CubePlan
     dtype: str
     storage: Storage
+
+
+def sample_job(config: Config) -> SampleJob:
+    """The sampling job for ``config``: the plan checked against the frames store."""
+    storage = Storage.of(config.storage_options)
+    frames = frames_store_info(config.frames_store, storage)
+    depth, n_rows, n_cols = frames.shape
+    plan = CubePlan(
+        n_cubes=config.cubes,
+        dim=config.dim,
+        depth=depth,
+        n_rows=n_rows,
+        n_cols=n_cols,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        shard_size=config.shard_size,
+    )
+    return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype, storage=storage)
 
 
 _slab_lock = threading.Lock()

@@ -18,6 +18,7 @@ from typing import Any
 from daskcubes import pipeline
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
+from daskcubes.preview import draw_cube
 from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 from daskcubes.verify import verify_cube_store
@@ -29,6 +30,7 @@ COMMANDS = {
     "sample": "cut cubes from the frames store into the cube store (--out)",
     "info": "describe a frames store or a cube store",
     "verify": "check a cube store; exit 1 if anything is wrong",
+    "preview": "draw one cube of a cube store as a PNG (slices through it, recipe in the title)",
 }
 
 
@@ -72,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(reading, "storage_options")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command, text in COMMANDS.items():
-        inspects = command in ("info", "verify")
+        inspects = command in ("info", "verify", "preview")
         parents = [common, reading] if inspects else [common]
         sub = commands.add_parser(command, help=text, description=text, parents=parents)
         if command == "info":
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--sample", type=int, default=16, metavar="N", help="cubes to read (default 16)"
             )
+            continue
+        if command == "preview":
+            sub.add_argument("store", help="path of a cube store")
+            sub.add_argument("--cube", type=int, default=0, metavar="I", help="cube to draw")
+            sub.add_argument("--png", required=True, metavar="FILE", help="PNG file to write")
             continue
         sub.add_argument(
             "--config",
@@ -159,6 +166,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "verify":
         return _verify(args)
+    if args.command == "preview":
+        print(
+            f"daskcubes: wrote {draw_cube(args.store, args.cube, args.png, args.storage_options)}"
+        )
+        return 0
     config = config_from_args(args)
     stage: Any = {
         "run": pipeline.run,

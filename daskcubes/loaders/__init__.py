@@ -1,0 +1,1 @@
+"""Adapters that hand cubes to training frameworks; each is an optional extra."""

@@ -1,0 +1,64 @@
+"""A picture of one cube, for a person to look at: three slices through it as a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daskcubes.errors import UserError
+from daskcubes.reader import open_cubes
+
+
+def _shorten(values: np.ndarray, keep: int = 6) -> str:
+    shown = ", ".join(str(v) for v in values[:keep])
+    return f"[{shown}{', ...' if len(values) > keep else ''}] ({len(values)})"
+
+
+def draw_cube(
+    store_path: str, index: int, png: str, storage_options: dict[str, Any] | None = None
+) -> str:
+    """Draw cube ``index`` of the cube store at ``store_path`` into ``png``.
+
+    Three panels: the first frame (row x col), the middle row through all frames
+    (frame x col) and the middle column through all frames (frame x row); the title
+    gives the cube's recipe. ``storage_options`` are fsspec options for a URL.
+    Returns the path written.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("preview needs matplotlib: pip install 'daskcubes[preview]'") from None
+    store = open_cubes(store_path, storage_options=storage_options)
+    if not -len(store) <= index < len(store):
+        raise UserError(f"--cube {index}: out of range; the store holds {len(store)} cubes")
+    cube = store[index]
+    recipe = store.recipes(index)
+    dim = cube.shape[1]
+    panels = [
+        (cube[0], "frame 0", "col", "row"),
+        (cube[:, dim // 2, :], f"row {dim // 2}", "col", "frame"),
+        (cube[:, :, dim // 2], f"col {dim // 2}", "row", "frame"),
+    ]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4.6), layout="constrained")
+    for ax, (image, name, xlabel, ylabel) in zip(axes, panels, strict=True):
+        shown = ax.imshow(image, cmap="viridis", aspect="auto", interpolation="nearest")
+        ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
+        figure.colorbar(shown, ax=ax, shrink=0.8)
+    figure.suptitle(
+        f"{Path(store_path).name} cube {index % len(store)}: {cube.shape} {cube.dtype}, "
+        f"seed {store.attrs.get('seed')}\nframes {_shorten(recipe.frames[0])}, "
+        f"first row {recipe.rows[0]}, columns {_shorten(recipe.columns[0])}",
+        fontsize=10,
+    )
+    try:
+        figure.savefig(png, dpi=100)
+    except OSError as exc:
+        raise UserError(f"--png {png}: cannot write ({exc.strerror})") from None
+    finally:
+        plt.close(figure)
+    return png
