@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import google_crc32c
 import numpy as np
@@ -49,7 +50,7 @@ def is_raw_layout(array: zarr.Array) -> bool:
     )
 
 
-def _is_fill(chunk: np.ndarray, fill: object) -> bool:
+def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
     """Whether zarr would skip ``chunk`` as equal to the fill value (O(1) for most chunks)."""
     if chunk.size and not np.array_equal(chunk.flat[0], fill, equal_nan=True):
         return False
@@ -104,10 +105,10 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
     try:
         with partial.open("wb") as file:
             if len(stored) == len(data):
-                file.write(memoryview(data).cast("B"))
+                file.write(data.data.cast("B"))
             else:
                 for i in stored:
-                    file.write(memoryview(data[i]).cast("B"))
+                    file.write(data[i].data.cast("B"))
             file.write(_index(size, stored, data[0].nbytes))
         partial.replace(path)
     except BaseException:

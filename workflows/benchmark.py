@@ -32,12 +32,16 @@ import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
+import zarr
+from dask.typing import Key
 
 from daskcubes import pipeline
 from daskcubes.config import Config
 from daskcubes.executors import run_graph
 from daskcubes.plan import cube_columns
 from daskcubes.sample import make_cube_batch, worker_slab
+from daskcubes.shards import write_shard
+from daskcubes.storage import Storage
 from daskcubes.synthetic import write_synthetic_frame
 
 CUBES_PER_S = "cubes/s"
@@ -154,7 +158,9 @@ def prepare(setup: Setup) -> None:
     pipeline.generate(setup.config(synthetic=True), mode="overwrite", show_progress=False)
     Path(setup.csv_frames).mkdir(parents=True, exist_ok=True)
     for i in range(min(setup.few, setup.n_frames)):
-        write_synthetic_frame(setup.csv_frames, "csv", 0, i, setup.n_rows, setup.n_cols)
+        write_synthetic_frame(
+            setup.csv_frames, "csv", 0, i, setup.n_rows, setup.n_cols, Storage.of()
+        )
 
 
 def parquet_files(setup: Setup) -> list[Path]:
@@ -201,10 +207,8 @@ def measure_article_steps(setup: Setup) -> list[Row]:
     step2 = timed(lambda: [arr[:, :dim, c] for c in few])
     many = setup.columns(setup.cubes)
     step3 = in_pool(setup.threads, len(many), lambda i: arr[:, :dim, many[i]])
-    del arr
     # What a user gets by stacking DataFrame.to_numpy(): each frame stays column-major.
     stacked = np.stack([frame.to_numpy() for frame in frames])
-    del frames
     step3_stacked = in_pool(setup.threads, len(many), lambda i: stacked[:, :dim, many[i]])
     return [
         Row("article step 0: re-read every file per cube", len(step0_cubes) / step0, CUBES_PER_S),
@@ -224,9 +228,9 @@ def measure_plain_dask(setup: Setup) -> list[Row]:
     """A plain dask.array attempt: one fancy-indexed slice per cube, da.stack, to_zarr."""
     frames = da.from_zarr(setup.frames_store, component="frames")
     cubes = da.stack([frames[:, : setup.dim, c] for c in setup.columns(setup.few)])
-    with scratch_path(setup, "plain-dask.zarr") as path:
-        with dask.config.set(scheduler="threads", num_workers=setup.threads):
-            seconds = timed(lambda: cubes.to_zarr(str(path)))
+    threads = dask.config.set(scheduler="threads", num_workers=setup.threads)
+    with scratch_path(setup, "plain-dask.zarr") as path, threads:
+        seconds = timed(lambda: cubes.to_zarr(str(path)))
     return [Row("plain dask.array: slice per cube, to_zarr", setup.few / seconds, CUBES_PER_S)]
 
 
@@ -245,7 +249,7 @@ def generation_rate(setup: Setup, threads: int, cubes: int) -> float:
     worker_slab(
         job.frames, job.storage, job.plan.dim, job.dtype
     )  # loaded once per worker in a real run
-    graph = {
+    graph: dict[Key, Any] = {
         ("generate", b): (make_cube_batch, job, *job.plan.batch_bounds(b))
         for b in range(job.plan.n_batches)
     }
@@ -283,6 +287,49 @@ def measure_daskcubes(setup: Setup) -> list[Row]:
     if setup.dtype != "float32":
         rate = end_to_end_rate(setup, setup.threads, setup.cubes, "float32")
         rows.append(Row("daskcubes end to end, float32", rate, CUBES_PER_S))
+    return rows
+
+
+def write_path_rate(
+    setup: Setup, path: Path, write: Callable[[zarr.Array, int, np.ndarray], None]
+) -> float:
+    """Cubes per second writing whole shards of random cubes into a fresh cube array."""
+    size = Config().shard_size
+    shape = (setup.n_frames, setup.dim, setup.dim)
+    n_shards = -(-setup.cubes // size)
+    buffers = [np.random.default_rng(k).random((size, *shape)) for k in range(setup.threads)]
+    array = zarr.create_array(
+        str(path),
+        shape=(n_shards * size, *shape),
+        dtype="float64",
+        chunks=(1, *shape),
+        shards=(size, *shape),
+        compressors=None,
+        fill_value=0,
+    )
+
+    def work(k: int) -> None:
+        for shard in range(k, n_shards, setup.threads):
+            write(array, shard, buffers[k])
+
+    return n_shards * size / in_pool(setup.threads, setup.threads, work)
+
+
+def _zarr_write(array: zarr.Array, shard: int, values: np.ndarray) -> None:
+    array[shard * len(values) : (shard + 1) * len(values)] = values
+
+
+def measure_write_paths(setup: Setup) -> list[Row]:
+    """Whole-shard writes of float64 cubes: daskcubes' direct path against zarr's pipelines."""
+    rows = []
+    for method, pipeline_path, write in [
+        ("write path: daskcubes whole shards", None, write_shard),
+        ("write path: zarr-python codec pipeline", None, _zarr_write),
+        ("write path: zarrs codec pipeline", "zarrs.ZarrsCodecPipeline", _zarr_write),
+    ]:
+        settings = {"codec_pipeline.path": pipeline_path} if pipeline_path else {}
+        with zarr.config.set(settings), scratch_path(setup, "write-path.zarr") as path:
+            rows.append(Row(method, write_path_rate(setup, path, write), CUBES_PER_S, IO_CEILING))
     return rows
 
 
@@ -398,6 +445,7 @@ MEASUREMENTS: list[Callable[[Setup], list[Row]]] = [
     measure_plain_dask,
     measure_ingest,
     measure_daskcubes,
+    measure_write_paths,
     measure_ceilings,
     measure_planning_and_memory,
 ]
@@ -566,9 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--few", type=int, help="cubes for the slow methods (default 16; quick 4)")
     add("--threads", type=int, default=os.cpu_count() or 1, help="threads (default: cores)")
     add("--dtype", choices=["float64", "float32"], default="float64", help="cube dtype")
-    add("--frames", type=int, help="number of frames (default 100; quick 20)")
-    add("--rows", type=int, default=1000, help="rows per frame")
-    add("--cols", type=int, default=1000, help="columns per frame")
+    add("--n-frames", type=int, help="number of frames (default 100; quick 20)")
+    add("--n-rows", type=int, default=1000, help="rows per frame")
+    add("--n-cols", type=int, default=1000, help="columns per frame")
     add("--dim", type=int, default=100, help="cube edge")
     add("--sweep", help="thread counts for the threads chart (default 1,2,..,2x threads)")
     add("--plan-cubes", type=int, default=1_000_000, help="cubes to plan (default 1,000,000)")
@@ -591,9 +639,9 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         csv_frames=str(scratch / "csv-frames"),
         frames_store=str(scratch / "frames.zarr"),
         scratch=str(scratch),
-        n_frames=args.frames or (20 if quick else 100),
-        n_rows=args.rows,
-        n_cols=args.cols,
+        n_frames=args.n_frames or (20 if quick else 100),
+        n_rows=args.n_rows,
+        n_cols=args.n_cols,
         dim=args.dim,
         cubes=args.cubes or (96 if quick else 512),
         few=few,
