@@ -43,7 +43,7 @@ def test_benchmark_runs_and_reports_every_row(tmp_path: Path) -> None:
         "daskcubes end to end into the cube store",
         "daskcubes end to end, float32",
         "I/O ceiling: ndarray.tofile",
-        "memory ceiling: copy 8 MB per cube",
+        "memory ceiling: copy each cube's bytes",
         "planning 1,000 cubes: peak memory",
         "peak memory of a 8-cube run",
     ]:

@@ -4,7 +4,9 @@
     python workflows/benchmark.py --quick    # about a minute
 
 Every measurement is a plain function ``measure_*(setup) -> list[Row]``; :data:`MEASUREMENTS`
-lists them in table order. The run prints one table (method, rate, ratio to the article's
+lists them in table order. Plain ``(method, rate, unit)`` tuples are rows too, so a function
+``measure(frames_store, scratch, cubes, threads, dtype)`` of another workflow joins the table
+as ``lambda s: measure(s.frames_store, s.scratch, s.cubes, s.threads, s.dtype)``. The run prints one table (method, rate, ratio to the article's
 step 3, ratio to the row's ceiling), checks the targets, and writes ``benchmark.json``,
 ``ladder.png`` and ``threads.png`` into ``--out``. Big data lives under ``--scratch``
 (tmpfs when present) and is deleted at the end.
@@ -48,7 +50,7 @@ CUBES_PER_S = "cubes/s"
 FILES_PER_S = "files/s"
 STEP3 = "article step 3: numpy + ThreadPool"
 IO_CEILING = "I/O ceiling: ndarray.tofile"
-MEMORY_CEILING = "memory ceiling: copy 8 MB per cube"
+MEMORY_CEILING = "memory ceiling: copy each cube's bytes"
 
 
 class Row(NamedTuple):
