@@ -6,10 +6,12 @@
 Every measurement is a plain function ``measure_*(setup) -> list[Row]``; :data:`MEASUREMENTS`
 lists them in table order. Plain ``(method, rate, unit)`` tuples are rows too, so a function
 ``measure(frames_store, scratch, cubes, threads, dtype)`` of another workflow joins the table
-as ``lambda s: measure(s.frames_store, s.scratch, s.cubes, s.threads, s.dtype)``. The run prints one table (method, rate, ratio to the article's
-step 3, ratio to the row's ceiling), checks the targets, and writes ``benchmark.json``,
-``ladder.png`` and ``threads.png`` into ``--out``. Big data lives under ``--scratch``
-(tmpfs when present) and is deleted at the end.
+as ``lambda s: measure(s.frames_store, s.scratch, s.cubes, s.threads, s.dtype)``.
+
+The run prints one table (method, rate, ratio to the article's step 3, ratio to the row's
+ceiling), checks the targets, and writes ``benchmark.json``, ``ladder.png`` and
+``threads.png`` into ``--out``. Big data lives under ``--scratch`` (tmpfs when present) and
+is deleted at the end.
 """
 
 from __future__ import annotations
