@@ -20,6 +20,7 @@ from dask.typing import Key
 from daskcubes.config import Config
 from daskcubes.kernels import gather_cubes, make_slab
 from daskcubes.plan import CubePlan, recipes
+from daskcubes.shards import write_shard
 from daskcubes.storage import Storage
 from daskcubes.store import FramesStoreInfo, frames_store_info
 
@@ -96,9 +97,14 @@ def make_cube_batch(job: SampleJob, start: int, stop: int) -> np.ndarray:
 
 
 def write_cube_batch(job: SampleJob, batch: int) -> None:
-    """Cut batch ``batch`` and write it as one whole shard of ``cubes``."""
+    """Cut batch ``batch`` and write it as whole shards of ``cubes``."""
     start, stop = job.plan.batch_bounds(batch)
-    _open_output(job, "cubes")[start:stop] = make_cube_batch(job, start, stop)
+    cubes = make_cube_batch(job, start, stop)
+    size = job.plan.shard_size
+    for offset in range(0, stop - start, size):
+        write_shard(
+            _open_output(job, "cubes"), (start + offset) // size, cubes[offset : offset + size]
+        )
 
 
 def write_recipe_block(job: SampleJob, block: int) -> None:

@@ -1,0 +1,69 @@
+"""Whole-shard writes give exactly the bytes zarr-python writes, and read back through zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from daskcubes.plan import CubePlan
+from daskcubes.shards import is_raw_layout, write_shard
+from daskcubes.storage import Storage
+from daskcubes.store import _codecs, create_cube_store, cube_plan_attrs
+from daskcubes.testing import assert_stores_identical
+
+
+def cube_array(
+    path: Path, dtype: str, compressor: str = "none", write_empty_chunks: bool = False
+) -> zarr.Array:
+    """Like the store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard."""
+    zarr.create_array(
+        str(path),
+        shape=(10, 3, 4, 4),
+        dtype=dtype,
+        chunks=(1, 3, 4, 4),
+        shards=(4, 3, 4, 4),
+        compressors=_codecs(compressor),
+        fill_value=0,
+    )
+    array = zarr.open_array(str(path), mode="r+")
+    return array.with_config({"write_empty_chunks": write_empty_chunks})
+
+
+@pytest.mark.parametrize("write_empty_chunks", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int32"])
+def test_whole_shards_match_zarr_byte_for_byte(
+    tmp_path: Path, dtype: str, write_empty_chunks: bool
+) -> None:
+    values = (np.random.default_rng(1).random((10, 3, 4, 4)) * 100).astype(dtype)
+    values[5] = 0  # a chunk equal to the fill value, stored or left out as zarr does
+    values[8:] = 0  # a shard of such chunks only
+    ours = cube_array(tmp_path / "ours", dtype, write_empty_chunks=write_empty_chunks)
+    theirs = cube_array(tmp_path / "zarr", dtype, write_empty_chunks=write_empty_chunks)
+    assert is_raw_layout(ours)  # the direct path is the one under test
+    for shard, start in enumerate(range(0, 10, 4)):  # the last shard is ragged
+        write_shard(ours, shard, values[start : start + 4])
+        theirs[start : start + 4] = values[start : start + 4]
+    assert_stores_identical(tmp_path / "ours", tmp_path / "zarr")
+    assert np.array_equal(zarr.open_array(str(tmp_path / "ours"), mode="r")[:], values)
+    assert not list((tmp_path / "ours").rglob("*.partial"))
+
+
+def test_compressed_shards_go_through_zarr(tmp_path: Path) -> None:
+    values = np.random.default_rng(2).random((10, 3, 4, 4))
+    array = cube_array(tmp_path / "lz4", "float64", "lz4")
+    assert not is_raw_layout(array)
+    for shard, start in enumerate(range(0, 10, 4)):
+        write_shard(array, shard, values[start : start + 4])
+    assert np.array_equal(zarr.open_array(str(tmp_path / "lz4"), mode="r")[:], values)
+
+
+def test_the_cube_store_takes_the_direct_path(tmp_path: Path) -> None:
+    plan = CubePlan(
+        n_cubes=10, dim=4, depth=3, n_rows=5, n_cols=6, seed=0, batch_size=4, shard_size=4
+    )
+    path, storage = str(tmp_path / "cubes.zarr"), Storage.of()
+    create_cube_store(path, cube_plan_attrs(plan, "float64", "none", "-"), {}, "new", storage)
+    assert is_raw_layout(storage.open_array(path, "cubes", mode="r+"))
