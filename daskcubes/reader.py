@@ -15,7 +15,7 @@ import zarr
 
 from daskcubes.errors import UserError
 from daskcubes.plan import Recipes
-from daskcubes.rawshards import RawShards
+from daskcubes.shards import RawShards
 from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 

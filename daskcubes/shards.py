@@ -1,13 +1,17 @@
-"""Whole-shard writes of the cube store, straight from a batch buffer when zarr would only copy.
+"""The cube store's shard files: written and read whole, straight from and into numpy
+buffers, when zarr would only copy; and their indexes, checked by ``verify``.
 
 A task owns whole shards (see :mod:`daskcubes.sample`). When the store is a local
 directory and the cubes are uncompressed, a shard is, by the zarr v3 sharding spec, the
 chunks' raw little-endian bytes one after another, then the index (an ``(offset, nbytes)``
-pair of little-endian uint64 per chunk, all ones for a chunk outside the array) and its
-crc32c. Writing that directly from the batch buffer is one copy into the file; zarr-python's
-codec pipeline copies every chunk into a buffer, compares it with the fill value, and copies
-all of them again into the shard (measured about 4x slower per thread; see BENCHMARKS.md).
-Any other layout goes through zarr. Both paths write the same bytes (tests/test_shards.py).
+pair of little-endian uint64 per chunk, all ones for a chunk not stored) and its crc32c.
+Writing that directly from the batch buffer is one copy into the file; zarr-python's
+codec pipeline copies every chunk into a buffer, compares it with the fill value, and
+copies all of them again into the shard (measured about 4x slower per thread; see
+BENCHMARKS.md). Reading a cube is likewise one ``readinto`` into its slot of a batch,
+where zarr-python makes several copies and is far slower for fancy selections (see
+``workflows/bench_reading.py``). Any other layout goes through zarr. Both paths write the
+same bytes (tests/test_shards.py).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import google_crc32c
 import numpy as np
@@ -24,8 +28,10 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
-#: Index entry of a chunk that is not stored.
+#: Index entry of a chunk that is not stored (it reads as the fill value).
 MISSING = np.uint64(2**64 - 1)
+INDEX_ENTRY = 16  # bytes per chunk in a shard index: offset and length, both uint64
+CHECKSUM = 4  # bytes of the crc32c that ends a shard index
 LITTLE = BytesCodec(endian="little")
 
 
@@ -57,13 +63,32 @@ def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
     return bool(np.array_equal(chunk, np.broadcast_to(fill, chunk.shape), equal_nan=True))
 
 
+def _checksum(raw: bytes) -> bytes:
+    return np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
+
+
 def _index(n_chunks: int, stored: list[int], chunk_nbytes: int) -> bytes:
     """The shard index and its checksum, for chunks ``stored`` written in that order."""
     index = np.full((n_chunks, 2), MISSING, dtype="<u8")
     index[stored, 0] = np.arange(len(stored), dtype="<u8") * chunk_nbytes
     index[stored, 1] = chunk_nbytes
     raw = index.tobytes()
-    return raw + np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
+    return raw + _checksum(raw)
+
+
+def index_nbytes(n_chunks: int) -> int:
+    """Bytes of the index (with its checksum) that ends a shard of ``n_chunks`` chunks."""
+    return n_chunks * INDEX_ENTRY + CHECKSUM
+
+
+def decode_index(raw: bytes) -> np.ndarray:
+    """The ``(n_chunks, 2)`` offsets and lengths from a shard's index bytes.
+
+    Raises ``ValueError`` when the checksum does not match (a torn or overwritten file).
+    """
+    if _checksum(raw[:-CHECKSUM]) != raw[-CHECKSUM:]:
+        raise ValueError("shard index checksum mismatch (truncated or overwritten)")
+    return np.frombuffer(raw[:-CHECKSUM], dtype="<u8").reshape(-1, 2)
 
 
 def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
@@ -114,3 +139,73 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+class RawShards:
+    """Reads whole chunks of one array whose chunks each hold one item along axis 0.
+
+    Build with :meth:`of`, which returns ``None`` for layouts it does not handle.
+    """
+
+    def __init__(self, array: zarr.Array, root: Path, shard_size: int) -> None:
+        self.array = array
+        self.root = root
+        self.shard_size = shard_size
+        self.item_shape: tuple[int, ...] = tuple(array.shape[1:])
+        self.dtype = np.dtype(array.dtype)
+        self.item_nbytes = int(np.prod(self.item_shape)) * self.dtype.itemsize
+        self._indexes: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def of(cls, array: zarr.Array) -> RawShards | None:
+        """A reader for ``array``, or ``None`` unless it is local, sharded and uncompressed."""
+        if not is_raw_layout(array):
+            return None
+        store = array.store_path.store
+        assert isinstance(store, LocalStore) and array.shards is not None
+        return cls(array, Path(store.root) / array.path, array.shards[0])
+
+    def _shard_path(self, shard: int) -> Path:
+        key = self.array.metadata.chunk_key_encoding.encode_chunk_key(  # type: ignore[union-attr]
+            (shard,) + (0,) * len(self.item_shape)
+        )
+        return self.root / key
+
+    def _index(self, shard: int, file: BinaryIO) -> np.ndarray:
+        """(shard_size, 2) offsets and lengths of the chunks of ``shard``, read once."""
+        if shard not in self._indexes:
+            size = index_nbytes(self.shard_size)
+            file.seek(-size, 2)
+            self._indexes[shard] = decode_index(file.read(size))
+        return self._indexes[shard]
+
+    def read_into(self, positions: np.ndarray, out: np.ndarray) -> None:
+        """``out[k] = array[positions[k]]`` for every k, visiting shard files in order.
+
+        Sorted reads open each shard file once and move forward through it; each chunk
+        lands straight in its slot of ``out``, so nothing is un-permuted afterwards.
+        """
+        order = np.argsort(positions, kind="stable")
+        shards = positions[order] // self.shard_size
+        fill = self.array.fill_value
+        for shard in np.unique(shards):
+            slots = order[shards == shard]
+            path = self._shard_path(int(shard))
+            if not path.exists():
+                out[slots] = fill
+                continue
+            with open(path, "rb", buffering=0) as file:
+                index = self._index(int(shard), file)
+                for slot in slots:
+                    offset, nbytes = index[positions[slot] % self.shard_size]
+                    if offset == MISSING:
+                        out[slot] = fill
+                        continue
+                    if nbytes != self.item_nbytes:
+                        raise ValueError(
+                            f"{path}: chunk of {nbytes} bytes, expected {self.item_nbytes}"
+                        )
+                    file.seek(int(offset))
+                    view = memoryview(out[slot]).cast("B")
+                    if file.readinto(view) != nbytes:
+                        raise ValueError(f"{path}: shard file ends inside a chunk")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.abc.store import SuffixByteRequest
@@ -21,11 +20,9 @@ from zarr.core.sync import sync
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
 from daskcubes.sample import SampleJob, make_cube_batch
+from daskcubes.shards import MISSING, decode_index, index_nbytes
 from daskcubes.storage import Storage
 from daskcubes.store import frames_store_info, open_group, store_attrs
-
-#: Marks a chunk absent from its shard, in the sharding index.
-_EMPTY = np.uint64(2**64 - 1)
 
 
 @dataclass
@@ -53,24 +50,21 @@ def _plan(attrs: dict[str, Any]) -> CubePlan:
 def _shard_problem(store: Any, key: str, chunks: int, valid: int) -> str | None:
     """Why the shard file ``key`` is not whole, or None; ``valid`` chunks must be present."""
     size = sync(store.getsize(key)) if sync(store.exists(key)) else None
-    index_bytes = chunks * 16 + 4
+    tail = index_nbytes(chunks)
     if size is None:
         return "missing"
-    if size < index_bytes:
+    if size < tail:
         return f"truncated ({size} bytes)"
     buffer = sync(
-        store.get(
-            key, prototype=default_buffer_prototype(), byte_range=SuffixByteRequest(index_bytes)
-        )
+        store.get(key, prototype=default_buffer_prototype(), byte_range=SuffixByteRequest(tail))
     )
-    raw = buffer.to_bytes()
-    checksum = np.uint32(google_crc32c.value(raw[:-4])).tobytes()
-    if checksum != raw[-4:]:
-        return "index checksum mismatch (truncated or overwritten)"
-    index = np.frombuffer(raw[:-4], dtype="<u8").reshape(chunks, 2)[:valid]
-    if (index == _EMPTY).any():
-        return f"{int((index[:, 0] == _EMPTY).sum())} cubes missing from the shard"
-    if int((index[:, 0] + index[:, 1]).max()) > size - index_bytes:
+    try:
+        index = decode_index(buffer.to_bytes())[:valid]
+    except ValueError as exc:
+        return str(exc)
+    if (index[:, 0] == MISSING).any():
+        return f"{int((index[:, 0] == MISSING).sum())} cubes missing from the shard"
+    if int((index[:, 0] + index[:, 1]).max()) > size - tail:
         return "chunk past the end of the file"
     return None
 

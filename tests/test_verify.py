@@ -45,7 +45,7 @@ def test_missing_and_truncated_shards(made: Config, capsys: pytest.CaptureFixtur
     status, out = verify(made, capsys)
     assert status == 1
     assert "shard cubes/c/2/0/0/0 (cubes 8-11): missing" in out
-    assert "shard cubes/c/5/0/0/0 (cubes 20-23): index checksum mismatch" in out
+    assert "shard cubes/c/5/0/0/0 (cubes 20-23): shard index checksum mismatch" in out
     assert not out.strip().endswith("no problems")
 
 

@@ -41,9 +41,9 @@ from dask.typing import Key
 
 from daskcubes import pipeline
 from daskcubes.config import Config
-from daskcubes.executors import run_graph
+from daskcubes.executors import LocalExecutor
 from daskcubes.plan import cube_columns
-from daskcubes.sample import make_cube_batch, worker_slab
+from daskcubes.sample import make_cube_batch, sample_job, worker_slab
 from daskcubes.shards import write_shard
 from daskcubes.storage import Storage
 from daskcubes.synthetic import write_synthetic_frame
@@ -249,19 +249,15 @@ def measure_ingest(setup: Setup) -> list[Row]:
 
 def generation_rate(setup: Setup, threads: int, cubes: int) -> float:
     """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads."""
-    job = pipeline.sample_job(setup.config(cubes=cubes))
-    worker_slab(
-        job.frames, job.storage, job.plan.dim, job.dtype
-    )  # loaded once per worker in a real run
+    job = sample_job(setup.config(cubes=cubes))
+    # Loaded once per worker in a real run: not part of the rate.
+    worker_slab(job.frames, job.storage, job.plan.dim, job.dtype)
     graph: dict[Key, Any] = {
         ("generate", b): (make_cube_batch, job, *job.plan.batch_bounds(b))
         for b in range(job.plan.n_batches)
     }
-    seconds = timed(
-        lambda: run_graph(
-            graph, list(graph), lambda key: None, workers=threads, scheduler="threads"
-        )
-    )
+    executor = LocalExecutor("threads", threads)
+    seconds = timed(lambda: executor.run(graph, list(graph), lambda key: None))
     return cubes / seconds
 
 
@@ -401,7 +397,7 @@ def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
 
     started = time.perf_counter()
     config = setup.config(cubes=setup.plan_cubes, out=store)
-    job = pipeline.sample_job(config)
+    job = sample_job(config)
     plan_attrs = cube_plan_attrs(job.plan, config.dtype, config.compressor, job.frames.fingerprint)
     create_cube_store(store, plan_attrs, {}, "new", job.storage)
     record = ProgressRecord(store, job.storage)
