@@ -23,6 +23,8 @@ from daskcubes.errors import UserError
 from daskcubes.storage import Storage, basename
 
 FRAME_SUFFIXES = (".parquet", ".csv")
+#: The column pandas adds to a parquet file for a DataFrame's index; not frame data.
+PANDAS_INDEX = "__index_level_0__"
 
 
 @dataclass(frozen=True)
@@ -129,8 +131,7 @@ def inspect_frame(path: str, storage: Storage) -> FrameFile:
             schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as exc:
             raise UserError(f"{path}: not a readable parquet file ({exc})") from None
-        pandas_index = {"__index_level_0__"}
-        schema = pa.schema([f for f in schema if f.name not in pandas_index])
+        schema = pa.schema([f for f in schema if f.name != PANDAS_INDEX])
         n_rows, columns, dtype = meta.num_rows, tuple(schema.names), _numeric_dtype(path, schema)
     else:
         n_rows, columns, dtype = _csv_rows(path, storage), _csv_header(path, storage), "float64"
@@ -166,7 +167,11 @@ def read_frame(
     data = storage.read_bytes(path)
     try:
         if _suffix(path) == ".parquet":
-            table = pq.read_table(io.BytesIO(data), columns=list(spec.columns))
+            # All columns, then drop pandas' index: naming 1,000 columns to read_table
+            # costs more than decoding them (measured 105 ms against 58 ms per frame).
+            table = pq.read_table(io.BytesIO(data))
+            if PANDAS_INDEX in table.column_names:
+                table = table.drop_columns([PANDAS_INDEX])
         else:
             types = dict.fromkeys(spec.columns, pa.float64())
             table = pacsv.read_csv(

