@@ -71,7 +71,7 @@ class StageResult:
 
 
 @contextmanager
-def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[], None]]:
+def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[], object]]:
     with tqdm(total=total, desc=what, unit="task", disable=not enabled, leave=False) as bar:
         yield bar.update
 

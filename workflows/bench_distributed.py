@@ -31,13 +31,25 @@ def _rate(config: Config, executor: Executor) -> float:
 
 
 def measure(
-    frames_store: str, scratch: str, cubes: int, threads: int, dtype: str, repeats: int = 2
+    frames_store: str,
+    scratch: str,
+    cubes: int,
+    threads: int,
+    dtype: str,
+    dim: int = 100,
+    repeats: int = 2,
 ) -> list[tuple[str, float, str]]:
     """Rates of the threaded scheduler and of a 2-worker LocalCluster, and their ratio.
 
     Returns ``(method, rate, unit)`` rows; the stores are written under ``scratch``.
     """
-    job = {"synthetic": False, "frames_store": frames_store, "cubes": cubes, "dtype": dtype}
+    job = {
+        "synthetic": False,
+        "frames_store": frames_store,
+        "cubes": cubes,
+        "dim": dim,
+        "dtype": dtype,
+    }
     threaded = Config.model_validate({**job, "workers": threads, "out": f"{scratch}/threads.zarr"})
     cluster = Config.model_validate(
         {**job, **CLUSTER, "out": f"{scratch}/cluster.zarr", "dashboard_address": "127.0.0.1:0"}
@@ -90,7 +102,7 @@ def main() -> None:
             scratch, args.n_frames, args.n_rows, args.n_cols
         )
         rows = measure(
-            frames_store, str(scratch), args.cubes, args.threads, args.dtype, args.repeats
+            frames_store, str(scratch), args.cubes, args.threads, args.dtype, repeats=args.repeats
         )
     finally:
         shutil.rmtree(scratch)

@@ -99,9 +99,9 @@ def step3(config: Config, cubes: int, threads: int) -> Callable[[], None]:
 
 
 def measure(
-    frames_store: str, scratch: str, cubes: int, threads: int, dtype: str
+    frames_store: str, scratch: str, cubes: int, threads: int, dtype: str, dim: int = 100
 ) -> list[tuple[str, float, str]]:
-    """Rates (method, rate, unit) of reading and streaming ``cubes`` cubes of 100^3.
+    """Rates (method, rate, unit) of reading and streaming ``cubes`` cubes of edge ``dim``.
 
     Writes a cube store under ``scratch`` (put it in tmpfs) from ``frames_store``.
     """
@@ -110,6 +110,7 @@ def measure(
         frames_store=frames_store,
         out=str(Path(scratch) / "bench-cubes.zarr"),
         cubes=cubes,
+        dim=dim,
         dtype=dtype,
         workers=threads,
     )

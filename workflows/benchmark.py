@@ -5,8 +5,8 @@
 
 Every measurement is a plain function ``measure_*(setup) -> list[Row]``; :data:`MEASUREMENTS`
 lists them in table order. Plain ``(method, rate, unit)`` tuples are rows too, so a function
-``measure(frames_store, scratch, cubes, threads, dtype)`` of another workflow joins the table
-as ``lambda s: measure(s.frames_store, s.scratch, s.cubes, s.threads, s.dtype)``.
+``measure(frames_store, scratch, cubes, threads, dtype, dim)`` of another workflow joins the
+table through :func:`joined`.
 
 The run prints one table (method, rate, ratio to the article's step 3, ratio to the row's
 ceiling), checks the targets, and writes ``benchmark.json``, ``ladder.png`` and
@@ -442,13 +442,15 @@ def measure_planning_and_memory(setup: Setup) -> list[Row]:
 
 
 def joined(
-    measure: Callable[[str, str, int, int, str], list[tuple[str, float, str]]],
+    measure: Callable[[str, str, int, int, str, int], list[tuple[str, float, str]]],
 ) -> Callable[[Setup], list[Row]]:
     """The rates of another workflow's ``measure`` as rows (its own ratios left out:
     :func:`targets` computes them against this run's rows)."""
 
     def rows(setup: Setup) -> list[Row]:
-        found = measure(setup.frames_store, setup.scratch, setup.cubes, setup.threads, setup.dtype)
+        found = measure(
+            setup.frames_store, setup.scratch, setup.cubes, setup.threads, setup.dtype, setup.dim
+        )
         return [Row(*row) for row in found if row[2] != "x"]
 
     return rows
