@@ -13,6 +13,7 @@ order, takes the first ``dim`` rows, and ``dim`` distinct random columns.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -125,11 +126,15 @@ def cube_columns(seed: int, index: int, n_cols: int, dim: int) -> np.ndarray:
     return rng.choice(n_cols, size=dim, replace=False)
 
 
+def columns_of(plan: CubePlan, cubes: Iterable[int]) -> np.ndarray:
+    """(n, dim) source columns of the given cubes, in the order given."""
+    picked = [cube_columns(plan.seed, int(i), plan.n_cols, plan.dim) for i in cubes]
+    return np.array(picked, dtype=np.int32).reshape(len(picked), plan.dim)
+
+
 def recipes(plan: CubePlan, start: int, stop: int) -> Recipes:
     """Recipes of cubes ``start .. stop`` (a pure function of the plan)."""
     n = stop - start
-    columns = np.empty((n, plan.dim), dtype=np.int32)
-    for k in range(n):
-        columns[k] = cube_columns(plan.seed, start + k, plan.n_cols, plan.dim)
+    columns = columns_of(plan, range(start, stop))
     frames = np.broadcast_to(np.arange(plan.depth, dtype=np.int32), (n, plan.depth))
     return Recipes(start, frames, np.zeros(n, dtype=np.int32), columns)

@@ -13,7 +13,7 @@ import numpy as np
 
 from daskcubes.config import Config
 from daskcubes.kernels import gather_cubes
-from daskcubes.plan import cube_columns
+from daskcubes.plan import columns_of
 from daskcubes.reader import Index, cube_positions
 from daskcubes.sample import sample_job, worker_slab
 
@@ -56,11 +56,7 @@ class CubeStream:
 
     def columns(self, positions: np.ndarray) -> np.ndarray:
         """(n, dim) source columns of the cubes at ``positions``."""
-        plan = self.job.plan
-        columns = np.empty((len(positions), plan.dim), dtype=np.int32)
-        for k, i in enumerate(positions):
-            columns[k] = cube_columns(plan.seed, int(i), plan.n_cols, plan.dim)
-        return columns
+        return columns_of(self.job.plan, positions)
 
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Cubes at ``positions`` (non-negative, any order), into ``out`` if given."""
