@@ -1,6 +1,7 @@
-"""Frame files → a chunked dask array → the zarr frames store.
+"""Frame files → the zarr frames store, one task per frame.
 
-Each frame is read by its own task and written chunk by chunk, so memory stays
+Each task reads one frame file and writes it whole into its slot of the frames store
+(every chunk of a frame belongs to that frame's task, so no lock is needed). Memory stays
 bounded by the frames in flight (about one per worker thread), never by their number.
 """
 
@@ -8,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import dask
-import dask.array as da
 from dask.base import tokenize
+from dask.typing import Key
 
 from daskcubes.frames import FrameFile, FrameSpec, check_frames_agree, inspect_frame, read_frame
+from daskcubes.progress import Work
 from daskcubes.storage import Storage
-from daskcubes.store import FRAME_ROW_CHUNK, WriteMode, create_frames_store
 
 
 def inspect_frames(paths: list[str], storage: Storage) -> tuple[list[FrameFile], FrameSpec]:
@@ -23,38 +23,34 @@ def inspect_frames(paths: list[str], storage: Storage) -> tuple[list[FrameFile],
     return files, check_frames_agree(files)
 
 
-def frames_array(
-    files: list[FrameFile], spec: FrameSpec, storage: Storage, allow_nonfinite: bool
-) -> da.Array:
-    """A lazy ``(n_frames, n_rows, n_cols)`` dask array, one task per frame file."""
-    token = tokenize([f.fingerprint for f in files], spec, allow_nonfinite)
-    layers = [
-        da.from_delayed(
-            dask.delayed(read_frame, pure=True)(
-                f.path, spec, storage, allow_nonfinite, dask_key_name=(f"ingest-{token}", i)
-            ),
-            shape=(spec.n_rows, spec.n_cols),
-            dtype=spec.dtype,
-            name=f"frame-{token}-{i}",
-        )
-        for i, f in enumerate(files)
-    ]
-    return da.stack(layers).rechunk((1, min(FRAME_ROW_CHUNK, spec.n_rows), spec.n_cols))
+def write_frame(
+    frame: FrameFile,
+    index: int,
+    spec: FrameSpec,
+    store: str,
+    allow_nonfinite: bool,
+    storage: Storage,
+) -> None:
+    """Read one frame file and write it as frame ``index`` of the frames store ``store``."""
+    values = read_frame(frame.path, spec, storage, allow_nonfinite)
+    storage.open_array(store, "frames", mode="r+")[index] = values
 
 
-def ingest_graph(
+def ingest_tasks(
     files: list[FrameFile],
     spec: FrameSpec,
-    store_path: str,
+    store: str,
     allow_nonfinite: bool,
-    mode: WriteMode,
     storage: Storage,
-) -> tuple[da.Array, dict[str, Any]]:
-    """Create (or reopen, to resume) the frames store; return the lazy write of every frame
-    into it, and the store's attributes.
-
-    Each chunk of the store is written by exactly one task, so no lock is needed.
-    """
-    target, attrs = create_frames_store(store_path, files, spec, mode, storage)
-    frames = frames_array(files, spec, storage, allow_nonfinite)
-    return da.store(frames, target, lock=False, compute=False), attrs  # type: ignore[arg-type]
+    done: set[int],
+) -> Work:
+    """One task per frame not in ``done``; each finishes its frame."""
+    token = tokenize([f.fingerprint for f in files], spec, store, allow_nonfinite)
+    graph: dict[Key, Any] = {}
+    finishes: dict[Key, tuple[str, list[int]]] = {}
+    for i, frame in enumerate(files):
+        if i not in done:
+            key = (f"ingest-{token}", i)
+            graph[key] = (write_frame, frame, i, spec, store, allow_nonfinite, storage)
+            finishes[key] = ("frames", [i])
+    return Work(graph, finishes)

@@ -10,15 +10,12 @@ complete at the end. ``mode`` says what to do with existing output: refuse it
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 from dask.base import tokenize
-from dask.core import flatten
 from dask.typing import Key
 from tqdm import tqdm
 
@@ -26,14 +23,15 @@ from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
-from daskcubes.ingest import ingest_graph, inspect_frames
-from daskcubes.progress import ProgressRecord
-from daskcubes.sample import sample_graph, sample_job
+from daskcubes.ingest import ingest_tasks, inspect_frames
+from daskcubes.progress import Progress, ProgressRecord, Work
+from daskcubes.sample import sample_job, sample_tasks
+from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
 from daskcubes.store import (
     WriteMode,
     create_cube_store,
-    cube_plan_attrs,
+    create_frames_store,
     mark_complete,
     store_lock,
 )
@@ -70,43 +68,79 @@ class StageResult:
         )
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage, as its lifecycle (:func:`run_stage`) needs it.
+
+    ``name`` makes ``total`` things of ``unit`` (``nbytes`` bytes) at ``path``, which
+    errors call ``what``. The callables, in the order they are called:
+
+    - ``open(mode)``: create the output, or reopen it to resume (checking that it was
+      started with the same settings); return its progress, or None if it is complete;
+    - ``work(done)``: the tasks not yet done, given the finished units by kind;
+    - ``made(done)``: how many of ``total`` the finished units stand for;
+    - ``finish()``: mark the output complete, once every task has finished.
+    """
+
+    name: str
+    what: str
+    path: str
+    unit: str
+    total: int
+    nbytes: int
+    open: Callable[[WriteMode], Progress | None]
+    work: Callable[[dict[str, set[int]]], Work]
+    made: Callable[[dict[str, set[int]]], int]
+    finish: Callable[[], None]
+
+
 @contextmanager
 def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[], object]]:
     with tqdm(total=total, desc=what, unit="task", disable=not enabled, leave=False) as bar:
         yield bar.update
 
 
-def _execute(
+def run_stage(
+    stage: Stage,
     config: Config,
-    graph: Any,
-    keys: list[Key],
-    finished: Callable[[Key], None],
-    record: ProgressRecord | None,
-    what: str,
+    mode: WriteMode,
     show_progress: bool,
     executor: Executor | None,
-) -> float:
-    """Run the tasks ``keys`` of ``graph``, calling ``finished(key)`` as each ends; seconds.
+) -> StageResult:
+    """The lifecycle every stage shares: lock the output, create or resume it, run the
+    tasks whose work is not yet recorded as finished, recording each as it ends, and mark
+    the output complete.
 
     Runs on ``executor``, or on one opened from ``config`` for this stage alone. The
     record is saved however the run ends (an error, Ctrl-C), so that ``--resume`` redoes
     only what did not finish.
     """
-    with open_executor(config, executor) as run_on:
-        started = time.perf_counter()
-        with _progress_bar(len(keys), what, show_progress) as advance:
+    with store_lock(stage.path, stage.what):
+        progress = stage.open(mode)
+        if progress is None:
+            return StageResult(
+                stage.name, stage.total, stage.unit, stage.nbytes, 0.0, stage.path, stage.total
+            )
+        resumed = stage.made(progress.done)
+        work = stage.work(progress.done)
+        with open_executor(config, executor) as run_on:
+            started = time.perf_counter()
+            with _progress_bar(len(work.graph), stage.name, show_progress) as advance:
 
-            def on_done(key: Key) -> None:
-                finished(key)
-                advance()
+                def on_done(key: Key) -> None:
+                    progress.finished(*work.finishes[key])
+                    advance()
 
-            try:
-                run_on.run(graph, keys, on_done)
-            finally:
-                if record is not None:
+                try:
+                    run_on.run(work.graph, list(work.graph), on_done)
+                finally:
                     with suppress(OSError):  # a full disk: the error being raised says so
-                        record.save()
-        return time.perf_counter() - started
+                        progress.save()
+            seconds = time.perf_counter() - started
+        stage.finish()
+    return StageResult(
+        stage.name, stage.total, stage.unit, stage.nbytes, seconds, stage.path, resumed
+    )
 
 
 def generate(
@@ -120,30 +154,48 @@ def generate(
     Frame files are written whole or not at all, so resuming writes only the missing ones.
     """
     storage = Storage.of(config.storage_options)
-    prepare_frame_directory(config.frames, mode, storage)
-    token = tokenize(config)
     fmt = config.frame_format
-    todo = [
-        i
-        for i in range(config.n_frames)
-        if not storage.exists(synthetic_frame_path(config.frames, fmt, i))
-    ]
-    graph: dict[Key, Any] = {
-        (f"generate-{token}", i): (
-            write_synthetic_frame,
-            config.frames,
-            fmt,
-            config.seed,
-            i,
-            config.n_rows,
-            config.n_cols,
-            storage,
+    paths = [synthetic_frame_path(config.frames, fmt, i) for i in range(config.n_frames)]
+
+    def open_frames(mode: WriteMode) -> Progress:
+        prepare_frame_directory(config.frames, mode, storage)
+        return Progress({"frames": {i for i, path in enumerate(paths) if storage.exists(path)}})
+
+    def work(done: dict[str, set[int]]) -> Work:
+        token = tokenize(config)
+        keys = {
+            i: (f"generate-{token}", i) for i in range(config.n_frames) if i not in done["frames"]
+        }
+        return Work(
+            {
+                key: (
+                    write_synthetic_frame,
+                    config.frames,
+                    fmt,
+                    config.seed,
+                    i,
+                    config.n_rows,
+                    config.n_cols,
+                    storage,
+                )
+                for i, key in keys.items()
+            },
+            {key: ("frames", [i]) for i, key in keys.items()},
         )
-        for i in todo
-    }
-    seconds = _execute(
-        config, graph, list(graph), _ignore, None, "generate", show_progress, executor
+
+    stage = Stage(
+        "generate",
+        "frames",
+        config.frames,
+        "frames",
+        config.n_frames,
+        0,
+        open=open_frames,
+        work=work,
+        made=lambda done: len(done["frames"]),
+        finish=lambda: None,  # a frame file exists only once whole: nothing to mark
     )
+    result = run_stage(stage, config, mode, show_progress, executor)
     files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
     if (len(files), spec.n_rows, spec.n_cols) != (config.n_frames, config.n_rows, config.n_cols):
         raise UserError(
@@ -151,19 +203,7 @@ def generate(
             f"{spec.n_cols}; this run makes {config.n_frames} of {config.n_rows} x "
             f"{config.n_cols} (pass --overwrite to replace them)"
         )
-    return StageResult(
-        "generate",
-        config.n_frames,
-        "frames",
-        sum(f.size for f in files),
-        seconds,
-        config.frames,
-        resumed=config.n_frames - len(todo),
-    )
-
-
-def _ignore(key: Key) -> None:
-    """Generated frames need no record: a frame file exists only once it is whole."""
+    return replace(result, nbytes=sum(f.size for f in files))
 
 
 def ingest(
@@ -175,29 +215,27 @@ def ingest(
     """Read the frame files into the zarr frames store, then mark it complete."""
     storage = Storage.of(config.storage_options)
     files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
-    nbytes = len(files) * spec.n_rows * spec.n_cols * np.dtype(spec.dtype).itemsize
     path = config.frames_store
-    with store_lock(path, "frames store"):
-        stored, attrs = ingest_graph(files, spec, path, config.allow_nonfinite, mode, storage)
-        if attrs["complete"]:
-            return StageResult("ingest", len(files), "frames", nbytes, 0.0, path, len(files))
-        record = ProgressRecord(path, storage)
-        done = set(record.done.get("frames", ()))
-        # Write tasks are keyed (name, frame, row chunk, col chunk); a frame is finished
-        # once all its chunks are written.
-        keys = [key for key in flatten(stored.__dask_keys__()) if key[1] not in done]
-        chunks_left = Counter(key[1] for key in keys)
 
-        def finished(key: Key) -> None:
-            frame: int = key[1]  # type: ignore[index,assignment]
-            chunks_left[frame] -= 1
-            if not chunks_left[frame]:
-                record.finished("frames", [frame])
+    def open_store(mode: WriteMode) -> Progress | None:
+        attrs = create_frames_store(path, files, spec, mode, storage)
+        return None if attrs["complete"] else ProgressRecord(path, storage)
 
-        graph = stored.__dask_graph__()
-        seconds = _execute(config, graph, keys, finished, record, "ingest", show_progress, executor)
-        mark_complete(path, storage, frames=len(files))
-    return StageResult("ingest", len(files), "frames", nbytes, seconds, path, len(done))
+    stage = Stage(
+        "ingest",
+        "frames store",
+        path,
+        "frames",
+        len(files),
+        len(files) * spec.n_rows * spec.n_cols * np.dtype(spec.dtype).itemsize,
+        open=open_store,
+        work=lambda done: ingest_tasks(
+            files, spec, path, config.allow_nonfinite, storage, done.get("frames", set())
+        ),
+        made=lambda done: len(done.get("frames", ())),
+        finish=lambda: mark_complete(path, storage, frames=len(files)),
+    )
+    return run_stage(stage, config, mode, show_progress, executor)
 
 
 def sample(
@@ -209,33 +247,30 @@ def sample(
     """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
     job = sample_job(config)
     plan = job.plan
-    nbytes = plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize
+    schema = CubeSchema(plan, config.dtype, config.compressor, job.frames.fingerprint)
     provenance = {
         "config": config.model_dump(exclude={"storage_options"}),  # may hold credentials
         "seed": config.seed,
         "frames_store": {"path": job.frames.path, "fingerprint": job.frames.fingerprint},
     }
-    plan_attrs = cube_plan_attrs(plan, config.dtype, config.compressor, job.frames.fingerprint)
-    with store_lock(config.out, "cube store"):
-        attrs = create_cube_store(config.out, plan_attrs, provenance, mode, job.storage)
-        if attrs["complete"]:
-            return StageResult(
-                "sample", plan.n_cubes, "cubes", nbytes, 0.0, config.out, plan.n_cubes
-            )
-        record = ProgressRecord(config.out, job.storage)
-        done = record.done.setdefault("shards", set())
-        resumed = sum(len(range(*plan.shard_bounds(s))) for s in done)
-        graph, finishes = sample_graph(job, done, record.done.setdefault("recipes", set()))
 
-        def finished(key: Key) -> None:
-            kind, units = finishes[key]
-            record.finished(kind, units)
+    def open_store(mode: WriteMode) -> Progress | None:
+        attrs = create_cube_store(config.out, schema, provenance, mode, job.storage)
+        return None if attrs["complete"] else ProgressRecord(config.out, job.storage)
 
-        seconds = _execute(
-            config, graph, list(graph), finished, record, "sample", show_progress, executor
-        )
-        mark_complete(config.out, job.storage, cubes=plan.n_cubes)
-    return StageResult("sample", plan.n_cubes, "cubes", nbytes, seconds, config.out, resumed)
+    stage = Stage(
+        "sample",
+        "cube store",
+        config.out,
+        "cubes",
+        plan.n_cubes,
+        plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize,
+        open=open_store,
+        work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),
+        made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
+        finish=lambda: mark_complete(config.out, job.storage, cubes=plan.n_cubes),
+    )
+    return run_stage(stage, config, mode, show_progress, executor)
 
 
 def run(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> list[StageResult]:

@@ -13,12 +13,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
+
+from dask.typing import Key
 
 from daskcubes.storage import Storage
 from daskcubes.store import ATTRS, store_attrs
 
 Ranges = list[list[int]]
+#: For each task, the units of work it finishes: ``(kind, [unit, ...])``.
+Finishes = dict[Key, tuple[str, list[int]]]
+
+
+@dataclass(frozen=True)
+class Work:
+    """A stage's tasks still to run, and what each finishes when it ends."""
+
+    graph: dict[Key, Any]
+    finishes: Finishes
 
 
 def to_ranges(units: Iterable[int]) -> Ranges:
@@ -41,7 +54,22 @@ def recorded_progress(attrs: dict[str, Any]) -> dict[str, set[int]]:
     return {kind: from_ranges(ranges) for kind, ranges in (attrs.get("progress") or {}).items()}
 
 
-class ProgressRecord:
+class Progress:
+    """Finished units by kind, kept in memory only: for outputs that show their own
+    progress (a frame file exists only once whole)."""
+
+    def __init__(self, done: dict[str, set[int]]) -> None:
+        self.done = done
+
+    def finished(self, kind: str, units: Iterable[int]) -> None:
+        """Record that ``units`` of ``kind`` are written."""
+        self.done.setdefault(kind, set()).update(units)
+
+    def save(self) -> None:
+        """Nothing to save: the output itself shows what is done."""
+
+
+class ProgressRecord(Progress):
     """Finished units of one store, kept by the driver and written to the store's attributes.
 
     Parameters
@@ -54,13 +82,13 @@ class ProgressRecord:
     def __init__(self, path: str, storage: Storage, interval: float = 0.2) -> None:
         self._group = storage.open_group(path, mode="r+")
         self._attrs = store_attrs(self._group)
-        self.done = recorded_progress(self._attrs)
+        super().__init__(recorded_progress(self._attrs))
         self._interval = interval
         self._written = time.monotonic()
 
     def finished(self, kind: str, units: Iterable[int]) -> None:
         """Record that ``units`` of ``kind`` are written; save the record if it is time."""
-        self.done.setdefault(kind, set()).update(units)
+        super().finished(kind, units)
         if time.monotonic() - self._written >= self._interval:
             self.save()
 

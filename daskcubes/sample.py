@@ -20,6 +20,7 @@ from dask.typing import Key
 from daskcubes.config import Config
 from daskcubes.kernels import gather_cubes, make_slab
 from daskcubes.plan import CubePlan, recipes
+from daskcubes.progress import Finishes, Work
 from daskcubes.shards import write_shard
 from daskcubes.storage import Storage
 from daskcubes.store import FramesStoreInfo, frames_store_info
@@ -116,17 +117,12 @@ def write_recipe_block(job: SampleJob, block: int) -> None:
     _open_output(job, "frames")[start:stop] = batch.frames
 
 
-Finishes = dict[Key, tuple[str, list[int]]]
-
-
-def sample_graph(
-    job: SampleJob, shards_done: set[int], recipes_done: set[int]
-) -> tuple[dict[Key, Any], Finishes]:
+def sample_tasks(job: SampleJob, shards_done: set[int], recipes_done: set[int]) -> Work:
     """Tasks for the recipe blocks and the batches of cubes not yet done.
 
-    Returns the graph, and for each task the units it finishes: ``("recipes", [block])``
-    or ``("shards", [shard, ...])``. A batch with any unfinished shard is redone whole;
-    rewriting a finished shard writes the same bytes.
+    Each task finishes ``("recipes", [block])`` or ``("shards", [shard, ...])``. A batch
+    with any unfinished shard is redone whole; rewriting a finished shard writes the same
+    bytes.
     """
     token = tokenize(job)
     plan = job.plan
@@ -143,4 +139,4 @@ def sample_graph(
             key = (f"sample-{token}", batch)
             graph[key] = (write_cube_batch, job, batch)
             finishes[key] = ("shards", list(shards))
-    return graph, finishes
+    return Work(graph, finishes)

@@ -17,7 +17,6 @@ same bytes (tests/test_shards.py).
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +26,8 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
 from zarr.storage import LocalStore
+
+from daskcubes.storage import write_atomically
 
 #: Index entry of a chunk that is not stored (it reads as the fill value).
 MISSING = np.uint64(2**64 - 1)
@@ -124,21 +125,11 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
         path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written to a temporary name then renamed, like zarr's own local writes: a killed
-    # task never leaves a torn shard under the real name.
-    partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-    try:
-        with partial.open("wb") as file:
-            if len(stored) == len(data):
-                file.write(data.data.cast("B"))
-            else:
-                for i in stored:
-                    file.write(data[i].data.cast("B"))
-            file.write(_index(size, stored, data[0].nbytes))
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    if len(stored) == len(data):
+        chunks = [data.data.cast("B")]
+    else:
+        chunks = [data[i].data.cast("B") for i in stored]
+    write_atomically(path, [*chunks, _index(size, stored, data[0].nbytes)])
 
 
 class RawShards:

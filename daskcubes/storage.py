@@ -11,21 +11,43 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import fsspec
 import zarr
 from fsspec import AbstractFileSystem
-from zarr.core.common import AccessModeLiteral
 from zarr.storage import FsspecStore, LocalStore
 
 from daskcubes.errors import UserError
 
 #: fsspec protocols whose paths start with a bucket that must exist before writing.
 BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+#: How a store is opened: read only, read and write, or created anew (as in zarr).
+AccessMode = Literal["r", "r+", "a", "w", "w-"]
+
+
+def write_atomically(path: str | Path, parts: Iterable[Any]) -> None:
+    """Write the buffers ``parts`` into the local file ``path``, whole or not at all.
+
+    They go into a temporary file beside it (``.NAME.RANDOM.partial``), which is then
+    renamed: a killed writer never leaves a torn file under the real name, and two
+    writers of the same file never share a temporary one.
+    """
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    try:
+        with partial.open("wb") as file:
+            for part in parts:
+                file.write(part)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def local_path(url: str) -> str | None:
@@ -78,11 +100,11 @@ class Storage:
     # zarr_format=3 and no consolidated metadata: zarr then looks for one metadata file
     # instead of probing for several (each probe is a request to an object store).
 
-    def open_group(self, url: str, mode: AccessModeLiteral) -> zarr.Group:
+    def open_group(self, url: str, mode: AccessMode) -> zarr.Group:
         store = self.zarr_store(url, read_only=mode == "r")
         return zarr.open_group(store=store, mode=mode, zarr_format=3, use_consolidated=False)
 
-    def open_array(self, url: str, name: str, mode: AccessModeLiteral) -> zarr.Array:
+    def open_array(self, url: str, name: str, mode: AccessMode) -> zarr.Array:
         store = self.zarr_store(url, read_only=mode == "r")
         return zarr.open_array(store=store, path=name, mode=mode, zarr_format=3)
 
@@ -144,10 +166,7 @@ class Storage:
             fs, inner = self.filesystem(url)
             fs.pipe_file(inner, data)
             return
-        partial = f"{path}.partial"
-        with open(partial, "wb") as file:
-            file.write(data)
-        os.replace(partial, path)
+        write_atomically(path, [data])
 
     def list_files(self, url_or_glob: str) -> list[str]:
         """Files in a directory, or matching a glob, as URLs of the same kind as given."""

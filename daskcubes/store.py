@@ -23,14 +23,12 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
-import zarr.codecs
-from zarr.core.common import AccessModeLiteral
 from zarr.errors import GroupNotFoundError
 
 from daskcubes.errors import UserError
 from daskcubes.frames import FrameFile, FrameSpec
-from daskcubes.plan import SEMANTICS, CubePlan
-from daskcubes.storage import Storage, basename, local_path
+from daskcubes.schema import CHUNK_KEY_ENCODING, CubeSchema
+from daskcubes.storage import AccessMode, Storage, basename, local_path
 
 ATTRS = "daskcubes"
 #: Rows per chunk of the frames store: a cube reads only the first ``dim`` rows of each
@@ -71,10 +69,8 @@ def prepare_store(url: str, what: str, mode: WriteMode, storage: Storage) -> boo
     try:
         if storage.exists(url):
             if mode == "resume":
-                # zarr writes each local chunk to a '.partial' file, then renames it; a
-                # killed run can leave such files behind, holding nothing not redone.
-                for partial in Path(path).rglob("*.partial") if path else ():
-                    partial.unlink()
+                if path is not None:
+                    remove_leftovers(Path(path))
                 return True
             if mode == "new":
                 raise UserError(
@@ -87,6 +83,25 @@ def prepare_store(url: str, what: str, mode: WriteMode, storage: Storage) -> boo
     except OSError as exc:
         raise UserError(f"{what} '{url}': cannot write there ({exc.strerror or exc})") from None
     return False
+
+
+def _is_store_key(parts: tuple[str, ...]) -> bool:
+    """Whether a file at relative path ``parts`` is metadata or a chunk of a daskcubes store."""
+    if parts[-1] == "zarr.json":
+        return True
+    return "c" in parts and all(part.isdigit() for part in parts[parts.index("c") + 1 :])
+
+
+def remove_leftovers(root: Path) -> None:
+    """Delete the files of a local store that are neither metadata nor chunks.
+
+    Every write goes to a temporary file that is then renamed (by zarr, or by
+    :func:`daskcubes.storage.write_atomically`), so a killed run can leave temporary
+    files behind; they hold nothing that the resumed run does not write again.
+    """
+    for file in [f for f in root.rglob("*") if f.is_file()]:
+        if not _is_store_key(file.relative_to(root).parts):
+            file.unlink()
 
 
 @contextmanager
@@ -130,7 +145,7 @@ def check_resumable(path: str, what: str, started: dict[str, Any], now: dict[str
             )
 
 
-def open_group(url: str, what: str, storage: Storage, mode: AccessModeLiteral = "r") -> zarr.Group:
+def open_group(url: str, what: str, storage: Storage, mode: AccessMode = "r") -> zarr.Group:
     """Open an existing daskcubes store, or raise a :class:`UserError`."""
     storage.check_reachable(url, what)
     try:
@@ -188,13 +203,13 @@ def frames_identity(files: list[FrameFile], spec: FrameSpec) -> dict[str, Any]:
 
 def create_frames_store(
     path: str, files: list[FrameFile], spec: FrameSpec, mode: WriteMode, storage: Storage
-) -> tuple[zarr.Array, dict[str, Any]]:
-    """The frames store for ``files`` (new, or resumed if unfinished), and its attributes."""
+) -> dict[str, Any]:
+    """The frames store for ``files`` (new, or resumed if unfinished); returns its attributes."""
     identity = frames_identity(files, spec)
     if prepare_store(path, "frames store", mode, storage):
         started = store_attrs(open_group(path, "frames store", storage))
         check_resumable(path, "frames store", started["identity"], identity)
-        return storage.open_array(path, "frames", mode="r+"), started
+        return started
     group = storage.open_group(path, mode="w")
     attrs: dict[str, Any] = {
         "kind": "frames",
@@ -208,7 +223,7 @@ def create_frames_store(
         "complete": None,
     }
     group.attrs[ATTRS] = attrs
-    frames = group.create_array(
+    group.create_array(
         "frames",
         shape=(len(files), spec.n_rows, spec.n_cols),
         dtype=spec.dtype,
@@ -216,8 +231,9 @@ def create_frames_store(
         compressors=None,
         fill_value=0,
         dimension_names=("frame", "row", "col"),
+        chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
     )
-    return frames, attrs
+    return attrs
 
 
 def frames_store_info(path: str, storage: Storage) -> FramesStoreInfo:
@@ -237,46 +253,15 @@ def frames_store_info(path: str, storage: Storage) -> FramesStoreInfo:
 # -- cube store -----------------------------------------------------------------------
 
 
-def _codecs(compressor: str) -> list[Any] | None:
-    if compressor == "lz4":
-        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
-    if compressor == "zstd":
-        return [zarr.codecs.ZstdCodec(level=3)]
-    return None
-
-
-def cube_plan_attrs(
-    plan: CubePlan, dtype: str, compressor: str, frames_fingerprint: str
-) -> dict[str, Any]:
-    """Everything that defines a cube store's bytes; a resumed run must match it all."""
-    return {
-        "semantics": SEMANTICS,
-        "n_cubes": plan.n_cubes,
-        "dim": plan.dim,
-        "depth": plan.depth,
-        "n_rows": plan.n_rows,
-        "n_cols": plan.n_cols,
-        "seed": plan.seed,
-        "shard_size": plan.shard_size,
-        "recipe_block": plan.recipe_block,
-        "dtype": dtype,
-        "compressor": compressor,
-        "frames_fingerprint": frames_fingerprint,
-    }
-
-
 def create_cube_store(
     path: str,
-    plan_attrs: dict[str, Any],
+    schema: CubeSchema,
     provenance: dict[str, Any],
     mode: WriteMode,
     storage: Storage,
 ) -> dict[str, Any]:
-    """The cube store for a plan (new, or resumed if unfinished); returns its attributes.
-
-    ``cubes`` has one chunk per cube and ``shard_size`` cubes per shard file; the
-    recipe arrays have one chunk per block of recipes.
-    """
+    """The cube store of ``schema`` (new, or resumed if unfinished); returns its attributes."""
+    plan_attrs = schema.attrs()
     if prepare_store(path, "cube store", mode, storage):
         attrs = store_attrs(open_group(path, "cube store", storage))
         check_resumable(path, "cube store", attrs["plan"], plan_attrs)
@@ -291,29 +276,5 @@ def create_cube_store(
         "complete": None,
     }
     group.attrs[ATTRS] = attrs
-    n, depth, dim = plan_attrs["n_cubes"], plan_attrs["depth"], plan_attrs["dim"]
-    group.create_array(
-        "cubes",
-        shape=(n, depth, dim, dim),
-        dtype=plan_attrs["dtype"],
-        chunks=(1, depth, dim, dim),
-        shards=(plan_attrs["shard_size"], depth, dim, dim),
-        compressors=_codecs(plan_attrs["compressor"]),
-        fill_value=0,
-        dimension_names=("cube", "frame", "row", "col"),
-    )
-    block = plan_attrs["recipe_block"]
-    for name, shape, dims in (
-        ("columns", (n, dim), ("cube", "col")),
-        ("rows", (n,), ("cube",)),
-        ("frames", (n, depth), ("cube", "frame")),
-    ):
-        group.create_array(
-            name,
-            shape=shape,
-            dtype="int32",
-            chunks=(block, *shape[1:]),
-            fill_value=-1,
-            dimension_names=dims,
-        )
+    schema.create(group)
     return attrs

@@ -8,18 +8,16 @@ without reading the cubes themselves.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.store import SuffixByteRequest
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
 from daskcubes.sample import SampleJob, make_cube_batch
+from daskcubes.schema import CubeSchema
 from daskcubes.shards import MISSING, decode_index, index_nbytes
 from daskcubes.storage import Storage
 from daskcubes.store import frames_store_info, open_group, store_attrs
@@ -31,35 +29,22 @@ class Report:
 
     facts: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: The cubes read (and recomputed, given the frames store), in order.
+    sampled: list[int] = field(default_factory=list)
 
 
-def _plan(attrs: dict[str, Any]) -> CubePlan:
-    plan = attrs["plan"]
-    return CubePlan(
-        n_cubes=plan["n_cubes"],
-        dim=plan["dim"],
-        depth=plan["depth"],
-        n_rows=plan["n_rows"],
-        n_cols=plan["n_cols"],
-        seed=plan["seed"],
-        batch_size=plan["shard_size"],
-        shard_size=plan["shard_size"],
-    )
-
-
-def _shard_problem(store: Any, key: str, chunks: int, valid: int) -> str | None:
-    """Why the shard file ``key`` is not whole, or None; ``valid`` chunks must be present."""
-    size = sync(store.getsize(key)) if sync(store.exists(key)) else None
-    tail = index_nbytes(chunks)
-    if size is None:
+def _shard_problem(storage: Storage, url: str, chunks: int, valid: int) -> str | None:
+    """Why the shard file at ``url`` is not whole, or None; ``valid`` chunks must be present."""
+    fs, path = storage.filesystem(url)
+    try:
+        size = int(fs.size(path))
+    except FileNotFoundError:
         return "missing"
+    tail = index_nbytes(chunks)
     if size < tail:
         return f"truncated ({size} bytes)"
-    buffer = sync(
-        store.get(key, prototype=default_buffer_prototype(), byte_range=SuffixByteRequest(tail))
-    )
     try:
-        index = decode_index(buffer.to_bytes())[:valid]
+        index = decode_index(bytes(fs.cat_file(path, start=size - tail, end=size)))[:valid]
     except ValueError as exc:
         return str(exc)
     if (index[:, 0] == MISSING).any():
@@ -98,18 +83,19 @@ def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:
 
 
 def verify_cube_store(
-    path: str, storage: Storage, against: str | None = None, sample: int = 16
+    path: str, storage: Storage, against: str | None = None, sample: int = 16, seed: int = 0
 ) -> Report:
     """Check the cube store at ``path``; with ``against`` (its frames store), recompute
-    ``sample`` randomly chosen cubes and compare them byte for byte."""
+    ``sample`` cubes, chosen at random by ``seed``, and compare them byte for byte."""
+    started = time.perf_counter()
     report = Report()
     group = open_group(path, "cube store", storage)
     attrs = store_attrs(group)
     if attrs.get("kind") != "cubes":
         report.problems.append(f"holds {attrs.get('kind')}, not cubes")
         return report
-    plan = _plan(attrs)
-    dtype = attrs["plan"]["dtype"]
+    schema = CubeSchema.from_attrs(attrs["plan"])
+    plan, dtype = schema.plan, schema.dtype
     report.facts.append(
         f"{plan.n_cubes} cubes of {plan.cube_shape} {dtype} in {plan.n_shards} shards, "
         f"seed {plan.seed}"
@@ -122,31 +108,18 @@ def verify_cube_store(
             f"incomplete: {done} of {plan.n_shards} shards recorded as written "
             "(--resume finishes it)"
         )
-    expected = {
-        "cubes": ((plan.n_cubes, *plan.cube_shape), dtype),
-        "columns": ((plan.n_cubes, plan.dim), "int32"),
-        "rows": ((plan.n_cubes,), "int32"),
-        "frames": ((plan.n_cubes, plan.depth), "int32"),
-    }
-    arrays = dict(group.arrays())
-    for name, (shape, kind) in expected.items():
-        array = arrays.get(name)
-        if array is None:
-            report.problems.append(f"array '{name}' missing")
-        elif array.shape != shape or str(array.dtype) != kind:
-            report.problems.append(
-                f"array '{name}' is {array.shape} {array.dtype}; expected {shape} {kind}"
-            )
-    if report.problems and any("array" in p for p in report.problems):
+    shape_problems = schema.problems(group)
+    if shape_problems:
+        report.problems += shape_problems
         return report
 
-    cubes = arrays["cubes"]
-    encode = cubes.metadata.chunk_key_encoding.encode_chunk_key  # type: ignore[union-attr]
+    cubes = group["cubes"]
     bad_shards = 0
     for shard in range(plan.n_shards):
         start, stop = plan.shard_bounds(shard)
-        key = f"{cubes.path}/{encode((shard, 0, 0, 0))}"
-        problem = _shard_problem(group.store, key, plan.shard_size, stop - start)
+        key = schema.shard_key(shard)
+        url = f"{path.rstrip('/')}/{key}"
+        problem = _shard_problem(storage, url, plan.shard_size, stop - start)
         if problem:
             bad_shards += 1
             if bad_shards <= 10:
@@ -155,12 +128,12 @@ def verify_cube_store(
         report.problems.append(f"... {bad_shards} bad shards in all")
     _check_recipes(report, group, plan)
 
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(plan.n_cubes, size=min(sample, plan.n_cubes), replace=False))
     job = None
     if against is not None:
         frames = frames_store_info(against, storage)
-        if frames.fingerprint != attrs["plan"]["frames_fingerprint"]:
+        if frames.fingerprint != schema.frames_fingerprint:
             report.problems.append(
                 f"frames store '{against}' is not the one these cubes were cut from"
             )
@@ -182,5 +155,7 @@ def verify_cube_store(
         ):
             report.problems.append(f"cube {index}: differs from the cube cut anew from '{against}'")
     checked = "recomputed and compared" if job is not None else "read"
-    report.facts.append(f"{len(chosen)} sampled cubes {checked}")
+    report.sampled = chosen.tolist()
+    report.facts.append(f"{len(chosen)} sampled cubes {checked} (--seed {seed})")
+    report.facts.append(f"checked in {time.perf_counter() - started:.1f} s")
     return report

@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--sample", type=int, default=16, metavar="N", help="cubes to read (default 16)"
             )
+            sub.add_argument(
+                "--seed",
+                type=int,
+                default=0,
+                metavar="N",
+                help="seed of the choice of sampled cubes (default 0)",
+            )
             continue
         if command == "preview":
             sub.add_argument("store", help="path of a cube store")
@@ -151,7 +158,7 @@ def _report(results: list[pipeline.StageResult]) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     storage = Storage.of(args.storage_options)
-    report = verify_cube_store(args.store, storage, args.against, args.sample)
+    report = verify_cube_store(args.store, storage, args.against, args.sample, args.seed)
     for fact in report.facts:
         print(f"{args.store}: {fact}")
     for problem in report.problems:

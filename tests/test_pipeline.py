@@ -13,6 +13,7 @@ from natsort import natsorted
 
 from daskcubes import open_cubes, pipeline
 from daskcubes.config import Config
+from daskcubes.schema import CubeSchema
 from daskcubes.testing import assert_stores_identical, expected_cubes
 from tests.conftest import small_config
 
@@ -84,7 +85,9 @@ def test_store_layout_and_provenance(config: Config) -> None:
     assert attrs["frames_store"]["path"] == config.frames_store
     assert set(attrs["versions"]) >= {"daskcubes", "dask", "zarr", "numpy"}
     assert store.cubes.metadata.dimension_names == ("cube", "frame", "row", "col")  # type: ignore[union-attr]
-    shard_files = list(Path(config.out, "cubes").rglob("c/*/0/0/0"))
+    schema = CubeSchema.from_attrs(attrs["plan"])
+    shard_files = [Path(config.out, schema.shard_key(s)) for s in range(schema.plan.n_shards)]
+    assert all(file.is_file() for file in shard_files)
     assert len(shard_files) == config.cubes // config.shard_size
 
 

@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from daskcubes import UserError, open_cubes
-from daskcubes.store import store_lock
-from daskcubes.testing import assert_stores_identical
+from daskcubes.frames import find_frame_files
+from daskcubes.ingest import ingest_tasks, inspect_frames
+from daskcubes.schema import CubeSchema
+from daskcubes.storage import Storage
+from daskcubes.store import remove_leftovers, store_lock
+from daskcubes.testing import assert_stores_identical, store_files
 from daskcubes.workflow import main
 
 pytestmark = pytest.mark.slow
@@ -214,3 +218,26 @@ def test_full_disk_ends_with_one_line_and_resumes_once_space_is_freed(
     assert main(["sample", *args, "--out", str(frames_ready / "clean.zarr")]) == 0
     assert_stores_identical(frames_ready / "clean.zarr", small_disk / "cubes.zarr")
     assert not os.path.exists(small_disk / "cubes.zarr.lock")
+
+
+def test_resume_removes_temporary_files_of_interrupted_writes(frames_ready: Path) -> None:
+    out = frames_ready / "cubes.zarr"
+    assert main(["sample", *frame_args(frames_ready), "--out", str(out), "--cubes", "8"]) == 0
+    expected = store_files(out)
+    schema = CubeSchema.from_attrs(open_cubes(str(out)).attrs["plan"])
+    shard_dir = (out / schema.shard_key(0)).parent
+    # Left by a killed writer: zarr's own temporary naming, and daskcubes' atomic writer's.
+    (shard_dir / "0.3f2a.partial").write_bytes(b"torn")
+    (shard_dir / ".0.9c1b.partial").write_bytes(b"torn")
+    remove_leftovers(out)
+    assert store_files(out) == expected
+
+
+def test_ingest_tasks_are_one_per_unfinished_frame(frames_ready: Path) -> None:
+    storage = Storage.of()
+    files, spec = inspect_frames(find_frame_files(str(frames_ready / "frames"), storage), storage)
+    work = ingest_tasks(files, spec, str(frames_ready / "frames.zarr"), False, storage, done={1})
+    assert sorted(units for _, units in work.finishes.values()) == [
+        [i] for i in range(len(files)) if i != 1
+    ]
+    assert set(work.finishes) == set(work.graph)

@@ -9,26 +9,23 @@ import pytest
 import zarr
 
 from daskcubes.plan import CubePlan
+from daskcubes.schema import CubeSchema
 from daskcubes.shards import is_raw_layout, write_shard
 from daskcubes.storage import Storage
-from daskcubes.store import _codecs, create_cube_store, cube_plan_attrs
+from daskcubes.store import create_cube_store
 from daskcubes.testing import assert_stores_identical
 
 
 def cube_array(
     path: Path, dtype: str, compressor: str = "none", write_empty_chunks: bool = False
 ) -> zarr.Array:
-    """Like the store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard."""
-    zarr.create_array(
-        str(path),
-        shape=(10, 3, 4, 4),
-        dtype=dtype,
-        chunks=(1, 3, 4, 4),
-        shards=(4, 3, 4, 4),
-        compressors=_codecs(compressor),
-        fill_value=0,
+    """A cube store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard."""
+    plan = CubePlan(
+        n_cubes=10, dim=4, depth=3, n_rows=5, n_cols=6, seed=0, batch_size=4, shard_size=4
     )
-    array = zarr.open_array(str(path), mode="r+")
+    group = zarr.open_group(str(path), mode="w")
+    CubeSchema(plan, dtype, compressor, "-").create(group)
+    array = zarr.open_array(str(path), path="cubes", mode="r+")
     return array.with_config({"write_empty_chunks": write_empty_chunks})
 
 
@@ -47,7 +44,7 @@ def test_whole_shards_match_zarr_byte_for_byte(
         write_shard(ours, shard, values[start : start + 4])
         theirs[start : start + 4] = values[start : start + 4]
     assert_stores_identical(tmp_path / "ours", tmp_path / "zarr")
-    assert np.array_equal(zarr.open_array(str(tmp_path / "ours"), mode="r")[:], values)
+    assert np.array_equal(ours[:], values)
     assert not list((tmp_path / "ours").rglob("*.partial"))
 
 
@@ -57,7 +54,7 @@ def test_compressed_shards_go_through_zarr(tmp_path: Path) -> None:
     assert not is_raw_layout(array)
     for shard, start in enumerate(range(0, 10, 4)):
         write_shard(array, shard, values[start : start + 4])
-    assert np.array_equal(zarr.open_array(str(tmp_path / "lz4"), mode="r")[:], values)
+    assert np.array_equal(array[:], values)
 
 
 def test_the_cube_store_takes_the_direct_path(tmp_path: Path) -> None:
@@ -65,5 +62,9 @@ def test_the_cube_store_takes_the_direct_path(tmp_path: Path) -> None:
         n_cubes=10, dim=4, depth=3, n_rows=5, n_cols=6, seed=0, batch_size=4, shard_size=4
     )
     path, storage = str(tmp_path / "cubes.zarr"), Storage.of()
-    create_cube_store(path, cube_plan_attrs(plan, "float64", "none", "-"), {}, "new", storage)
+    schema = CubeSchema(plan, "float64", "none", "-")
+    create_cube_store(path, schema, {}, "new", storage)
     assert is_raw_layout(storage.open_array(path, "cubes", mode="r+"))
+    for shard in range(plan.n_shards):
+        write_shard(storage.open_array(path, "cubes", mode="r+"), shard, np.ones((4, 3, 4, 4)))
+    assert all(Path(path, schema.shard_key(shard)).is_file() for shard in range(plan.n_shards))

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import zarr
 
-from daskcubes import pipeline
+from daskcubes import open_cubes, pipeline
 from daskcubes.config import Config
+from daskcubes.schema import CubeSchema
+from daskcubes.storage import Storage
+from daskcubes.verify import verify_cube_store
 from daskcubes.workflow import main
 from tests.conftest import small_config
 
@@ -35,7 +38,17 @@ def test_a_good_store_passes(made: Config, capsys: pytest.CaptureFixture[str]) -
 
 
 def shard(config: Config, index: int) -> Path:
-    return Path(config.out) / "cubes" / "c" / str(index) / "0" / "0" / "0"
+    schema = CubeSchema.from_attrs(open_cubes(config.out).attrs["plan"])
+    return Path(config.out) / schema.shard_key(index)
+
+
+def test_the_sample_is_chosen_by_the_seed(made: Config) -> None:
+    def sampled(seed: int) -> list[int]:
+        return verify_cube_store(made.out, Storage.of(), sample=5, seed=seed).sampled
+
+    assert sampled(3) == sampled(3)
+    assert len(sampled(3)) == 5
+    assert sampled(3) != sampled(4)
 
 
 def test_missing_and_truncated_shards(made: Config, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,180 @@
+"""The cube store's schema: the settings that define its bytes, its arrays, and where each
+shard file lives.
+
+Everything that creates, resumes, checks or reads a cube store asks this module, so the
+layout is written down once:
+
+- ``cubes``   (n_cubes, depth, dim, dim), one zarr chunk per cube, ``shard_size`` cubes
+  per shard file, dims cube/frame/row/col;
+- ``columns`` (n_cubes, dim), ``rows`` (n_cubes,), ``frames`` (n_cubes, depth): the
+  recipes, int32, in blocks of :attr:`CubePlan.recipe_block` cubes;
+- the group attribute ``daskcubes.plan``: :meth:`CubeSchema.attrs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import zarr
+import zarr.codecs
+
+from daskcubes.errors import UserError
+from daskcubes.plan import SEMANTICS, CubePlan
+
+#: Chunk keys ``c/i/j/...``: fixed here rather than left to zarr's default, so that the
+#: shard files' names are the schema's.
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+CUBES = "cubes"
+RECIPE_ARRAYS = ("columns", "rows", "frames")
+RECIPE_DTYPE = "int32"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of the cube store, as created."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    chunks: tuple[int, ...]
+    dimension_names: tuple[str, ...]
+    fill_value: int
+    shards: tuple[int, ...] | None = None
+    #: ``none``, ``lz4``, ``zstd``, or ``default``: zarr's default codecs (the recipes').
+    compressor: str = "default"
+
+    def create(self, group: zarr.Group) -> zarr.Array:
+        return group.create_array(
+            self.name,
+            shape=self.shape,
+            dtype=self.dtype,
+            chunks=self.chunks,
+            shards=self.shards,
+            compressors=_codecs(self.compressor),
+            fill_value=self.fill_value,
+            dimension_names=self.dimension_names,
+            chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
+        )
+
+    def problem(self, array: zarr.Array | None) -> str | None:
+        """How ``array`` differs from this spec in shape or dtype, or None."""
+        if array is None:
+            return f"array '{self.name}' missing"
+        if array.shape != self.shape or str(array.dtype) != self.dtype:
+            return (
+                f"array '{self.name}' is {array.shape} {array.dtype}; "
+                f"expected {self.shape} {self.dtype}"
+            )
+        return None
+
+
+def _codecs(compressor: str) -> Any:
+    if compressor == "default":
+        return "auto"
+    if compressor == "lz4":
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+    if compressor == "zstd":
+        return [zarr.codecs.ZstdCodec(level=3)]
+    return None
+
+
+@dataclass(frozen=True)
+class CubeSchema:
+    """Everything that defines a cube store's bytes; a resumed run must match it all.
+
+    The plan's ``batch_size`` (how cubes are grouped into tasks) is not part of it.
+    """
+
+    plan: CubePlan
+    dtype: str
+    compressor: str
+    frames_fingerprint: str
+
+    def attrs(self) -> dict[str, Any]:
+        """The ``daskcubes.plan`` attribute of the store."""
+        plan = self.plan
+        return {
+            "semantics": SEMANTICS,
+            "n_cubes": plan.n_cubes,
+            "dim": plan.dim,
+            "depth": plan.depth,
+            "n_rows": plan.n_rows,
+            "n_cols": plan.n_cols,
+            "seed": plan.seed,
+            "shard_size": plan.shard_size,
+            "recipe_block": plan.recipe_block,
+            "dtype": self.dtype,
+            "compressor": self.compressor,
+            "frames_fingerprint": self.frames_fingerprint,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], batch_size: int | None = None) -> CubeSchema:
+        """The schema a store's ``daskcubes.plan`` attribute records.
+
+        ``batch_size`` groups the plan's cubes into tasks; by default one shard per task.
+        """
+        if attrs.get("semantics") != SEMANTICS:
+            raise UserError(
+                f"cube store made with cube semantics {attrs.get('semantics')!r}; this "
+                f"version of daskcubes knows {SEMANTICS!r}"
+            )
+        plan = CubePlan(
+            n_cubes=attrs["n_cubes"],
+            dim=attrs["dim"],
+            depth=attrs["depth"],
+            n_rows=attrs["n_rows"],
+            n_cols=attrs["n_cols"],
+            seed=attrs["seed"],
+            batch_size=batch_size or attrs["shard_size"],
+            shard_size=attrs["shard_size"],
+        )
+        return cls(plan, attrs["dtype"], attrs["compressor"], attrs["frames_fingerprint"])
+
+    def arrays(self) -> list[ArraySpec]:
+        """The store's arrays: ``cubes`` first, then the recipe arrays."""
+        plan = self.plan
+        n, depth, dim, block = plan.n_cubes, plan.depth, plan.dim, plan.recipe_block
+        cube = plan.cube_shape
+        return [
+            ArraySpec(
+                CUBES,
+                shape=(n, *cube),
+                dtype=self.dtype,
+                chunks=(1, *cube),
+                shards=(plan.shard_size, *cube),
+                compressor=self.compressor,
+                dimension_names=("cube", "frame", "row", "col"),
+                fill_value=0,
+            ),
+            *(
+                ArraySpec(
+                    name,
+                    shape=shape,
+                    dtype=RECIPE_DTYPE,
+                    chunks=(block, *shape[1:]),
+                    dimension_names=dims,
+                    fill_value=-1,
+                )
+                for name, shape, dims in (
+                    ("columns", (n, dim), ("cube", "col")),
+                    ("rows", (n,), ("cube",)),
+                    ("frames", (n, depth), ("cube", "frame")),
+                )
+            ),
+        ]
+
+    def create(self, group: zarr.Group) -> None:
+        """Create the store's arrays in ``group``."""
+        for spec in self.arrays():
+            spec.create(group)
+
+    def problems(self, group: zarr.Group) -> list[str]:
+        """How the arrays of ``group`` differ from the schema (empty if they agree)."""
+        found = dict(group.arrays())
+        return [p for spec in self.arrays() if (p := spec.problem(found.get(spec.name)))]
+
+    def shard_key(self, shard: int) -> str:
+        """The store key (a path inside the store) of the shard file ``shard`` of ``cubes``."""
+        return "/".join([CUBES, "c", str(shard), *"0" * len(self.plan.cube_shape)])
