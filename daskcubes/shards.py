@@ -23,8 +23,7 @@ from typing import Any, BinaryIO
 import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
 from daskcubes.storage import write_atomically
@@ -39,7 +38,7 @@ LITTLE = BytesCodec(endian="little")
 def is_raw_layout(array: zarr.Array) -> bool:
     """Whether ``array``'s shards are plain chunk bytes plus the default index."""
     metadata = array.metadata
-    if metadata.zarr_format != 3 or not isinstance(array.store_path.store, LocalStore):
+    if metadata.zarr_format != 3 or not isinstance(array.store, LocalStore):
         return False
     if len(metadata.codecs) != 1 or not isinstance(metadata.codecs[0], ShardingCodec):
         return False
@@ -55,6 +54,13 @@ def is_raw_layout(array: zarr.Array) -> bool:
         and sharding.index_codecs == (LITTLE, Crc32cCodec())
         and sharding.index_location == ShardingCodecIndexLocation.end
     )
+
+
+def shard_file(array: zarr.Array, shard: int) -> Path:
+    """The local file of shard ``shard`` of an array sharded along its first axis only."""
+    assert isinstance(array.store, LocalStore)
+    key = array.metadata.encode_chunk_key((shard, *(0,) * (array.ndim - 1)))
+    return Path(array.store.root) / array.path / key
 
 
 def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
@@ -112,10 +118,7 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
         array[start : start + len(values)] = values
         return
     data = np.ascontiguousarray(values, dtype=array.dtype)
-    store = array.store_path.store
-    assert isinstance(store, LocalStore)
-    key = array.metadata.encode_chunk_key((shard, *(0,) * (array.ndim - 1)))
-    path = Path(store.root) / array.store_path.path / key
+    path = shard_file(array, shard)
     stored = [
         i
         for i in range(len(data))
@@ -138,9 +141,8 @@ class RawShards:
     Build with :meth:`of`, which returns ``None`` for layouts it does not handle.
     """
 
-    def __init__(self, array: zarr.Array, root: Path, shard_size: int) -> None:
+    def __init__(self, array: zarr.Array, shard_size: int) -> None:
         self.array = array
-        self.root = root
         self.shard_size = shard_size
         self.item_shape: tuple[int, ...] = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype)
@@ -152,15 +154,8 @@ class RawShards:
         """A reader for ``array``, or ``None`` unless it is local, sharded and uncompressed."""
         if not is_raw_layout(array):
             return None
-        store = array.store_path.store
-        assert isinstance(store, LocalStore) and array.shards is not None
-        return cls(array, Path(store.root) / array.path, array.shards[0])
-
-    def _shard_path(self, shard: int) -> Path:
-        key = self.array.metadata.chunk_key_encoding.encode_chunk_key(  # type: ignore[union-attr]
-            (shard,) + (0,) * len(self.item_shape)
-        )
-        return self.root / key
+        assert array.shards is not None
+        return cls(array, array.shards[0])
 
     def _index(self, shard: int, file: BinaryIO) -> np.ndarray:
         """(shard_size, 2) offsets and lengths of the chunks of ``shard``, read once."""
@@ -181,7 +176,7 @@ class RawShards:
         fill = self.array.fill_value
         for shard in np.unique(shards):
             slots = order[shards == shard]
-            path = self._shard_path(int(shard))
+            path = shard_file(self.array, int(shard))
             if not path.exists():
                 out[slots] = fill
                 continue
