@@ -143,7 +143,8 @@ def measure(work: Workload) -> list[Row]:
             rows.append(Row(Key.TORCH_STORE, torch_rate(config.out, work.cubes), CUBES_PER_S))
             rows.append(Row(Key.TORCH_STREAM, torch_rate(config, work.cubes), CUBES_PER_S))
         else:
-            print("note: torch is not importable: the torch DataLoader rows are skipped")
+            note = "note: torch is not importable: the torch DataLoader rows are skipped"
+            print(note, file=sys.stderr)
     finally:
         shutil.rmtree(config.out, ignore_errors=True)
     return rows
@@ -182,4 +183,4 @@ def main() -> None:
     for row in rows:
         print(f"{row.method:55s} {row.rate:10.2f} {row.unit}")
     decided = [target for target in TARGETS if target.keys <= {row.key for row in rows}]
-    print("targets:", *target_lines(decided, rows), sep="\n", file=sys.stdout)
+    print("targets:", *target_lines(decided, rows), sep="\n")
