@@ -1,0 +1,80 @@
+"""Planning time and peak memory, each measured in a fresh interpreter."""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.data import Setup, scratch_path
+from bench.rows import MIB, SECONDS, Key, Row
+from daskcubes import pipeline
+from daskcubes.sample import sample_job
+
+
+def _peak_mib() -> float:
+    """This process's peak resident memory in MiB."""
+    # ru_maxrss survives exec, so a child started from a big parent would report the
+    # parent's peak; the kernel's high-water mark of this address space does not.
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
+    """Seconds and peak MiB of everything before compute, for ``plan_cubes`` cubes."""
+    from daskcubes.progress import ProgressRecord
+    from daskcubes.sample import sample_graph
+    from daskcubes.store import create_cube_store, cube_plan_attrs
+
+    started = time.perf_counter()
+    config = setup.config(cubes=setup.plan_cubes, out=store)
+    job = sample_job(config)
+    plan_attrs = cube_plan_attrs(job.plan, config.dtype, config.compressor, job.frames.fingerprint)
+    create_cube_store(store, plan_attrs, {}, "new", job.storage)
+    record = ProgressRecord(store, job.storage)
+    graph, _ = sample_graph(job, record.done.get("shards", set()), set())
+    seconds = time.perf_counter() - started
+    assert len(graph) == job.plan.n_batches + job.plan.n_recipe_blocks
+    return seconds, _peak_mib()
+
+
+def sample_in_process(setup: Setup, cubes: int, store: str) -> float:
+    """Peak MiB of a whole daskcubes ``sample`` run of ``cubes`` cubes."""
+    pipeline.sample(setup.config(cubes=cubes, out=store), mode="overwrite", show_progress=False)
+    return _peak_mib()
+
+
+def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a new interpreter, so its peak memory is its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
+
+
+def measure_planning_and_memory(setup: Setup) -> list[Row]:
+    """Planning ``plan_cubes`` cubes (time, peak memory); peak memory of two run sizes."""
+    with scratch_path(setup, "plan.zarr") as path:
+        seconds, plan_mib = in_fresh_process(plan_in_process, setup, str(path))
+    planned = f"({setup.plan_cubes:,} cubes)"
+    rows = [
+        Row(Key.PLAN_TIME, seconds, SECONDS, note=planned),
+        Row(Key.PLAN_MEMORY, plan_mib, MIB, note=planned),
+    ]
+    # Runs this size would fill tmpfs, so they write under memory_dir (disk by default).
+    with tempfile.TemporaryDirectory(dir=setup.memory_dir) as folder:
+        sizes = zip([Key.MEMORY_SMALL, Key.MEMORY_LARGE], setup.memory_cubes, strict=True)
+        for key, cubes in sizes:
+            store = str(Path(folder) / f"cubes-{cubes}.zarr")
+            mib = in_fresh_process(sample_in_process, setup, cubes, store)
+            shutil.rmtree(store)
+            rows.append(Row(key, mib, MIB, note=f"({cubes:,} cubes)"))
+    return rows

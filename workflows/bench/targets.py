@@ -1,0 +1,94 @@
+"""The targets, each a bound on one row or on the ratio of two rows, found by key.
+
+A target whose row is missing from the run is an error (:class:`MissingRow`), unless
+the rows need a module that is not installed: then it reads "not measured".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bench.rows import Key, Row, importable
+
+
+class MissingRow(LookupError):
+    """A target names a row the run did not measure."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """``row`` (divided by ``reference`` when given) must be at least ``bound``, or at
+    most when ``at_most``; ``needs`` names a module without which the rows are skipped."""
+
+    text: str
+    row: Key
+    reference: Key | None
+    bound: float
+    at_most: bool = False
+    needs: str | None = None
+
+    @property
+    def keys(self) -> set[Key]:
+        return {self.row, *([self.reference] if self.reference else [])}
+
+    def measured(self, rates: dict[Key, float]) -> float:
+        """The row's rate, or its ratio to the reference; raises :class:`MissingRow`."""
+        missing = sorted(self.keys - set(rates))
+        if missing:
+            raise MissingRow(f"target {self.text!r}: no row {', '.join(map(repr, missing))}")
+        value = rates[self.row]
+        return value / rates[self.reference] if self.reference else value
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.at_most else value >= self.bound
+
+
+TARGETS: list[Target] = [
+    Target("generation >= 5x article step 3", Key.GENERATION, Key.STEP3, 5),
+    Target("generation >= 0.6x the cut ceiling", Key.GENERATION, Key.CUT_CEILING, 0.6),
+    Target("end to end >= 0.8x I/O ceiling", Key.END_TO_END, Key.IO_CEILING, 0.8),
+    Target("end to end >= 50x plain dask.array", Key.END_TO_END, Key.PLAIN_DASK, 50),
+    Target("ingest >= 1.5x pandas.read_parquet loop", Key.INGEST, Key.READ_PARQUET, 1.5),
+    Target("LocalCluster >= 0.8x threaded scheduler", Key.CLUSTER, Key.THREADED, 0.8),
+    Target("cube store reads >= 0.8x numpy.fromfile", Key.STORE_BATCHES, Key.FROMFILE, 0.8),
+    Target("stream mode >= 0.9x daskcubes generation", Key.STREAM_BATCHES, Key.GENERATION, 0.9),
+    Target("stream mode >= 2x article step 3", Key.STREAM_BATCHES, Key.STEP3, 2),
+    Target(
+        "torch DataLoader >= 0.8x Batches, cube store",
+        Key.TORCH_STORE,
+        Key.STORE_BATCHES,
+        0.8,
+        needs="torch",
+    ),
+    Target(
+        "torch DataLoader >= 0.8x Batches, stream mode",
+        Key.TORCH_STREAM,
+        Key.STREAM_BATCHES,
+        0.8,
+        needs="torch",
+    ),
+    Target("planning <= 10 s", Key.PLAN_TIME, None, 10, at_most=True),
+    Target("planning peak memory <= 1 GiB", Key.PLAN_MEMORY, None, 1024, at_most=True),
+    Target(
+        "peak memory, larger run <= 1.2x smaller run",
+        Key.MEMORY_LARGE,
+        Key.MEMORY_SMALL,
+        1.2,
+        at_most=True,
+    ),
+]
+
+
+def verdict(target: Target, rates: dict[Key, float]) -> str:
+    """``value -> met`` or ``value -> MISSED``, or ``not measured (MODULE missing)``."""
+    if target.needs and not importable(target.needs):
+        return f"not measured ({target.needs} missing)"
+    value = target.measured(rates)
+    return f"{value:,.2f} -> {'met' if target.met(value) else 'MISSED'}"
+
+
+def target_lines(targets: Iterable[Target], rows: Sequence[Row]) -> list[str]:
+    """One Markdown list line per target; raises :class:`MissingRow` for a missing row."""
+    rates = {row.key: row.rate for row in rows}
+    return [f"- {target.text}: {verdict(target, rates)}" for target in targets]
