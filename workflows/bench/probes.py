@@ -33,16 +33,17 @@ def _peak_mib() -> float:
 def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
     """Seconds and peak MiB of everything before compute, for ``plan_cubes`` cubes."""
     from daskcubes.progress import ProgressRecord
-    from daskcubes.sample import sample_graph
-    from daskcubes.store import create_cube_store, cube_plan_attrs
+    from daskcubes.sample import sample_tasks
+    from daskcubes.schema import CubeSchema
+    from daskcubes.store import create_cube_store
 
     started = time.perf_counter()
     config = setup.config(cubes=setup.plan_cubes, out=store)
     job = sample_job(config)
-    plan_attrs = cube_plan_attrs(job.plan, config.dtype, config.compressor, job.frames.fingerprint)
-    create_cube_store(store, plan_attrs, {}, "new", job.storage)
+    schema = CubeSchema(job.plan, config.dtype, config.compressor, job.frames.fingerprint)
+    create_cube_store(store, schema, {}, "new", job.storage)
     record = ProgressRecord(store, job.storage)
-    graph, _ = sample_graph(job, record.done.get("shards", set()), set())
+    graph = sample_tasks(job, record.done.get("shards", set()), set()).graph
     seconds = time.perf_counter() - started
     assert len(graph) == job.plan.n_batches + job.plan.n_recipe_blocks
     return seconds, _peak_mib()

@@ -32,6 +32,7 @@ from daskcubes import open_cubes, pipeline
 from daskcubes.batches import Batches
 from daskcubes.config import Config
 from daskcubes.plan import cube_columns
+from daskcubes.schema import CubeSchema
 from daskcubes.stream import open_stream
 
 BATCH = 16
@@ -64,24 +65,24 @@ def fromfile_batches(config: Config, batches: list[np.ndarray]) -> Callable[[], 
     store = open_cubes(config.out)
     count = int(np.prod(store.cube_shape))
     nbytes = count * store.dtype.itemsize
-    shards = Path(config.out) / "cubes" / "c"
+    schema = CubeSchema.from_attrs(store.attrs["plan"])
+
+    def shard_file(shard: int) -> Path:
+        return Path(config.out) / schema.shard_key(shard)
 
     def run() -> None:
         for indices in batches:
             out = np.empty((len(indices), *store.cube_shape), dtype=store.dtype)
             for k, i in enumerate(indices):
                 shard, local = divmod(int(i), config.shard_size)
-                path = shards / str(shard) / "0" / "0" / "0"
-                out[k] = np.fromfile(path, store.dtype, count, offset=local * nbytes).reshape(
-                    store.cube_shape
-                )
+                out[k] = np.fromfile(
+                    shard_file(shard), store.dtype, count, offset=local * nbytes
+                ).reshape(store.cube_shape)
 
     # Uncompressed shards hold their chunks in cube order: check that it reads right.
     sample = batches[0][:1]
     shard, local = divmod(int(sample[0]), config.shard_size)
-    raw = np.fromfile(
-        shards / str(shard) / "0" / "0" / "0", store.dtype, count, offset=local * nbytes
-    )
+    raw = np.fromfile(shard_file(shard), store.dtype, count, offset=local * nbytes)
     assert np.array_equal(raw.reshape(store.cube_shape), store[int(sample[0])])
     return run
 
