@@ -5,7 +5,12 @@ from typing import Any
 
 import pytest
 
-from daskcubes.config import Config
+from daskcubes.config import PRESETS, Config
+
+#: Names of the shipped presets (``--config NAME``).
+PRESET_NAMES = sorted(
+    p.name.removesuffix(".yaml") for p in PRESETS.iterdir() if p.name.endswith(".yaml")
+)
 
 
 def small_config(root: Path, **overrides: Any) -> Config:

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from daskcubes import open_cubes
-from daskcubes.config import CONF_DIR, Config, load_config
+from daskcubes.config import PRESETS, Config, load_config
 from daskcubes.workflow import main
+from tests.conftest import PRESET_NAMES
 
 
 def small_args(root: Path) -> list[str]:
@@ -99,13 +100,13 @@ def test_existing_output_is_not_overwritten_silently(
     assert not np.array_equal(open_cubes(str(tmp_path / "cubes.zarr"))[:], before)
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONF_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_presets_are_valid(preset: str) -> None:
     assert isinstance(load_config(preset), Config)
 
 
 def test_default_preset_is_the_embedded_default() -> None:
-    values = yaml.safe_load((CONF_DIR / "default.yaml").read_text())
+    values = yaml.safe_load((PRESETS / "default.yaml").read_text())
     assert Config(**values) == Config()
 
 
