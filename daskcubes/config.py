@@ -1,11 +1,16 @@
 """Settings of a run: presets in ``conf/*.yaml``, overridden by command-line values.
 
+The presets ship inside the package (``daskcubes/conf``; a checkout's top-level ``conf``
+links there), so an installed wheel finds them wherever it runs.
+
 Every setting has one name, used alike in YAML files, on the command line
 (``--cubes`` for ``cubes``) and in Python (``Config(cubes=...)``).
 """
 
 from __future__ import annotations
 
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +26,8 @@ from pydantic import (
 
 from daskcubes.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: The presets shipped with the package: ``NAME.yaml`` is ``--config NAME``.
+PRESETS: Traversable = files("daskcubes") / "conf"
 
 #: Schedulers that run in this process; ``distributed`` (or a cluster's address) runs on
 #: dask.distributed.
@@ -159,11 +165,16 @@ def _describe(error: ValidationError, source: str) -> str:
     return f"{source}: setting '{name}': {message} (got {first.get('input')!r})"
 
 
-def read_preset(path: str | Path) -> dict[str, Any]:
-    """Read a YAML preset into a mapping; a name without suffix means ``conf/NAME.yaml``."""
-    file = Path(path)
-    if not file.suffix and not file.exists():
-        file = CONF_DIR / f"{path}.yaml"
+def preset_file(preset: str | Path) -> Traversable:
+    """The file a preset names: a path, or a name without suffix for ``conf/NAME.yaml``."""
+    file = Path(preset)
+    if file.suffix or file.exists():
+        return file
+    return PRESETS / f"{preset}.yaml"
+
+
+def read_preset(file: Traversable) -> dict[str, Any]:
+    """Read a YAML preset into a mapping."""
     try:
         data = yaml.safe_load(file.read_text())
     except OSError as exc:
@@ -178,17 +189,18 @@ def read_preset(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(preset: str | Path | None = None, **overrides: Any) -> Config:
-    """Build a :class:`Config` from a preset file (default ``conf/default.yaml``) and overrides.
+    """Build a :class:`Config` from a preset (default ``conf/default.yaml``) and overrides.
 
-    Overrides whose value is ``None`` are ignored, so parsed command-line options can be
-    passed straight through.
+    ``preset`` is a YAML file, or the name of a shipped preset (``"small"``). Overrides
+    whose value is ``None`` are ignored, so parsed command-line options can be passed
+    straight through.
     """
-    preset = preset or CONF_DIR / "default.yaml"
-    values = read_preset(preset)
+    file = preset_file(preset) if preset else PRESETS / "default.yaml"
+    values = read_preset(file)
     try:
         Config(**values)
     except ValidationError as exc:
-        raise UserError(_describe(exc, str(preset))) from None
+        raise UserError(_describe(exc, str(file))) from None
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Config(**{**values, **given})

@@ -4,12 +4,21 @@ A frame is one 2-D numeric table from one parquet or CSV file. Frame order is th
 natural sort order of the file names (``frame_2`` before ``frame_10``). All frames
 must share shape, column names and order; anything else is a :class:`UserError`
 raised before any output exists.
+
+A DataFrame's index is not frame data, whatever its values (a frame cut from a larger one
+keeps its row numbers 10, 11, ...; a shuffled one its shuffled labels). pandas' parquet
+files name their index columns in their ``pandas`` metadata. ``to_csv()`` (``index=True``
+by default) writes the index as the first column with an empty name, one such column per
+level of a MultiIndex (R's ``write.csv`` writes its row names alike): leading columns with
+empty names are taken for an index and left out. A CSV cannot tell a *named* index from
+data: it is read as a column; write such frames with ``to_csv(index=False)``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import posixpath
 from dataclasses import dataclass
 
@@ -23,8 +32,6 @@ from daskcubes.errors import UserError
 from daskcubes.storage import Storage, basename
 
 FRAME_SUFFIXES = (".parquet", ".csv")
-#: The column pandas adds to a parquet file for a DataFrame's index; not frame data.
-PANDAS_INDEX = "__index_level_0__"
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,16 @@ def fingerprint(url: str, size: int, storage: Storage) -> str:
     return digest.hexdigest()
 
 
+def _pandas_index(schema: pa.Schema) -> list[str]:
+    """The columns of a parquet file that hold a pandas DataFrame's index.
+
+    A RangeIndex is kept in the metadata only, as a dict rather than a column name.
+    """
+    meta = (schema.metadata or {}).get(b"pandas")
+    index = json.loads(meta).get("index_columns", []) if meta else []
+    return [name for name in index if isinstance(name, str)]
+
+
 def _numeric_dtype(path: str, schema: pa.Schema) -> str:
     for field in schema:
         if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
@@ -96,13 +113,20 @@ def _numeric_dtype(path: str, schema: pa.Schema) -> str:
     return str(np.result_type(*dtypes)) if dtypes else "float64"
 
 
+def _index_columns(names: list[str]) -> int:
+    """How many leading CSV columns are an unnamed DataFrame index (see above)."""
+    return next((i for i, name in enumerate(names) if name), len(names))
+
+
 def _csv_header(path: str, storage: Storage) -> tuple[str, ...]:
+    """The names of a CSV file's frame columns (its index columns left out)."""
     fs, inner = storage.filesystem(path)
     with fs.open(inner, "rb") as file:
         header = file.readline().decode().rstrip("\r\n")
     if not header:
         raise UserError(f"{path}: empty CSV file (expected a header line of column names)")
-    return tuple(name.strip('"') for name in header.split(","))
+    names = [name.strip('"') for name in header.split(",")]
+    return tuple(names[_index_columns(names) :])
 
 
 def _csv_rows(path: str, storage: Storage) -> int:
@@ -131,7 +155,8 @@ def inspect_frame(path: str, storage: Storage) -> FrameFile:
             schema = meta.schema.to_arrow_schema()
         except (pa.ArrowException, OSError) as exc:
             raise UserError(f"{path}: not a readable parquet file ({exc})") from None
-        schema = pa.schema([f for f in schema if f.name != PANDAS_INDEX])
+        index = _pandas_index(schema)
+        schema = pa.schema([f for f in schema if f.name not in index])
         n_rows, columns, dtype = meta.num_rows, tuple(schema.names), _numeric_dtype(path, schema)
     else:
         n_rows, columns, dtype = _csv_rows(path, storage), _csv_header(path, storage), "float64"
@@ -170,13 +195,13 @@ def read_frame(
             # All columns, then drop pandas' index: naming 1,000 columns to read_table
             # costs more than decoding them (measured 105 ms against 58 ms per frame).
             table = pq.read_table(io.BytesIO(data))
-            if PANDAS_INDEX in table.column_names:
-                table = table.drop_columns([PANDAS_INDEX])
+            table = table.drop_columns(_pandas_index(table.schema))
         else:
             types = dict.fromkeys(spec.columns, pa.float64())
             table = pacsv.read_csv(
                 io.BytesIO(data), convert_options=pacsv.ConvertOptions(column_types=types)
             )
+            table = table.select(range(_index_columns(table.column_names), table.num_columns))
     except pa.ArrowInvalid as exc:
         detail = str(exc).splitlines()[0]
         raise UserError(f"{path}: cannot read frame values ({detail})") from None

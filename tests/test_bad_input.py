@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 
 from daskcubes.workflow import main
 
@@ -241,14 +242,54 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         main([*ingest(tmp_path), "--debug"])
 
 
-def test_a_pandas_index_column_is_not_frame_data(tmp_path: Path) -> None:
+def stored_frames(root: Path) -> np.ndarray:
+    return np.asarray(zarr.open_array(str(root / "frames.zarr"), path="frames", mode="r")[:])
+
+
+def write_csv(data: pd.DataFrame, path: Path) -> None:
+    data.to_csv(path.with_suffix(".csv"))  # pandas' default: the index as a first column
+
+
+def write_parquet(data: pd.DataFrame, path: Path) -> None:
+    data.to_parquet(path.with_suffix(".parquet"))  # the index named in its pandas metadata
+
+
+@pytest.mark.parametrize("write", [write_csv, write_parquet])
+@pytest.mark.parametrize(
+    "index",
+    [
+        pd.RangeIndex(6),  # a new DataFrame's
+        pd.RangeIndex(10, 16),  # rows 10-15 of a larger frame
+        pd.Index([3, 0, 5, 1, 4, 2]),  # a shuffled frame
+        pd.MultiIndex.from_arrays([[0, 0, 0, 1, 1, 1], list("abcabc")]),
+    ],
+    ids=["range", "range-from-10", "shuffled", "multiindex"],
+)
+def test_a_pandas_index_is_not_frame_data(
+    tmp_path: Path, write: Callable[[pd.DataFrame, Path], None], index: pd.Index
+) -> None:
     folder = tmp_path / "frames"
     folder.mkdir()
-    frames = [frame(seed=i).set_index(pd.Index(range(10, 16))) for i in range(2)]
+    frames = [frame(seed=i).set_index(index) for i in range(2)]
     for i, data in enumerate(frames):
-        data.to_parquet(folder / f"frame_{i}.parquet")  # stores __index_level_0__
+        write(data, folder / f"frame_{i}")
     assert main(ingest(tmp_path)) == 0
-    import zarr
+    assert np.array_equal(stored_frames(tmp_path), np.stack([data.to_numpy() for data in frames]))
 
-    stored = zarr.open_array(str(tmp_path / "frames.zarr"), path="frames", mode="r")
-    assert np.array_equal(stored[:], np.stack([data.to_numpy() for data in frames]))
+
+def test_csv_frames_with_and_without_pandas_index_agree(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frame(seed=0).to_csv(folder / "frame_0.csv", index=False)
+    frame(seed=1).to_csv(folder / "frame_1.csv")
+    assert main(ingest(tmp_path)) == 0
+    assert np.array_equal(stored_frames(tmp_path), np.stack([frame(seed=i) for i in range(2)]))
+
+
+def test_a_named_index_is_a_column_like_any_other(tmp_path: Path) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    data = frame().rename_axis("row")
+    data.to_csv(folder / "frame_0.csv")  # header "row,c0,...": nothing says it is an index
+    assert main(ingest(tmp_path)) == 0
+    assert np.array_equal(stored_frames(tmp_path)[0], data.reset_index().to_numpy())

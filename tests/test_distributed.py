@@ -22,15 +22,13 @@ from distributed import Client
 
 from daskcubes import pipeline, sample
 from daskcubes.config import Config
-from daskcubes.executors import DistributedExecutor, OnDone, open_executor
+from daskcubes.executors import DistributedExecutor, OnDone
 from daskcubes.testing import assert_stores_identical
 from daskcubes.workflow import main
-from tests.conftest import small_config
+from tests.conftest import DASHBOARD, cli_args, small_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-#: The default dashboard host with any free port, so that runs never collide.
-DASHBOARD = Config.model_validate({}).dashboard_address.rsplit(":", 1)[0] + ":0"
 
 pytestmark = pytest.mark.slow
 
@@ -57,26 +55,6 @@ def distributed_config(oracle: Config, root: Path, **overrides: Any) -> Config:
         **overrides,
     }
     return Config.model_validate(values)
-
-
-@pytest.fixture(scope="module")
-def local_cluster(oracle: Config) -> Iterator[DistributedExecutor]:
-    """A 2-worker LocalCluster shared by the tests that sample on it directly."""
-    with open_executor(distributed_config(oracle, Path(oracle.out).parent)) as executor:
-        assert isinstance(executor, DistributedExecutor)
-        yield executor
-
-
-def cli_args(config: Config) -> list[str]:
-    """Command-line options that give ``config``."""
-    args = []
-    for name, value in config.model_dump().items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif value is not None:
-            args += [flag, str(value)]
-    return [*args, "--quiet"]
 
 
 class OnFirstDone:

@@ -13,6 +13,7 @@ from natsort import natsorted
 
 from daskcubes import open_cubes, pipeline
 from daskcubes.config import Config
+from daskcubes.executors import open_executor
 from daskcubes.schema import CubeSchema
 from daskcubes.testing import assert_stores_identical, expected_cubes
 from tests.conftest import small_config
@@ -52,18 +53,21 @@ def test_cubes_match_the_source_files(tmp_path: Path, overrides: dict) -> None:
     assert np.array_equal(store[:], expected_cubes(frames, recipes).astype(config.dtype))
 
 
-def test_stores_are_identical_across_schedulers_workers_and_batch_sizes(tmp_path: Path) -> None:
-    oracle = small_config(tmp_path / "sync")
-    run(oracle)
-    for name, overrides in {
-        "threads-1": {"scheduler": "threads", "workers": 1},
-        "threads-3": {"scheduler": "threads", "workers": 3, "batch_size": 4},
-        "processes-2": {"scheduler": "processes", "workers": 2, "batch_size": 16},
-    }.items():
-        config = small_config(tmp_path / name, **overrides)
-        run(config)
-        assert_stores_identical(oracle.frames_store, config.frames_store)
-        assert_stores_identical(oracle.out, config.out)
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """A single-threaded run whose stores every executor must equal byte for byte."""
+    config = small_config(tmp_path_factory.mktemp("oracle"))
+    run(config)
+    return config
+
+
+def test_every_executor_writes_the_oracles_bytes(
+    oracle: Config, executor_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    config = small_config(tmp_path, **executor_settings)
+    run(config)
+    assert_stores_identical(oracle.frames_store, config.frames_store)
+    assert_stores_identical(oracle.out, config.out)
 
 
 def test_csv_and_parquet_frames_give_the_same_cubes(tmp_path: Path) -> None:
@@ -108,11 +112,11 @@ def _never(*args: object) -> None:
     raise AssertionError("a task nobody asked for ran")
 
 
-@pytest.mark.parametrize("scheduler", ["sync", "threads"])
-def test_executors_run_only_the_tasks_asked_for(scheduler: str) -> None:
-    from daskcubes.executors import LocalExecutor
-
+def test_executors_run_only_the_tasks_asked_for(
+    executor_settings: dict[str, Any], tmp_path: Path
+) -> None:
     done: list[object] = []
     graph: dict[Key, Any] = {"wanted": (len, [1, 2]), "unwanted": (_never,)}
-    LocalExecutor(scheduler).run(graph, ["wanted"], done.append)
+    with open_executor(small_config(tmp_path, **executor_settings)) as executor:
+        executor.run(graph, ["wanted"], done.append)
     assert done == ["wanted"]

@@ -5,14 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
 from daskcubes import open_cubes
-from daskcubes.config import CONF_DIR, Config, load_config
-from daskcubes.workflow import main
+from daskcubes.config import PRESETS, Config, load_config
+from daskcubes.workflow import build_parser, config_from_args, main
+from tests.conftest import PRESET_NAMES, cli_args
 
 
 def small_args(root: Path) -> list[str]:
@@ -53,13 +55,42 @@ def test_info_describes_both_stores(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "frames store" in capsys.readouterr().out
 
 
-def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["run", "--help"])
-    text = capsys.readouterr().out
-    for name in Config.model_fields:
-        assert "--" + name.replace("_", "-") in text
-    assert "--config" in text and "--overwrite" in text
+#: A value other than the default for every setting (a new setting must be added here).
+CHANGED: dict[str, Any] = {
+    "frames": "f",
+    "synthetic": False,
+    "frame_format": "csv",
+    "n_frames": 3,
+    "n_rows": 20,
+    "n_cols": 30,
+    "allow_nonfinite": True,
+    "frames_store": "fs.zarr",
+    "out": "o.zarr",
+    "storage_options": {"anon": True, "client_kwargs": {"region_name": "x"}},
+    "compressor": "lz4",
+    "cubes": 7,
+    "dim": 5,
+    "seed": 9,
+    "dtype": "float32",
+    "shard_size": 2,
+    "batch_size": 4,
+    "scheduler": "distributed",
+    "workers": 2,
+    "threads_per_worker": 3,
+    "dashboard_address": "127.0.0.1:0",
+    "dask_scheduler_address": "tcp://127.0.0.1:1",
+    "connect_timeout": 5,
+    "report": "r.html",
+}
+
+
+def test_every_setting_is_described_and_reaches_the_config_from_its_option() -> None:
+    changed, default = Config(**CHANGED), Config()
+    for name, field in Config.model_fields.items():
+        assert field.description, f"setting '{name}' has no description for --help"
+        assert getattr(changed, name) != getattr(default, name), f"CHANGED misses '{name}'"
+    args = build_parser().parse_args(["run", *cli_args(changed)])
+    assert config_from_args(args) == changed
 
 
 @pytest.mark.parametrize(
@@ -99,13 +130,13 @@ def test_existing_output_is_not_overwritten_silently(
     assert not np.array_equal(open_cubes(str(tmp_path / "cubes.zarr"))[:], before)
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONF_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_presets_are_valid(preset: str) -> None:
     assert isinstance(load_config(preset), Config)
 
 
 def test_default_preset_is_the_embedded_default() -> None:
-    values = yaml.safe_load((CONF_DIR / "default.yaml").read_text())
+    values = yaml.safe_load((PRESETS / "default.yaml").read_text())
     assert Config(**values) == Config()
 
 
