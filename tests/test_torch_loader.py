@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ def sampler(dataset: CubeDataset, **settings: object) -> CubeBatchSampler:
 SET_VITAL = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
 
 
-def stateful_loader(dataset: CubeDataset, workers: int, **settings: object) -> DataLoader:
+def stateful_loader(dataset: CubeDataset, workers: int, **settings: object) -> Any:
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     return StatefulDataLoader(

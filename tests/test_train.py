@@ -82,9 +82,13 @@ def test_a_killed_run_resumes_with_the_same_losses(stored: Config, tmp_path: Pat
     assert all(after[s] == before[s] for s in before.keys() & after.keys())
 
 
+@pytest.mark.slow
 def test_trains_on_a_stream(stored: Config, tmp_path: Path) -> None:
     config = tmp_path / "stream.yaml"
     config.write_text(yaml.safe_dump(stored.model_dump(mode="json")))
-    from workflows.train import main
-
-    assert main(["--stream", str(config), "--cubes", "8", "--epochs", "1", "--pool", "1"]) == 0
+    run = [sys.executable, str(TRAIN), "--stream", str(config), "--cubes", "8", "--pool", "1"]
+    done = subprocess.run(
+        [*run, "--epochs", "1", "--batch-size", "3"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(losses(done.stdout)) == [1, 2, 3]
