@@ -25,6 +25,8 @@ class CubeStream:
     Behaves like :class:`~daskcubes.reader.CubeStore` for reading: ``len``, indexing
     and :meth:`read`, so :class:`~daskcubes.batches.Batches` takes either. The frames
     store's first ``dim`` rows are loaded once per process, on the first read.
+    :meth:`read` may run in several threads at once (``Batches`` splits each batch
+    across its threads so that the cut uses every core): the gather releases the GIL.
     """
 
     def __init__(self, config: Config) -> None:

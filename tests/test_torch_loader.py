@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from tests.conftest import small_config
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
-from daskcubes.loaders.torch import CubeDataset  # noqa: E402
+from daskcubes.loaders.torch import CubeBatchSampler, CubeDataset  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,67 @@ def test_missing_torch_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delitem(sys.modules, "daskcubes.loaders.torch")
     with pytest.raises(ImportError, match=r"daskcubes\[torch\]"):
         importlib.import_module("daskcubes.loaders.torch")
+
+
+# -- resumable epochs ----------------------------------------------------------------
+
+
+def sampler(dataset: CubeDataset, **settings: object) -> CubeBatchSampler:
+    values: dict = {"batch_size": 3, "shuffle": True, "seed": 5, **settings}
+    return CubeBatchSampler(len(dataset), **values)
+
+
+# torchdata 0.11 calls torch.set_vital, which torch 2.13 deprecates.
+SET_VITAL = pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning")
+
+
+def stateful_loader(dataset: CubeDataset, workers: int, **settings: object) -> Any:
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    return StatefulDataLoader(
+        dataset,
+        batch_sampler=sampler(dataset, **settings),
+        num_workers=workers,
+        multiprocessing_context="fork" if workers else None,
+        timeout=60 if workers else 0,
+    )
+
+
+def batch_bytes(batches: object) -> list[bytes]:
+    return [batch.numpy().tobytes() for batch in batches]  # type: ignore[attr-defined]
+
+
+@SET_VITAL
+@pytest.mark.parametrize(
+    "workers", [0, pytest.param(2, marks=pytest.mark.slow)], ids=["in-process", "2-workers"]
+)
+def test_stateful_dataloader_resumes_mid_epoch(stored: Config, workers: int) -> None:
+    pytest.importorskip("torchdata")
+    dataset = CubeDataset(stored.out)
+    uninterrupted = stateful_loader(dataset, 0, rank=1, world_size=2)
+    epochs = [batch_bytes(uninterrupted), batch_bytes(uninterrupted)]
+    assert epochs[0] != epochs[1]
+    for k in (0, 2, len(epochs[0]) - 1):
+        first = stateful_loader(dataset, workers, rank=1, world_size=2)
+        taken = [b.numpy().tobytes() for _, b in zip(range(k), first, strict=False)]
+        state = first.state_dict()
+        del first  # its workers stop here
+        resumed = stateful_loader(dataset, workers, rank=1, world_size=2)
+        resumed.load_state_dict(state)
+        assert taken + batch_bytes(resumed) == epochs[0]
+        assert batch_bytes(resumed) == epochs[1]
+
+
+def test_plain_dataloader_resumes_from_the_sampler_state(stored: Config) -> None:
+    dataset = CubeDataset(stored.out)
+    expected = open_cubes(stored.out)[:]
+    first = sampler(dataset)
+    loader = DataLoader(dataset, batch_sampler=first)
+    taken = [b.numpy() for _, b in zip(range(2), loader, strict=False)]
+    second = sampler(dataset)
+    second.load_state_dict(first.state_dict())
+    rest = [b.numpy() for b in DataLoader(dataset, batch_sampler=second)]
+    order = [i for batch in sampler(dataset) for i in batch]
+    assert np.concatenate(taken + rest).tobytes() == expected[order].tobytes()
+    second.set_epoch(0)  # over: epoch 0 starts again
+    assert [i for batch in second for i in batch] == order

@@ -1,26 +1,33 @@
-"""PyTorch adapter: a cube store or a stream as a ``torch.utils.data.Dataset``.
+"""PyTorch adapter: a cube store or a stream as a ``torch.utils.data.Dataset``, and a
+batch sampler whose place in the epoch can be saved and restored.
 
 Install with ``pip install 'daskcubes[torch]'``. Works with ``DataLoader`` and any number
 of workers, forked or spawned: the dataset pickles as its description only (a path or a
 config), and each process opens the store, or loads the stream's slab, on first use.
+Every batch is read into memory of its own, which the caller owns.
+
+:class:`CubeBatchSampler` speaks the ``state_dict`` / ``load_state_dict`` protocol of
+torchdata's ``StatefulDataLoader``, which saves it with the loader's state (workers
+included) and resumes an epoch mid-way.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 try:
     import torch
-    from torch.utils.data import Dataset
+    from torch.utils.data import Dataset, Sampler
 except ImportError as error:
     raise ImportError(
         "daskcubes.loaders.torch needs PyTorch: pip install 'daskcubes[torch]'"
     ) from error
 
-from daskcubes.batches import CubeSource
+from daskcubes.batches import BatchPlan, CubeSource, EpochCursor, Position
 from daskcubes.config import Config
 from daskcubes.reader import open_cubes
 from daskcubes.stream import CubeStream
@@ -71,3 +78,53 @@ class CubeDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
         batch = self.source.read(np.asarray(indices, dtype=np.int64) % self._length)
         return list(torch.from_numpy(batch))
+
+
+class CubeBatchSampler(Sampler[list[int]]):
+    """The batches of :class:`~daskcubes.batches.Batches`, as a ``batch_sampler``.
+
+    Parameters are those of :class:`~daskcubes.batches.Batches` (``n_cubes`` is
+    ``len(dataset)``). Each ``iter`` gives the rest of the current epoch, so a
+    ``DataLoader`` goes through epochs 0, 1, ...; :meth:`set_epoch` picks one.
+    :meth:`state_dict` counts the batches handed to the loader. torchdata's
+    ``StatefulDataLoader`` saves it at the step the training loop has reached (also
+    with workers reading ahead) and restores it on ``load_state_dict``; a plain
+    ``DataLoader`` with workers hands out batches ahead of the loop, so its sampler's
+    state is ahead of the loop by up to ``prefetch_factor * num_workers`` batches.
+    """
+
+    def __init__(
+        self,
+        n_cubes: int,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        plan = BatchPlan(n_cubes, batch_size, shuffle, seed, drop_last, rank, world_size)
+        self.cursor = EpochCursor(plan)
+
+    def __len__(self) -> int:
+        return len(self.cursor.plan)
+
+    @property
+    def position(self) -> Position:
+        return self.cursor.position
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start ``epoch`` next, unless the sampler is already inside it."""
+        self.cursor.go_to(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for ids, after in self.cursor.rest():
+            self.cursor.position = after
+            yield ids.tolist()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.cursor.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.cursor.load_state_dict(state)
