@@ -28,7 +28,7 @@ from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_graph, inspect_frames
 from daskcubes.progress import ProgressRecord
-from daskcubes.sample import sample_graph, sample_job
+from daskcubes.sample import check_slab_fits, sample_graph, sample_job
 from daskcubes.storage import Storage
 from daskcubes.store import (
     WriteMode,
@@ -216,7 +216,8 @@ def sample(
         "frames_store": {"path": job.frames.path, "fingerprint": job.frames.fingerprint},
     }
     plan_attrs = cube_plan_attrs(plan, config.dtype, config.compressor, job.frames.fingerprint)
-    with store_lock(config.out, "cube store"):
+    with open_executor(config, executor) as executor, store_lock(config.out, "cube store"):
+        check_slab_fits(job, executor.worker_memory())
         attrs = create_cube_store(config.out, plan_attrs, provenance, mode, job.storage)
         if attrs["complete"]:
             return StageResult(
