@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
+import dask
 import dask.local
 import dask.multiprocessing
 import dask.threaded
@@ -212,16 +213,22 @@ def _connect(address: str, timeout: int) -> Client:
 def _local_cluster(config: Config, log_file: str | None) -> LocalCluster:
     from distributed import LocalCluster
 
-    return LocalCluster(
-        # Worker processes print dask's warnings to stderr unless silenced; their real
-        # failures reach the driver as task errors.
-        silence_logs=logging.CRITICAL if log_file else logging.WARNING,
-        n_workers=config.workers,
-        threads_per_worker=config.threads_per_worker,
-        processes=True,  # process workers under Nannies, which restart a worker that dies
-        host="127.0.0.1",
-        dashboard_address=config.dashboard_address,
-    )
+    # dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
+    # glibc's dynamic mmap threshold: each large buffer of a cut and of its write is then
+    # mapped afresh and page-faulted. Measured on a sampling run at the article's shapes:
+    # 10x the page faults and 1.6x the CPU time of the same run without it.
+    unset_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    with dask.config.set(unset_trim):
+        return LocalCluster(
+            # Worker processes print dask's warnings to stderr unless silenced; their real
+            # failures reach the driver as task errors.
+            silence_logs=logging.CRITICAL if log_file else logging.WARNING,
+            n_workers=config.workers,
+            threads_per_worker=config.threads_per_worker,
+            processes=True,  # process workers under Nannies, which restart a worker that dies
+            host="127.0.0.1",
+            dashboard_address=config.dashboard_address,
+        )
 
 
 @contextmanager

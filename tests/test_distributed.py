@@ -404,3 +404,9 @@ def test_a_slab_larger_than_the_available_memory_is_refused_on_threads(
     with pytest.raises(UserError, match=r"more than a worker's memory \(0\.0 MB\)"):
         pipeline.sample(config, show_progress=False)
     assert not Path(config.out).exists()
+
+
+def test_workers_keep_glibc_s_dynamic_mmap_threshold(local_cluster: DistributedExecutor) -> None:
+    # MALLOC_TRIM_THRESHOLD_ fixes glibc's mmap threshold: every large buffer page-faults.
+    trims = local_cluster.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(trims.values()) == {None}, trims

@@ -1,9 +1,10 @@
 """Benchmark: a LocalCluster of 2 single-threaded workers against the threaded scheduler.
 
 Both cut the same cubes from the same frames store into tmpfs; the cluster is started
-before timing (a long run pays that once), the methods take turns, and each method's
-best of ``repeats`` runs counts, so both have their source slab loaded and warm. The
-two stores are checked to be byte-identical. Standalone::
+before timing (a long run pays that once), and a first, untimed run of each loads its
+source slab. The methods then take turns, ``repeats`` pairs, and the ratio is the median
+of the pairs' ratios, so that both see the same load of a shared machine. The two
+stores are checked to be byte-identical. Standalone::
 
     python workflows/bench_distributed.py --cubes 200 --threads 2
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -37,9 +39,10 @@ def measure(
     threads: int,
     dtype: str,
     dim: int = 100,
-    repeats: int = 2,
+    repeats: int = 5,
 ) -> list[tuple[str, float, str]]:
-    """Rates of the threaded scheduler and of a 2-worker LocalCluster, and their ratio.
+    """Median rates of the threaded scheduler and of a 2-worker LocalCluster, and the
+    median ratio of alternating pairs.
 
     Returns ``(method, rate, unit)`` rows; the stores are written under ``scratch``.
     """
@@ -56,15 +59,17 @@ def measure(
     )
     threads_rates, cluster_rates = [], []
     with open_executor(threaded) as on_threads, open_executor(cluster) as on_cluster:
+        _rate(threaded, on_threads)  # loads the slab
+        _rate(cluster, on_cluster)
         for _ in range(repeats):  # interleaved, so that both see the same machine load
             threads_rates.append(_rate(threaded, on_threads))
             cluster_rates.append(_rate(cluster, on_cluster))
-    threads_rate, cluster_rate = max(threads_rates), max(cluster_rates)
     assert_stores_identical(threaded.out, cluster.out)
+    ratios = [c / t for c, t in zip(cluster_rates, threads_rates, strict=True)]
     return [
-        (f"threads ({threads} threads)", threads_rate, "cubes/s"),
-        ("LocalCluster (2 workers x 1 thread)", cluster_rate, "cubes/s"),
-        ("LocalCluster / threads", cluster_rate / threads_rate, "x"),
+        (f"threads ({threads} threads)", statistics.median(threads_rates), "cubes/s"),
+        ("LocalCluster (2 workers x 1 thread)", statistics.median(cluster_rates), "cubes/s"),
+        (f"LocalCluster / threads (median of {repeats} pairs)", statistics.median(ratios), "x"),
     ]
 
 
@@ -93,7 +98,7 @@ def main() -> None:
     parser.add_argument("--cubes", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2, help="threads of the threaded run")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    parser.add_argument("--repeats", type=int, default=2, help="runs per method; best counts")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating pairs of runs")
     parser.add_argument("--scratch", default="/dev/shm", help="where stores are written")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="bench-distributed-", dir=args.scratch))
