@@ -25,7 +25,7 @@ from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks, inspect_frames
 from daskcubes.progress import Progress, ProgressRecord, Work
-from daskcubes.sample import sample_job, sample_tasks
+from daskcubes.sample import check_slab_fits, sample_job, sample_tasks
 from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
 from daskcubes.store import (
@@ -75,6 +75,8 @@ class Stage:
     ``name`` makes ``total`` things of ``unit`` (``nbytes`` bytes) at ``path``, which
     errors call ``what``. The callables, in the order they are called:
 
+    - ``prepare(executor)``: check what the tasks need of the workers, before anything
+      is written;
     - ``open(mode)``: create the output, or reopen it to resume (checking that it was
       started with the same settings); return its progress, or None if it is complete;
     - ``work(done)``: the tasks not yet done, given the finished units by kind;
@@ -88,6 +90,7 @@ class Stage:
     unit: str
     total: int
     nbytes: int
+    prepare: Callable[[Executor], None]
     open: Callable[[WriteMode], Progress | None]
     work: Callable[[dict[str, set[int]]], Work]
     made: Callable[[dict[str, set[int]]], int]
@@ -115,7 +118,8 @@ def run_stage(
     record is saved however the run ends (an error, Ctrl-C), so that ``--resume`` redoes
     only what did not finish.
     """
-    with store_lock(stage.path, stage.what):
+    with open_executor(config, executor) as run_on, store_lock(stage.path, stage.what):
+        stage.prepare(run_on)
         progress = stage.open(mode)
         if progress is None:
             return StageResult(
@@ -123,20 +127,19 @@ def run_stage(
             )
         resumed = stage.made(progress.done)
         work = stage.work(progress.done)
-        with open_executor(config, executor) as run_on:
-            started = time.perf_counter()
-            with _progress_bar(len(work.graph), stage.name, show_progress) as advance:
+        started = time.perf_counter()
+        with _progress_bar(len(work.graph), stage.name, show_progress) as advance:
 
-                def on_done(key: Key) -> None:
-                    progress.finished(*work.finishes[key])
-                    advance()
+            def on_done(key: Key) -> None:
+                progress.finished(*work.finishes[key])
+                advance()
 
-                try:
-                    run_on.run(work.graph, list(work.graph), on_done)
-                finally:
-                    with suppress(OSError):  # a full disk: the error being raised says so
-                        progress.save()
-            seconds = time.perf_counter() - started
+            try:
+                run_on.run(work.graph, list(work.graph), on_done)
+            finally:
+                with suppress(OSError):  # a full disk: the error being raised says so
+                    progress.save()
+        seconds = time.perf_counter() - started
         stage.finish()
     return StageResult(
         stage.name, stage.total, stage.unit, stage.nbytes, seconds, stage.path, resumed
@@ -190,6 +193,7 @@ def generate(
         "frames",
         config.n_frames,
         0,
+        prepare=lambda executor: None,
         open=open_frames,
         work=work,
         made=lambda done: len(done["frames"]),
@@ -228,6 +232,7 @@ def ingest(
         "frames",
         len(files),
         len(files) * spec.n_rows * spec.n_cols * np.dtype(spec.dtype).itemsize,
+        prepare=lambda executor: None,
         open=open_store,
         work=lambda done: ingest_tasks(
             files, spec, path, config.allow_nonfinite, storage, done.get("frames", set())
@@ -265,6 +270,7 @@ def sample(
         "cubes",
         plan.n_cubes,
         plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize,
+        prepare=lambda executor: check_slab_fits(job, executor.worker_memory()),
         open=open_store,
         work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),

@@ -18,6 +18,7 @@ from dask.base import tokenize
 from dask.typing import Key
 
 from daskcubes.config import Config
+from daskcubes.errors import UserError
 from daskcubes.kernels import gather_cubes, make_slab
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import Finishes, Work
@@ -55,10 +56,25 @@ def sample_job(config: Config) -> SampleJob:
     return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype, storage=storage)
 
 
+def check_slab_fits(job: SampleJob, worker_memory: int) -> None:
+    """Refuse a job whose slab would not fit in a worker's memory, before any task runs."""
+    depth, _, n_cols = job.frames.shape
+    dim = job.plan.dim
+    nbytes = depth * dim * n_cols * np.dtype(job.dtype).itemsize
+    if nbytes > worker_memory:
+        raise UserError(
+            f"frames store '{job.frames.path}': the slab of {depth} frames x {dim} rows x "
+            f"{n_cols} columns ({job.dtype}) is {nbytes / 1e6:.1f} MB, more than a worker's "
+            f"memory ({worker_memory / 1e6:.1f} MB); use workers with more memory, "
+            "fewer frames or columns, or a smaller dim"
+        )
+
+
 _slab_lock = threading.Lock()
 
 
-@lru_cache(maxsize=2)
+# One slab per process: a job on other frames replaces it rather than holding two.
+@lru_cache(maxsize=1)
 def _cached_slab(frames: FramesStoreInfo, storage: Storage, dim: int, dtype: str) -> np.ndarray:
     first_rows = storage.open_array(frames.path, "frames", mode="r")[:, :dim, :]
     return make_slab(np.asarray(first_rows), dtype)

@@ -10,18 +10,25 @@ import argparse
 import errno
 import json
 import sys
+import tempfile
 import types
 import typing
 from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from daskcubes import pipeline
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
+from daskcubes.executors import dask_logs_to
 from daskcubes.preview import draw_cube
 from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 from daskcubes.verify import verify_cube_store
+
+#: Where dask's warnings go, unless ``--debug`` shows them.
+DASK_LOG = str(Path(tempfile.gettempdir()) / "daskcubes-dask.log")
 
 COMMANDS = {
     "run": "generate synthetic frames (if 'synthetic'), ingest them, cut cubes (the default)",
@@ -69,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cut 3-D training cubes out of many 2-D frames with Dask and zarr.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    common.add_argument(
+        "--debug", action="store_true", help="show tracebacks of errors, and dask's warnings"
+    )
     reading = argparse.ArgumentParser(add_help=False)
     _add_setting(reading, "storage_options")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -207,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.command = args.command or "run"
     try:
-        return _dispatch(args)
+        with ExitStack() as stack:
+            if not args.debug:  # dask's warnings to a file; with --debug, to stderr
+                stack.enter_context(dask_logs_to(DASK_LOG))
+            return _dispatch(args)
     except UserError as error:
         if args.debug:
             raise

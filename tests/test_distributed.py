@@ -4,7 +4,9 @@ performance report. Everything listens on loopback and is stopped by its fixture
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,16 +17,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import dask
 import psutil
 import pytest
 from dask.typing import Key
-from distributed import Client
+from distributed import Client, LocalCluster
 
 from daskcubes import pipeline, sample
 from daskcubes.config import Config
-from daskcubes.executors import DistributedExecutor, OnDone
+from daskcubes.errors import UserError
+from daskcubes.executors import DistributedExecutor, OnDone, dask_logs_to, open_executor
+from daskcubes.storage import Storage
+from daskcubes.store import open_group, store_attrs
 from daskcubes.testing import assert_stores_identical
-from daskcubes.workflow import main
+from daskcubes.workflow import DASK_LOG, main
 from tests.conftest import DASHBOARD, cli_args, small_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +83,9 @@ class OnFirstDone:
             on_done(key)
 
         self._executor.run(dsk, keys, act_then_report)
+
+    def worker_memory(self) -> int:
+        return self._executor.worker_memory()
 
 
 # -- an existing cluster: `dask scheduler` and two `dask worker` processes ------------------
@@ -197,16 +206,74 @@ def test_bad_distributed_settings(
 # -- LocalCluster ---------------------------------------------------------------------------
 
 
-def test_local_cluster_cli_prints_dashboard_and_saves_report(
-    oracle: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_local_cluster_cli_is_quiet_and_saves_an_offline_report(
+    oracle: Config, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     config = distributed_config(oracle, tmp_path, report=str(tmp_path / "report.html"))
     assert main(["sample", *cli_args(config)]) == 0
-    assert "daskcubes: Dask dashboard http://127.0.0.1:" in capsys.readouterr().err
+    err = capfd.readouterr().err  # the worker processes' stderr too
+    assert "daskcubes: Dask dashboard http://127.0.0.1:" in err
+    assert f"dask's warnings: {DASK_LOG}" in err
+    assert "ERROR" not in err and "Traceback" not in err, err
     assert_stores_identical(oracle.out, config.out)
     report = (tmp_path / "report.html").read_text()
     assert "Dask Performance Report" in report
     assert "sample-" in report and "recipes-" in report  # the run's task groups
+    # BokehJS is embedded: no script is loaded from a CDN, so the report renders offline.
+    assert "Bokeh" in report and not re.search(r"<script[^>]+src=[\"']https?://", report)
+
+
+def test_dask_warnings_go_to_the_log_file_in_driver_and_workers(
+    oracle: Config, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "dask.log"
+    handlers = list(logging.getLogger("distributed").handlers)
+    with dask_logs_to(str(log)), open_executor(distributed_config(oracle, tmp_path)) as executor:
+        assert isinstance(executor, DistributedExecutor)
+        message = "Failed to communicate with scheduler during heartbeat."
+        executor.client.run(lambda: logging.getLogger("distributed.worker").error(message))
+        logging.getLogger("distributed.worker").error(message)
+        logging.getLogger("bokeh.server.views.ws").error("AssertionError in on_close")
+    err = capfd.readouterr().err
+    assert "ERROR" not in err and message not in err, err
+    logged = log.read_text()
+    assert "distributed.worker ERROR" in logged and "on_close" in logged
+    assert logging.getLogger("distributed").handlers == handlers  # and back to stderr after
+
+
+def test_a_slab_larger_than_a_worker_s_memory_is_refused(
+    oracle: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = distributed_config(oracle, tmp_path)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, memory_limit=1000, dashboard_address=DASHBOARD
+    ) as cluster:
+        argv = [*cli_args(config), "--dask-scheduler-address", cluster.scheduler_address]
+        assert main(["sample", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    depth, _, n_cols = oracle.n_frames, oracle.n_rows, oracle.n_cols
+    assert err.startswith(f"daskcubes: error: frames store '{oracle.frames_store}'"), err
+    assert f"{depth} frames x {oracle.dim} rows x {n_cols} columns" in err
+    assert "more than a worker's memory (0.0 MB)" in err
+    assert not Path(config.out).exists()  # refused before any output
+
+
+def test_a_run_of_many_small_tasks_ends_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Thousands of tasks that all finish end in exit 0 and a complete store.
+
+    Cancelling the finished futures at the end costs the scheduler time quadratic in
+    their number (it releases every key once per key), and closing the client then timed
+    out; at 62,500 tasks after the default 60 s. A short timeout shows it at 6,000.
+    """
+    frames = small_config(tmp_path, n_frames=2, n_rows=4, n_cols=4, dim=2)
+    pipeline.generate(frames, show_progress=False)
+    pipeline.ingest(frames, show_progress=False)
+    config = distributed_config(frames, tmp_path, cubes=6000, shard_size=1, batch_size=1)
+    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
+        assert main(["sample", *cli_args(config)]) == 0, capsys.readouterr().err
+    assert store_attrs(open_group(config.out, "store", Storage.of(None)))["complete"]
 
 
 def test_a_killed_worker_is_restarted_and_the_run_completes(
@@ -302,3 +369,22 @@ def test_browser_renders_the_dashboard_during_a_run(
         assert image.size == (1280, 900)
         # The plots are drawn, not only the navigation bar on a blank page.
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50
+
+
+def test_a_slab_larger_than_the_available_memory_is_refused_on_threads(
+    oracle: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    memory = psutil.virtual_memory()._replace(available=100)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory)
+    config = Config.model_validate(
+        {**oracle.model_dump(), "out": str(tmp_path / "cubes.zarr"), "scheduler": "threads"}
+    )
+    with pytest.raises(UserError, match=r"more than a worker's memory \(0\.0 MB\)"):
+        pipeline.sample(config, show_progress=False)
+    assert not Path(config.out).exists()
+
+
+def test_workers_keep_glibc_s_dynamic_mmap_threshold(local_cluster: DistributedExecutor) -> None:
+    # MALLOC_TRIM_THRESHOLD_ fixes glibc's mmap threshold: every large buffer page-faults.
+    trims = local_cluster.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(trims.values()) == {None}, trims

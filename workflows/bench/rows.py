@@ -14,6 +14,7 @@ CUBES_PER_S = "cubes/s"
 FILES_PER_S = "files/s"
 SECONDS = "s"
 MIB = "MiB"
+RATIO = "x"
 
 
 class Key(StrEnum):
@@ -43,6 +44,7 @@ class Key(StrEnum):
     MEMORY_LARGE = "peak memory of the larger run"
     THREADED = "daskcubes on the threaded scheduler"
     CLUSTER = "daskcubes on a LocalCluster (2 workers x 1 thread)"
+    CLUSTER_RATIO = "LocalCluster / threaded scheduler, median of alternating pairs"
     STORE_BATCHES = "cube store, random-order batches"
     FROMFILE = "numpy.fromfile, same bytes"
     STREAM_BATCHES = "stream mode, random-order batches"
