@@ -29,7 +29,7 @@ from zarr.errors import GroupNotFoundError
 
 from daskcubes.errors import UserError
 from daskcubes.frames import FrameFile, FrameSpec
-from daskcubes.plan import SEMANTICS, CubePlan
+from daskcubes.plan import SEMANTICS, CubePlan, stored_recipe
 from daskcubes.storage import Storage, basename, local_path
 
 ATTRS = "daskcubes"
@@ -251,6 +251,7 @@ def cube_plan_attrs(
     """Everything that defines a cube store's bytes; a resumed run must match it all."""
     return {
         "semantics": SEMANTICS,
+        "recipe": plan.recipe,
         "n_cubes": plan.n_cubes,
         "dim": plan.dim,
         "depth": plan.depth,
@@ -279,6 +280,13 @@ def create_cube_store(
     """
     if prepare_store(path, "cube store", mode, storage):
         attrs = store_attrs(open_group(path, "cube store", storage))
+        made_by = stored_recipe(attrs["plan"])
+        if made_by != plan_attrs["recipe"]:
+            raise UserError(
+                f"cube store '{path}' was started with recipe function {made_by!r}; this "
+                f"version makes new cubes with {plan_attrs['recipe']!r}, so cannot finish it. "
+                "It still opens and verifies; pass --overwrite to cut it anew"
+            )
         check_resumable(path, "cube store", attrs["plan"], plan_attrs)
         return attrs
     group = storage.open_group(path, mode="w")

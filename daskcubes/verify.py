@@ -17,7 +17,7 @@ from zarr.abc.store import SuffixByteRequest
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from daskcubes.plan import CubePlan, recipes
+from daskcubes.plan import CubePlan, recipes, stored_recipe
 from daskcubes.progress import recorded_progress
 from daskcubes.sample import SampleJob, make_cube_batch
 from daskcubes.shards import MISSING, decode_index, index_nbytes
@@ -44,6 +44,7 @@ def _plan(attrs: dict[str, Any]) -> CubePlan:
         seed=plan["seed"],
         batch_size=plan["shard_size"],
         shard_size=plan["shard_size"],
+        recipe=stored_recipe(plan),
     )
 
 

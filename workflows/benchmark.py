@@ -340,7 +340,7 @@ def measure_write_paths(setup: Setup) -> list[Row]:
 
 def io_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
     """Cubes per second of ``ndarray.tofile`` of the same bytes, one file per batch."""
-    batch = Config().batch_size
+    batch = Config().shard_size  # a shard file: what auto batches hold at these shapes
     buffers = [
         np.random.default_rng(k).random(batch * setup.cube_bytes // 8) for k in range(threads)
     ]
@@ -357,7 +357,7 @@ def io_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
 
 def memory_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
     """Cubes per second copying one cube's bytes into a batch buffer, per thread."""
-    batch = Config().batch_size
+    batch = Config().shard_size  # a shard file: what auto batches hold at these shapes
     cube = np.random.default_rng(0).random(setup.cube_bytes // 8)
     buffers = [np.empty((batch, cube.size)) for _ in range(threads)]
 
