@@ -30,7 +30,7 @@ SEMANTICS = "article"
 RECIPE_BLOCK = 65536
 #: The recipe function new cube stores are made with, by the name the store records.
 RECIPE = "splitmix64-distinct"
-#: The recipe function of stores whose attributes name none (daskcubes 0.1).
+#: The recipe function of stores whose attributes name none (made before they did).
 LEGACY_RECIPE = "seedsequence-choice"
 
 #: ``batch_size: auto`` sizes a task as this many bytes of cubes: 16 of the article's
@@ -235,7 +235,7 @@ def _expected_draws(n: int, count: int) -> int:
     """Draws (an even number) that almost always hold ``count`` distinct values below ``n``."""
     # Coupon collector: n * (H(n) - H(n - count)) draws on average.
     mean = n * float(np.sum(1.0 / np.arange(n - count + 1, n + 1)))
-    extra = mean - count
+    extra = max(mean - count, 0.0)
     draws = count + int(np.ceil(extra + 4 * np.sqrt(extra))) + 4
     return draws + draws % 2
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from daskcubes import pipeline, sample
 from daskcubes import plan as plan_module
-from daskcubes.config import Config
+from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
 from daskcubes.plan import (
     AUTO_MIN_TASKS,
@@ -203,7 +203,7 @@ def test_bad_plans_name_the_setting(overrides: dict[str, int], message: str) -> 
 
 @pytest.fixture
 def legacy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
-    """A store as daskcubes 0.1 made it: legacy recipes, no recipe named in its plan."""
+    """A store as made before stores named their recipe function: legacy recipes."""
     config = small_config(tmp_path)
     with monkeypatch.context() as patch:
         patch.setattr(sample, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE))
@@ -270,3 +270,10 @@ def test_auto_gives_the_same_store_as_fixed_batch_sizes(tmp_path: Path) -> None:
             assert sample.sample_job(config).plan.batch_size == 400 // AUTO_MIN_TASKS
     for size in (1, 400):
         assert all(np.array_equal(a, b) for a, b in zip(stores["auto"], stores[size], strict=True))
+
+
+@pytest.mark.parametrize("value", ["x", 0, 2.5, True])
+def test_a_bad_batch_size_names_the_setting(value: object) -> None:
+    with pytest.raises(UserError, match="setting 'batch_size': expected auto or a whole number"):
+        load_config(batch_size=value)
+    assert load_config(batch_size="12").batch_size == 12
