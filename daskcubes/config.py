@@ -77,8 +77,10 @@ class Config(BaseModel):
     seed: int = Field(0, ge=0, description="root seed: cube i depends only on (seed, i)")
     dtype: DType = Field("float64", description="dtype of the cubes")
     shard_size: int = Field(16, ge=1, description="cubes per shard file of the cube store")
-    batch_size: int = Field(
-        16, ge=1, description="cubes per task: a multiple of shard_size (does not change the store)"
+    batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="cubes per task: auto (whole shards, tasks of ~0.1-1 s), or a multiple of "
+        "shard_size; it does not change the store",
     )
     # -- execution ---------------------------------------------------------------
     scheduler: str = Field(
@@ -115,6 +117,18 @@ class Config(BaseModel):
             "expected sync, threads, processes, distributed, or a scheduler address "
             "such as tcp://HOST:PORT"
         )
+
+    @field_validator("batch_size", mode="plain")
+    @classmethod
+    def _batch_size(cls, value: Any) -> int | Literal["auto"]:
+        # One message for both forms (a union would report each alternative's error).
+        if value == "auto":
+            return "auto"
+        if isinstance(value, str) and value.strip().isdigit():  # from the command line
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError("expected auto or a whole number of cubes (at least 1)")
 
     @field_validator("dask_scheduler_address")
     @classmethod

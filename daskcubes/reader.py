@@ -100,7 +100,6 @@ class CubeStore:
         found = np.atleast_1d(np.asarray(cube_positions(index, len(self))))
         select = (found,)
         return Recipes(
-            start=int(found[0]) if found.size else 0,
             frames=np.asarray(self._group["frames"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             rows=np.asarray(self._group["rows"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
             columns=np.asarray(self._group["columns"].get_orthogonal_selection(select)),  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ from dask.typing import Key
 from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.kernels import gather_cubes, make_slab
-from daskcubes.plan import CubePlan, recipes
+from daskcubes.plan import CubePlan, batch_size_for, recipes
 from daskcubes.progress import Finishes, Work
 from daskcubes.shards import write_shard
 from daskcubes.storage import Storage
@@ -43,6 +43,7 @@ def sample_job(config: Config) -> SampleJob:
     storage = Storage.of(config.storage_options)
     frames = frames_store_info(config.frames_store, storage)
     depth, n_rows, n_cols = frames.shape
+    cube_nbytes = depth * config.dim**2 * np.dtype(config.dtype).itemsize
     plan = CubePlan(
         n_cubes=config.cubes,
         dim=config.dim,
@@ -50,7 +51,7 @@ def sample_job(config: Config) -> SampleJob:
         n_rows=n_rows,
         n_cols=n_cols,
         seed=config.seed,
-        batch_size=config.batch_size,
+        batch_size=batch_size_for(config.batch_size, config.cubes, config.shard_size, cube_nbytes),
         shard_size=config.shard_size,
     )
     return SampleJob(frames=frames, out=config.out, plan=plan, dtype=config.dtype, storage=storage)

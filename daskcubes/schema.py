@@ -20,7 +20,7 @@ import zarr
 import zarr.codecs
 
 from daskcubes.errors import UserError
-from daskcubes.plan import SEMANTICS, CubePlan
+from daskcubes.plan import SEMANTICS, CubePlan, stored_recipe
 
 #: Chunk keys ``c/i/j/...``: fixed here rather than left to zarr's default, so that the
 #: shard files' names are the schema's.
@@ -96,6 +96,7 @@ class CubeSchema:
         plan = self.plan
         return {
             "semantics": SEMANTICS,
+            "recipe": plan.recipe,
             "n_cubes": plan.n_cubes,
             "dim": plan.dim,
             "depth": plan.depth,
@@ -129,6 +130,7 @@ class CubeSchema:
             seed=attrs["seed"],
             batch_size=batch_size or attrs["shard_size"],
             shard_size=attrs["shard_size"],
+            recipe=stored_recipe(attrs),
         )
         return cls(plan, attrs["dtype"], attrs["compressor"], attrs["frames_fingerprint"])
 

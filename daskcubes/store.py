@@ -27,6 +27,7 @@ from zarr.errors import GroupNotFoundError
 
 from daskcubes.errors import UserError
 from daskcubes.frames import FrameFile, FrameSpec
+from daskcubes.plan import stored_recipe
 from daskcubes.schema import CHUNK_KEY_ENCODING, CubeSchema
 from daskcubes.storage import AccessMode, Storage, basename, local_path
 
@@ -264,6 +265,13 @@ def create_cube_store(
     plan_attrs = schema.attrs()
     if prepare_store(path, "cube store", mode, storage):
         attrs = store_attrs(open_group(path, "cube store", storage))
+        made_by = stored_recipe(attrs["plan"])
+        if made_by != plan_attrs["recipe"]:
+            raise UserError(
+                f"cube store '{path}' was started with recipe function {made_by!r}; this "
+                f"version makes new cubes with {plan_attrs['recipe']!r}, so cannot finish it. "
+                "It still opens and verifies; pass --overwrite to cut it anew"
+            )
         check_resumable(path, "cube store", attrs["plan"], plan_attrs)
         return attrs
     group = storage.open_group(path, mode="w")

@@ -16,7 +16,7 @@ def test_gather_matches_the_definition(
     rng = np.random.default_rng(0)
     frames = rng.random((depth, n_rows, n_cols))
     columns = np.stack([rng.choice(n_cols, dim, replace=False) for _ in range(6)])
-    recipe = Recipes(0, np.tile(np.arange(depth), (6, 1)), np.zeros(6, int), columns)
+    recipe = Recipes(np.tile(np.arange(depth), (6, 1)), np.zeros(6, int), columns)
     out = np.empty((6, depth, dim, dim), dtype=dtype)
     gather_cubes(make_slab(frames[:, :dim, :], dtype), columns, out)
     assert np.array_equal(out, expected_cubes(frames, recipe).astype(dtype))

@@ -1,36 +1,160 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
-from hypothesis import given
+import zarr
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daskcubes import pipeline, sample
+from daskcubes import plan as plan_module
+from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
-from daskcubes.plan import CubePlan, cube_columns, recipes
+from daskcubes.plan import (
+    AUTO_MIN_TASKS,
+    LEGACY_RECIPE,
+    RECIPE,
+    CubePlan,
+    batch_size_for,
+    columns_of,
+    cube_columns,
+    recipes,
+    recipes_of,
+    seedsequence_columns,
+)
+from daskcubes.reader import open_cubes
+from daskcubes.workflow import main
+from tests.conftest import small_config
 
 
-def plan(**overrides: int) -> CubePlan:
-    values = dict(
+def plan(**overrides: Any) -> CubePlan:
+    values: dict[str, Any] = dict(
         n_cubes=50, dim=5, depth=3, n_rows=9, n_cols=11, seed=1, batch_size=8, shard_size=4
     )
     return CubePlan(**{**values, **overrides})
 
 
+# -- the recipe function, against a scalar reference -----------------------------------
+
+MASK64 = 2**64 - 1
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def reference_columns(seed: int, index: int, n_cols: int, dim: int) -> list[int]:
+    """The recipe function one draw at a time, in Python integers."""
+    state = np.random.SeedSequence(seed, spawn_key=(0,)).generate_state(1, np.uint64)
+    cube_key = mix64((int(state[0]) + (index + 1) * GOLDEN) & MASK64)
+    picked: list[int] = []
+    j = 0
+    while len(picked) < dim:
+        j += 1
+        hashed = mix64((cube_key + j * GOLDEN) & MASK64)
+        for draw in (hashed >> 32, hashed & 0xFFFFFFFF):
+            product = draw * n_cols
+            if product & 0xFFFFFFFF < 2**32 % n_cols:
+                continue  # Lemire: this draw would favour some columns
+            column = product >> 32
+            if column not in picked and len(picked) < dim:
+                picked.append(column)
+    return picked
+
+
+@settings(max_examples=200)
 @given(
-    seed=st.integers(0, 2**63),
-    index=st.integers(0, 10**9),
+    seed=st.integers(0, 2**70),
+    index=st.integers(0, 2**40),
     n_cols=st.integers(1, 2000),
     data=st.data(),
 )
-def test_columns_are_distinct_in_bounds_and_deterministic(
+def test_columns_equal_the_reference(
     seed: int, index: int, n_cols: int, data: st.DataObject
 ) -> None:
     dim = data.draw(st.integers(1, min(n_cols, 200)))
     columns = cube_columns(seed, index, n_cols, dim)
-    assert columns.shape == (dim,)
+    assert columns.tolist() == reference_columns(seed, index, n_cols, dim)
     assert len(set(columns.tolist())) == dim
     assert columns.min() >= 0 and columns.max() < n_cols
-    assert np.array_equal(columns, cube_columns(seed, index, n_cols, dim))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**63),
+    cubes=st.lists(st.integers(0, 10**12), min_size=1, max_size=40),
+    n_cols=st.integers(1, 60),
+    data=st.data(),
+)
+def test_any_set_of_cubes_equals_the_reference_cube_by_cube(
+    seed: int, cubes: list[int], n_cols: int, data: st.DataObject
+) -> None:
+    # Small n_cols makes many cubes need more draws than first planned (dim == n_cols).
+    dim = data.draw(st.integers(1, n_cols))
+    p = plan(n_cubes=10**12 + 1, dim=dim, n_rows=dim, n_cols=n_cols, seed=seed)
+    expected = [reference_columns(seed, i, n_cols, dim) for i in cubes]
+    assert columns_of(p, cubes).tolist() == expected
+
+
+def test_chunks_of_the_work_do_not_change_the_recipes(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = plan(n_cubes=3000, dim=9, n_cols=12)
+    whole = recipes(p, 0, 3000).columns
+    monkeypatch.setattr(plan_module, "_DRAWS_PER_CHUNK", 100)
+    assert np.array_equal(recipes(p, 0, 3000).columns, whole)
+
+
+def test_golden_columns() -> None:
+    # Stores made with each recipe function must keep their bytes: pin both.
+    assert cube_columns(0, 0, 1000, 8).tolist() == [697, 380, 498, 393, 998, 269, 789, 696]
+    assert seedsequence_columns(0, 0, 1000, 8).tolist() == [937, 209, 796, 720, 315, 756, 5, 125]
+    legacy = plan(n_cubes=200000, dim=6, n_rows=12, n_cols=20, seed=7, recipe=LEGACY_RECIPE)
+    assert columns_of(legacy, [123456]).tolist() == [[18, 0, 15, 3, 7, 14]]
+
+
+# -- uniformity --------------------------------------------------------------------------
+
+
+def chi_square_passes(counts: np.ndarray) -> bool:
+    """Whether counts expected equal pass a chi-square test at p = 0.001."""
+    expected = counts.mean()
+    statistic = float(((counts - expected) ** 2).sum() / expected)
+    k = counts.size - 1
+    z = 3.09  # Wilson-Hilferty: the 99.9% quantile of chi-square with k degrees of freedom
+    return statistic < k * (1 - 2 / (9 * k) + z * np.sqrt(2 / (9 * k))) ** 3
+
+
+def uniformity(columns: np.ndarray, n_cols: int) -> dict[str, bool]:
+    dim = columns.shape[1]
+    positions = np.zeros((dim, n_cols))
+    np.add.at(positions, (np.arange(dim)[None, :], columns), 1)
+    pairs = np.bincount(columns[:, 0] * n_cols + columns[:, 1], minlength=n_cols**2)
+    off_diagonal = pairs.reshape(n_cols, n_cols)[~np.eye(n_cols, dtype=bool)]
+    return {
+        "columns": chi_square_passes(np.bincount(columns.ravel(), minlength=n_cols)),
+        **{f"position {j}": chi_square_passes(positions[j]) for j in range(dim)},
+        "first two": chi_square_passes(off_diagonal),
+    }
+
+
+def test_columns_are_uniform_over_columns_positions_and_pairs() -> None:
+    p = plan(n_cubes=40000, dim=5, n_cols=16, seed=3)
+    columns = recipes(p, 0, p.n_cubes).columns
+    assert all(uniformity(columns, 16).values()), uniformity(columns, 16)
+
+
+def test_the_uniformity_check_catches_a_bias() -> None:
+    p = plan(n_cubes=40000, dim=5, n_cols=16, seed=3)
+    found = uniformity(np.sort(recipes(p, 0, p.n_cubes).columns, axis=1), 16)
+    assert not found["position 0"] and found["columns"]
+
+
+# -- recipes of a plan ------------------------------------------------------------------
 
 
 @given(start=st.integers(0, 40), length=st.integers(1, 10))
@@ -41,6 +165,8 @@ def test_recipes_do_not_depend_on_how_cubes_are_grouped(start: int, length: int)
     assert np.array_equal(part.columns, whole.columns[start : start + length])
     assert np.array_equal(part.frames, np.tile(np.arange(3), (length, 1)))
     assert not part.rows.any()
+    picked = [start + length - 1, start, start]
+    assert np.array_equal(recipes_of(p, picked).columns, whole.columns[picked])
 
 
 def test_different_seeds_and_cubes_choose_differently() -> None:
@@ -64,8 +190,90 @@ def test_batches_cover_every_cube_once() -> None:
         ({"dim": 0}, "dim: 0"),
         ({"batch_size": 6}, "batch_size: 6; expected a multiple of shard_size"),
         ({"shard_size": 0}, "shard_size: 0"),
+        ({"recipe": "dice"}, "recipe function 'dice': unknown to this version"),
     ],
 )
 def test_bad_plans_name_the_setting(overrides: dict[str, int], message: str) -> None:
     with pytest.raises(UserError, match=message):
         plan(**overrides)
+
+
+# -- stores made by the legacy recipe function -------------------------------------------
+
+
+@pytest.fixture
+def legacy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
+    """A store as made before stores named their recipe function: legacy recipes."""
+    config = small_config(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(sample, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE))
+        pipeline.run(config, show_progress=False)
+    group = zarr.open_group(config.out, mode="r+")
+    attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
+    del attrs["plan"]["recipe"]
+    group.attrs["daskcubes"] = attrs
+    return config
+
+
+def test_a_legacy_store_opens_and_verifies_with_its_own_recipes(
+    legacy_store: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = legacy_store
+    stored = open_cubes(config.out).recipes(slice(None)).columns
+    expected = [seedsequence_columns(config.seed, i, config.n_cols, config.dim) for i in range(40)]
+    assert np.array_equal(stored, expected)
+    assert not np.array_equal(stored, [cube_columns(7, i, 20, 6) for i in range(40)])
+    status = main(["verify", config.out, "--against", config.frames_store, "--sample", "40"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert out.strip().endswith("no problems")
+
+
+def test_a_legacy_store_refuses_to_resume(legacy_store: Config) -> None:
+    with pytest.raises(UserError, match=f"recipe function '{LEGACY_RECIPE}'; this version"):
+        pipeline.sample(legacy_store, mode="resume", show_progress=False)
+
+
+def test_new_stores_record_their_recipe_function(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    pipeline.run(config, show_progress=False)
+    assert open_cubes(config.out).attrs["plan"]["recipe"] == RECIPE
+
+
+# -- batch_size: auto ------------------------------------------------------------------
+
+
+def test_auto_batches_hold_whole_shards_sized_to_the_cubes() -> None:
+    article = batch_size_for("auto", 10**6, 16, 100 * 100 * 100 * 8)
+    tiny = batch_size_for("auto", 10**6, 16, 4 * 2 * 2 * 8)
+    assert article == 16
+    assert tiny % 16 == 0 and tiny > 100 * article
+    assert batch_size_for(48, 10**6, 16, 128) == 48
+
+
+def test_auto_leaves_enough_tasks() -> None:
+    n_cubes = 16 * AUTO_MIN_TASKS * 3
+    size = batch_size_for("auto", n_cubes, 16, 128)
+    assert size == 3 * 16
+    assert batch_size_for("auto", 10, 16, 128) == 16
+
+
+def test_auto_gives_the_same_store_as_fixed_batch_sizes(tmp_path: Path) -> None:
+    stores = {}
+    sizes: list[int | str] = ["auto", 1, 400]
+    for size in sizes:
+        config = small_config(tmp_path / str(size), batch_size=size, shard_size=1, cubes=400, dim=2)
+        pipeline.run(config, show_progress=False)
+        store = open_cubes(config.out)
+        stores[size] = (store.read(np.arange(400)), store.recipes(slice(None)).columns)
+        if size == "auto":  # one shard per task would be the same as size 1
+            assert sample.sample_job(config).plan.batch_size == 400 // AUTO_MIN_TASKS
+    for size in (1, 400):
+        assert all(np.array_equal(a, b) for a, b in zip(stores["auto"], stores[size], strict=True))
+
+
+@pytest.mark.parametrize("value", ["x", 0, 2.5, True])
+def test_a_bad_batch_size_names_the_setting(value: object) -> None:
+    with pytest.raises(UserError, match="setting 'batch_size': expected auto or a whole number"):
+        load_config(batch_size=value)
+    assert load_config(batch_size="12").batch_size == 12

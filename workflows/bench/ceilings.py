@@ -29,7 +29,7 @@ def last_level_cache() -> int:
 
 def io_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
     """Cubes per second of ``ndarray.tofile`` of the same bytes, one file per batch."""
-    batch = Config().batch_size
+    batch = Config().shard_size
     buffers = [
         np.random.default_rng(k).random(batch * setup.cube_bytes // 8) for k in range(threads)
     ]
@@ -47,7 +47,7 @@ def io_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
 def memory_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
     """Cubes per second copying one cube's bytes, again and again, into a batch buffer
     per thread: the source stays in the cache, so this bounds copying, not the cut."""
-    batch = Config().batch_size
+    batch = Config().shard_size
     cube = np.random.default_rng(0).random(setup.cube_bytes // 8)
     buffers = [np.empty((batch, cube.size)) for _ in range(threads)]
 
@@ -67,7 +67,7 @@ def cut_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
     around, each into the next place of its own ``batch_size``-cube buffer, as the cut
     fills a batch. A cut reads the same bytes but scattered, so it cannot beat this.
     """
-    batch = Config().batch_size
+    batch = Config().shard_size
     n_source = max(-(-4 * last_level_cache() // setup.cube_bytes), 2 * threads)
     source = np.random.default_rng(0).random((n_source, setup.cube_bytes // 8))
     buffers = [np.empty((batch, source.shape[1])) for _ in range(threads)]
