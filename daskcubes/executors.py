@@ -217,8 +217,12 @@ def _local_cluster(config: Config, log_file: str | None) -> LocalCluster:
     # glibc's dynamic mmap threshold: each large buffer of a cut and of its write is then
     # mapped afresh and page-faulted. Measured on a sampling run at the article's shapes:
     # 10x the page faults and 1.6x the CPU time of the same run without it.
-    unset_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-    with dask.config.set(unset_trim):
+    trim = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    # Nannies also write their pre-spawn variables into this process's environment, which
+    # every later worker inherits: drop what an earlier cluster of this process left there.
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(dask.config.get(trim, None)):
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+    with dask.config.set({trim: None}):
         return LocalCluster(
             # Worker processes print dask's warnings to stderr unless silenced; their real
             # failures reach the driver as task errors.

@@ -384,7 +384,12 @@ def test_a_slab_larger_than_the_available_memory_is_refused_on_threads(
     assert not Path(config.out).exists()
 
 
-def test_workers_keep_glibc_s_dynamic_mmap_threshold(local_cluster: DistributedExecutor) -> None:
+def test_workers_keep_glibc_s_dynamic_mmap_threshold(oracle: Config, tmp_path: Path) -> None:
     # MALLOC_TRIM_THRESHOLD_ fixes glibc's mmap threshold: every large buffer page-faults.
-    trims = local_cluster.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    # A cluster with dask's defaults first: its nanny leaves the variable in this process.
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=DASHBOARD):
+        pass
+    with open_executor(distributed_config(oracle, tmp_path)) as executor:
+        assert isinstance(executor, DistributedExecutor)
+        trims = executor.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(trims.values()) == {None}, trims
