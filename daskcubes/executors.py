@@ -55,6 +55,10 @@ class Executor(Protocol):
     def worker_memory(self) -> int:
         """Bytes of memory the smallest worker may use."""
 
+    def on_each_worker(self, function: Callable[..., object], *args: Any) -> None:
+        """Call ``function(*args)`` once in every worker process it can reach (results
+        discarded): to load what every task needs before the tasks are timed."""
+
 
 class _Report(Callback):
     """Calls ``on_done`` in the scheduler's own thread when a watched task finishes."""
@@ -84,6 +88,12 @@ class LocalExecutor:
         options: dict[str, Any] = {} if self.scheduler == "sync" else {"num_workers": self.workers}
         with _Report(set(keys), on_done):
             get(needed(dsk, keys), list(keys), **options)
+
+    def on_each_worker(self, function: Callable[..., object], *args: Any) -> None:
+        """In this process for ``sync`` and ``threads``; ``processes`` starts its pool anew
+        for every run, so each process loads what it needs in its first task."""
+        if self.scheduler != "processes":
+            function(*args)
 
     def worker_memory(self) -> int:
         """The machine's available memory, shared by the processes of ``processes``."""
@@ -136,6 +146,9 @@ class DistributedExecutor:
         finally:
             for future in running.values():  # on error, the scheduler forgets the rest
                 future.release()
+
+    def on_each_worker(self, function: Callable[..., object], *args: Any) -> None:
+        self.client.run(function, *args)
 
     def worker_memory(self) -> int:
         """The smallest dask ``memory_limit`` of the cluster's workers; a worker without

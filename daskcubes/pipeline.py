@@ -25,7 +25,7 @@ from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks, inspect_frames
 from daskcubes.progress import Progress, ProgressRecord, Work
-from daskcubes.sample import check_slab_fits, sample_job, sample_tasks
+from daskcubes.sample import check_slab_fits, load_slab, sample_job, sample_tasks
 from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
 from daskcubes.store import (
@@ -45,7 +45,12 @@ from daskcubes.synthetic import (
 @dataclass(frozen=True)
 class StageResult:
     """What a stage made: ``items`` things of ``unit`` (of which ``resumed`` had been made
-    by an earlier, interrupted run), ``nbytes`` bytes, at ``path``."""
+    by an earlier, interrupted run), ``nbytes`` bytes, at ``path``, in ``tasks`` tasks.
+
+    ``startup`` seconds went to fixed costs before the first task (starting a cluster,
+    loading the source slab on the workers, opening the store), ``seconds`` to the tasks:
+    the rate is the tasks' alone, so that a small job does not report mostly start-up.
+    """
 
     stage: str
     items: int
@@ -54,6 +59,8 @@ class StageResult:
     seconds: float
     path: str
     resumed: int = 0
+    startup: float = 0.0
+    tasks: int = 0
 
     @property
     def rate(self) -> float:
@@ -63,8 +70,9 @@ class StageResult:
     def summary(self) -> str:
         earlier = f" ({self.resumed} made by an earlier run)" if self.resumed else ""
         return (
-            f"{self.stage}: {self.items} {self.unit}{earlier}, {self.nbytes / 1e9:.2f} GB, "
-            f"{self.seconds:.1f} s, {self.rate:.1f} {self.unit}/s -> {self.path}"
+            f"{self.stage}: {self.items} {self.unit}{earlier}, {self.nbytes / 1e9:.2f} GB; "
+            f"start-up {self.startup:.1f} s, {self.tasks} tasks {self.seconds:.1f} s, "
+            f"{self.rate:.1f} {self.unit}/s -> {self.path}"
         )
 
 
@@ -75,8 +83,8 @@ class Stage:
     ``name`` makes ``total`` things of ``unit`` (``nbytes`` bytes) at ``path``, which
     errors call ``what``. The callables, in the order they are called:
 
-    - ``prepare(executor)``: check what the tasks need of the workers, before anything
-      is written;
+    - ``prepare(executor)``: check what the tasks need of the workers before anything
+      is written, and load it there (counted as start-up);
     - ``open(mode)``: create the output, or reopen it to resume (checking that it was
       started with the same settings); return its progress, or None if it is complete;
     - ``work(done)``: the tasks not yet done, given the finished units by kind;
@@ -118,6 +126,7 @@ def run_stage(
     record is saved however the run ends (an error, Ctrl-C), so that ``--resume`` redoes
     only what did not finish.
     """
+    entered = time.perf_counter()
     with open_executor(config, executor) as run_on, store_lock(stage.path, stage.what):
         stage.prepare(run_on)
         progress = stage.open(mode)
@@ -142,7 +151,15 @@ def run_stage(
         seconds = time.perf_counter() - started
         stage.finish()
     return StageResult(
-        stage.name, stage.total, stage.unit, stage.nbytes, seconds, stage.path, resumed
+        stage.name,
+        stage.total,
+        stage.unit,
+        stage.nbytes,
+        seconds,
+        stage.path,
+        resumed,
+        startup=started - entered,
+        tasks=len(work.graph),
     )
 
 
@@ -259,6 +276,10 @@ def sample(
         "frames_store": {"path": job.frames.path, "fingerprint": job.frames.fingerprint},
     }
 
+    def prepare(executor: Executor) -> None:
+        check_slab_fits(job, executor.worker_memory())
+        executor.on_each_worker(load_slab, job)
+
     def open_store(mode: WriteMode) -> Progress | None:
         attrs = create_cube_store(config.out, schema, provenance, mode, job.storage)
         return None if attrs["complete"] else ProgressRecord(config.out, job.storage)
@@ -270,7 +291,7 @@ def sample(
         "cubes",
         plan.n_cubes,
         plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize,
-        prepare=lambda executor: check_slab_fits(job, executor.worker_memory()),
+        prepare=prepare,
         open=open_store,
         work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
@@ -280,9 +301,15 @@ def sample(
 
 
 def run(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> list[StageResult]:
-    """The whole job: (synthetic frames →) frames store → cube store, on one executor."""
+    """The whole job: (synthetic frames →) frames store → cube store, on one executor.
+
+    Starting the executor (a cluster) counts as the first stage's start-up.
+    """
+    entered = time.perf_counter()
     with open_executor(config) as executor:
+        opened = time.perf_counter() - entered
         results = [generate(config, mode, show_progress, executor)] if config.synthetic else []
         results.append(ingest(config, mode, show_progress, executor))
         results.append(sample(config, mode, show_progress, executor))
+    results[0] = replace(results[0], startup=results[0].startup + opened)
     return results

@@ -87,6 +87,11 @@ def worker_slab(frames: FramesStoreInfo, storage: Storage, dim: int, dtype: str)
         return _cached_slab(frames, storage, dim, dtype)
 
 
+def load_slab(job: SampleJob) -> None:
+    """Load the job's slab into this process (returns nothing, so that it stays there)."""
+    worker_slab(job.frames, job.storage, job.plan.dim, job.dtype)
+
+
 @lru_cache(maxsize=8)
 def _open_output(job: SampleJob, name: str) -> zarr.Array:
     # Keyed by the whole job: a store replaced at the same path is opened afresh. Empty

@@ -159,9 +159,11 @@ def _report(results: list[pipeline.StageResult]) -> None:
         print(result.summary())
     last = results[-1]
     if last.stage == "sample":
+        startup = sum(result.startup for result in results)
         print(
-            f"daskcubes: {last.items} cubes, {last.nbytes / 1e9:.2f} GB, {last.seconds:.1f} s, "
-            f"{last.rate:.1f} cubes/s; cube store {last.path}"
+            f"daskcubes: {last.items} cubes, {last.nbytes / 1e9:.2f} GB; cutting "
+            f"{last.seconds:.1f} s in {last.tasks} tasks, {last.rate:.1f} cubes/s (start-up "
+            f"{startup:.1f} s apart); cube store {last.path}"
         )
 
 

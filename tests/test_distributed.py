@@ -87,6 +87,9 @@ class OnFirstDone:
     def worker_memory(self) -> int:
         return self._executor.worker_memory()
 
+    def on_each_worker(self, function: Callable[..., object], *args: Any) -> None:
+        self._executor.on_each_worker(function, *args)
+
 
 # -- an existing cluster: `dask scheduler` and two `dask worker` processes ------------------
 

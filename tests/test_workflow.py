@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from daskcubes import open_cubes
+from daskcubes import open_cubes, pipeline, sample
 from daskcubes.config import PRESETS, Config, load_config
 from daskcubes.workflow import build_parser, config_from_args, main
 from tests.conftest import PRESET_NAMES, cli_args
@@ -33,6 +34,27 @@ def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     store = open_cubes(str(tmp_path / "cubes.zarr"))
     assert store[:].shape == (20, 4, 5, 5)
     assert store.attrs["config"]["seed"] == 3
+
+
+def test_the_summary_keeps_start_up_apart_from_cutting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded: list[float] = []
+
+    def slow_slab(job: sample.SampleJob) -> None:
+        time.sleep(0.5)  # a slab that takes long to load: start-up, not cutting
+        loaded.append(time.perf_counter())
+        sample.load_slab(job)
+
+    monkeypatch.setattr(pipeline, "load_slab", slow_slab)
+    assert main(small_args(tmp_path)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(loaded) == 1  # once, on the threaded scheduler's one process
+    sampled = next(line for line in lines if line.startswith("sample: "))
+    assert ", 4 tasks " in sampled  # 20 cubes in 3 batches of 8, and a block of recipes
+    startup = float(sampled.split("start-up ")[1].split(" s")[0])
+    assert startup >= 0.5
+    assert "(start-up " in lines[-1] and "in 4 tasks" in lines[-1]
 
 
 def test_stages_one_by_one_equal_run(tmp_path: Path) -> None:
