@@ -215,7 +215,7 @@ def _connect(address: str, timeout: int) -> Client:
     from distributed import Client
 
     try:
-        return Client(address, timeout=timeout)
+        return Client(address, timeout=timeout, set_as_default=False)
     except (OSError, ValueError) as exc:  # refused, timed out, or not an address
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(
@@ -252,9 +252,11 @@ def _local_cluster(config: Config, log_file: str | None) -> LocalCluster:
 def open_executor(config: Config, reuse: Executor | None = None) -> Iterator[Executor]:
     """The executor ``config`` asks for, open for the duration of the ``with`` block.
 
-    A distributed run starts a LocalCluster (or connects to ``cluster_address``), prints
-    the dashboard link, saves the performance report on exit when ``config.report`` is
-    set, and closes what it started. ``reuse``, if given, is yielded as it is.
+    A distributed run starts a LocalCluster (or connects to ``cluster_address``) through a
+    client that is not made dask's default (the caller's own computations stay where they
+    were), prints the dashboard link, saves the performance report on exit when
+    ``config.report`` is set, and closes what it started. ``reuse``, if given, is yielded
+    as it is.
     """
     if reuse is not None:
         yield reuse
@@ -271,12 +273,14 @@ def open_executor(config: Config, reuse: Executor | None = None) -> Iterator[Exe
     with ExitStack() as stack:
         if address is None:
             cluster = stack.enter_context(_local_cluster(config, log_file))
-            client = stack.enter_context(Client(cluster))
+            client = stack.enter_context(Client(cluster, set_as_default=False))
         else:
             client = stack.enter_context(_connect(address, config.connect_timeout))
         logs = f" (dask's warnings: {log_file})" if log_file else ""
         print(f"daskcubes: Dask dashboard {client.dashboard_link}{logs}", file=sys.stderr)
         if config.report:
+            # The report asks for the current client: ours, for its duration only.
+            stack.enter_context(client.as_current())
             # BokehJS embedded, so that the report renders on nodes without internet.
             stack.enter_context(performance_report(filename=config.report, mode="inline"))
         yield DistributedExecutor(client)

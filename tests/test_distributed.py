@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import dask
+import dask.array as da
 import psutil
 import pytest
 from dask.typing import Key
@@ -385,6 +386,15 @@ def test_a_slab_larger_than_the_available_memory_is_refused_on_threads(
     with pytest.raises(UserError, match=r"more than a worker's memory \(0\.0 MB\)"):
         pipeline.sample(config, show_progress=False)
     assert not Path(config.out).exists()
+
+
+def test_a_run_s_cluster_is_not_dask_s_default(local_cluster: DistributedExecutor) -> None:
+    # Other computations of the process (a reader's .compute()) stay on their scheduler.
+    from distributed import default_client
+
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()
+    assert da.ones(4).sum().compute() == 4
 
 
 def test_workers_keep_glibc_s_dynamic_mmap_threshold(oracle: Config, tmp_path: Path) -> None:
