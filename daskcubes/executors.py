@@ -123,7 +123,7 @@ class DistributedExecutor:
         graph = dict(dsk)
         todo = iter(keys)
         running: dict[Key, Future] = {}
-        finished = as_completed()
+        finished = as_completed(loop=self.client.loop)
 
         def submit_wave() -> None:
             wave = list(islice(todo, self.wave))
