@@ -116,19 +116,22 @@ def _shard_problems(plan: CubePlan, first: int, tails: ShardTails) -> dict[int, 
 def _check_shards(report: Report, storage: Storage, path: str, schema: CubeSchema) -> None:
     """Check every shard's index: present, whole (its checksum), and pointing inside the file."""
     plan = schema.plan
-    bad: dict[int, str] = {}
+    bad = 0
+    listed: list[tuple[int, str]] = []  # the first ten bad shards; the rest are only counted
     tail = index_nbytes(plan.shard_size)
     for first in range(0, plan.n_shards, SHARD_BLOCK):
         block = range(first, min(first + SHARD_BLOCK, plan.n_shards))
         keys = (schema.shard_key(shard) for shard in block)
-        bad.update(_shard_problems(plan, first, _shard_tails(storage, path, keys, tail)))
-    for shard in sorted(bad)[:10]:
+        found = _shard_problems(plan, first, _shard_tails(storage, path, keys, tail))
+        bad += len(found)
+        listed += sorted(found.items())[: 10 - len(listed)]
+    for shard, problem in listed:
         start, stop = plan.shard_bounds(shard)
         report.problems.append(
-            f"shard {schema.shard_key(shard)} (cubes {start}-{stop - 1}): {bad[shard]}"
+            f"shard {schema.shard_key(shard)} (cubes {start}-{stop - 1}): {problem}"
         )
-    if len(bad) > 10:
-        report.problems.append(f"... {len(bad)} bad shards in all")
+    if bad > 10:
+        report.problems.append(f"... {bad} bad shards in all")
 
 
 def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:

@@ -147,3 +147,19 @@ def test_the_last_shard_may_be_partial(tmp_path: Path, capsys: pytest.CaptureFix
     rewrite_index(shard(config, 10), lambda index: index.__setitem__((1, 0), MISSING))
     status, out = verify(config, capsys)
     assert "shard cubes/c/10/0/0/0 (cubes 40-41): 1 cubes missing from the shard" in out
+
+
+def test_ten_bad_shards_are_listed_and_all_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daskcubes.verify, "SHARD_BLOCK", 4)
+    config = small_config(tmp_path, cubes=60)  # 15 shards
+    pipeline.run(config, show_progress=False)
+    for index in range(1, 13):
+        shard(config, index).unlink()
+    status, out = verify(config, capsys)
+    assert status == 1
+    listed = [f"shard cubes/c/{index}/0/0/0" for index in range(1, 11)]
+    assert all(f"PROBLEM: {name} " in out for name in listed), out
+    assert out.count("PROBLEM: shard") == 10
+    assert "... 12 bad shards in all" in out
