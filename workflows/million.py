@@ -388,8 +388,10 @@ def article_frames(root: Path) -> str:
     try:
         frames_store_info(config.frames_store, Storage.of())
     except UserError:
-        pipeline.generate(config, "resume" if Path(config.frames).exists() else "new")
-        pipeline.ingest(config, "overwrite")
+        print(f"million: making the article-shape frames store {config.frames_store} (once)")
+        mode = "resume" if Path(config.frames).exists() else "new"
+        pipeline.generate(config, mode, show_progress=False)
+        pipeline.ingest(config, "overwrite", show_progress=False)
     return config.frames_store
 
 
