@@ -194,6 +194,7 @@ def run_sample(
     driver = psutil.Process(child.pid)
     peaks: dict[int, float] = {}
     driver_mib = 0.0
+    late = False
     while child.poll() is None:
         driver_mib = max(driver_mib, _peak_mib(driver))
         try:
@@ -213,6 +214,8 @@ def run_sample(
     lines = [line for line in text.splitlines() if line.strip()]
     status = child.returncode
     error = "" if status == 0 else (lines[-1] if lines else f"exit {status}")
+    if late:
+        error = f"still running after {timeout:.0f} s, killed"
     return Run(
         status,
         float(found.group(1)) if found else float("nan"),
@@ -274,8 +277,13 @@ def _shard_files(store: str, schema: CubeSchema) -> set[int]:
     return {s for s in range(schema.plan.n_shards) if (Path(store) / schema.shard_key(s)).exists()}
 
 
-def measure_small(scratch: Path, cubes: int, cluster: bool = True) -> list[Row]:
-    """Rows of ``cubes`` small cubes in tasks of 16: clean runs, a kill and resume, verify."""
+def measure_small(
+    scratch: Path, cubes: int, cluster: bool = True, timeout: float = 900
+) -> list[Row]:
+    """Rows of ``cubes`` small cubes in tasks of 16: clean runs, a kill and resume, verify.
+
+    A run still going after ``timeout`` seconds is killed and reported as failed.
+    """
     frames_store = _small_frames(scratch)
     tasks = -(-cubes // SHARD)
 
@@ -288,14 +296,19 @@ def measure_small(scratch: Path, cubes: int, cluster: bool = True) -> list[Row]:
 
     rows: list[Row] = [(CUBES, cubes, "cubes"), (TASKS, tasks, "tasks")]
     clean = str(scratch / "threads.zarr")
-    threads = run_sample(args(clean, "--overwrite", *THREADS_ARGS), clean, scratch / "threads.log")
+    threads = run_sample(
+        args(clean, "--overwrite", *THREADS_ARGS), clean, scratch / "threads.log", timeout=timeout
+    )
     _say(THREADS.name, threads)
     rows += _run_rows(THREADS, threads, tasks)
     if cluster:
         out = str(scratch / "cluster.zarr")
         dashboard = ["--dashboard-address", "127.0.0.1:0"]
         on_cluster = run_sample(
-            args(out, "--overwrite", *CLUSTER_ARGS, *dashboard), out, scratch / "cluster.log"
+            args(out, "--overwrite", *CLUSTER_ARGS, *dashboard),
+            out,
+            scratch / "cluster.log",
+            timeout=timeout,
         )
         _say(CLUSTER.name, on_cluster)
         rows += _run_rows(CLUSTER, on_cluster, tasks)
@@ -389,8 +402,7 @@ def article_frames(root: Path) -> str:
         frames_store_info(config.frames_store, Storage.of())
     except UserError:
         print(f"million: making the article-shape frames store {config.frames_store} (once)")
-        mode = "resume" if Path(config.frames).exists() else "new"
-        pipeline.generate(config, mode, show_progress=False)
+        pipeline.generate(config, "overwrite", show_progress=False)
         pipeline.ingest(config, "overwrite", show_progress=False)
     return config.frames_store
 
@@ -456,10 +468,12 @@ def measure(
     cluster: bool = True,
     article_root: Path | None = None,
     article_cubes: int = 64,
+    timeout: float = 900,
 ) -> list[Row]:
-    """All rows: ``cubes`` small cubes (under ``scratch``), then, given ``article_root``,
-    the article's shapes (frames store made there once and reused)."""
-    rows = measure_small(scratch, cubes, cluster)
+    """All rows: ``cubes`` small cubes (under ``scratch``; a run still going after
+    ``timeout`` seconds counts as failed), then, given ``article_root``, the article's
+    shapes (frames store made there once and reused)."""
+    rows = measure_small(scratch, cubes, cluster, timeout)
     if article_root is not None and article_cubes:
         rows += measure_article(article_frames(article_root), scratch, article_cubes)
     return rows
@@ -481,12 +495,17 @@ def main(argv: list[str] | None = None) -> int:
         help="where the article-shape frames are made once and kept",
     )
     parser.add_argument("--article-cubes", type=int, default=64)
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds after which a run counts as failed"
+    )
     args = parser.parse_args(argv)
     cubes = 20_000 if args.quick else args.cubes
     article = None if args.quick or not args.article_cubes else Path(args.article_root)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.scratch, prefix="million-") as scratch:
-        rows = measure(Path(scratch), cubes, not args.no_cluster, article, args.article_cubes)
+        rows = measure(
+            Path(scratch), cubes, not args.no_cluster, article, args.article_cubes, args.timeout
+        )
     print(format_rows(rows))
     print(f"million: {time.perf_counter() - started:.0f} s in all; load average {os.getloadavg()}")
     return 0
