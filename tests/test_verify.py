@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import zarr
 
+import daskcubes.verify
 from daskcubes import open_cubes, pipeline
 from daskcubes.config import Config
 from daskcubes.schema import CubeSchema
+from daskcubes.shards import MISSING, decode_index, index_nbytes
 from daskcubes.storage import Storage
 from daskcubes.verify import verify_cube_store
 from daskcubes.workflow import main
@@ -100,3 +104,62 @@ def test_other_frames_store(made: Config, capsys: pytest.CaptureFixture[str]) ->
     pipeline.ingest(other, show_progress=False)
     assert main(["verify", made.out, "--against", other.frames_store]) == 1
     assert "not the one these cubes were cut from" in capsys.readouterr().out
+
+
+def rewrite_index(path: Path, change: Callable[[np.ndarray], None]) -> None:
+    """Change a shard's index in place, with a valid checksum, so only its entries are wrong."""
+    data = path.read_bytes()
+    tail = index_nbytes(4)
+    index = decode_index(data[-tail:]).copy()
+    change(index)
+    raw = index.astype("<u8").tobytes()
+    checksum = np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
+    path.write_bytes(data[:-tail] + raw + checksum)
+
+
+def test_index_entries_are_checked_in_every_block_of_shards(
+    made: Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daskcubes.verify, "SHARD_BLOCK", 3)  # shards 0-2, 3-5, 6-8, 9
+
+    def drop_two(index: np.ndarray) -> None:
+        index[1:3] = MISSING
+
+    def point_past_end(index: np.ndarray) -> None:
+        index[3, 0] += 1
+
+    rewrite_index(shard(made, 2), drop_two)
+    rewrite_index(shard(made, 4), point_past_end)
+    shard(made, 9).unlink()
+    status, out = verify(made, capsys)
+    assert status == 1
+    assert "shard cubes/c/2/0/0/0 (cubes 8-11): 2 cubes missing from the shard" in out
+    assert "shard cubes/c/4/0/0/0 (cubes 16-19): chunk past the end of the file" in out
+    assert "shard cubes/c/9/0/0/0 (cubes 36-39): missing" in out
+    assert out.count("PROBLEM: shard") == 3
+
+
+def test_the_last_shard_may_be_partial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = small_config(tmp_path, cubes=42)  # 10 shards of 4 cubes, then one of 2
+    pipeline.run(config, show_progress=False)
+    status, out = verify(config, capsys)
+    assert status == 0, out
+    rewrite_index(shard(config, 10), lambda index: index.__setitem__((1, 0), MISSING))
+    status, out = verify(config, capsys)
+    assert "shard cubes/c/10/0/0/0 (cubes 40-41): 1 cubes missing from the shard" in out
+
+
+def test_ten_bad_shards_are_listed_and_all_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(daskcubes.verify, "SHARD_BLOCK", 4)
+    config = small_config(tmp_path, cubes=60)  # 15 shards
+    pipeline.run(config, show_progress=False)
+    for index in range(1, 13):
+        shard(config, index).unlink()
+    status, out = verify(config, capsys)
+    assert status == 1
+    listed = [f"shard cubes/c/{index}/0/0/0" for index in range(1, 11)]
+    assert all(f"PROBLEM: {name} " in out for name in listed), out
+    assert out.count("PROBLEM: shard") == 10
+    assert "... 12 bad shards in all" in out

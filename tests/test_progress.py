@@ -1,0 +1,46 @@
+"""The completion record keeps its ranges merged as units finish, and saves them whole."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from daskcubes import pipeline
+from daskcubes.progress import ProgressRecord, from_ranges, recorded_progress, to_ranges
+from daskcubes.storage import Storage
+from daskcubes.store import mark_complete, open_group, store_attrs
+from tests.conftest import small_config
+
+units = st.lists(st.integers(0, 200), max_size=60)
+
+
+@given(units, units)
+def test_ranges_merge_with_new_units(old: list[int], new: list[int]) -> None:
+    merged = to_ranges(new, to_ranges(old))
+    assert from_ranges(merged) == set(old) | set(new)
+    flat = [bound for pair in merged for bound in pair]
+    assert all(a < b for a, b in pairwise(flat)), "sorted, disjoint, apart"
+
+
+def test_saves_between_finishes_record_every_unit(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    pipeline.run(config, show_progress=False)
+    storage = Storage.of()
+    group = open_group(config.out, "cube store", storage, mode="r+")
+    attrs = store_attrs(group)
+    attrs["complete"] = None
+    group.attrs["daskcubes"] = attrs
+    record = ProgressRecord(config.out, storage, interval=3600)
+    for shards in [[5], [1, 2], [9], [0, 7]]:  # each save merges what finished since the last
+        record.finished("shards", shards)
+        record.save()
+    record.finished("recipes", [0])
+    record.save()
+    reopened = store_attrs(open_group(config.out, "cube store", storage))
+    assert reopened["progress"]["shards"] == [[0, 3], [5, 6], [7, 8], [9, 10]]
+    assert recorded_progress(reopened) == {"shards": {0, 1, 2, 5, 7, 9}, "recipes": {0}}
+    assert ProgressRecord(config.out, storage).done == recorded_progress(reopened)
+    mark_complete(config.out, storage)
