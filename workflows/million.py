@@ -210,7 +210,7 @@ def run_sample(
         time.sleep(0.05)
     wall = time.perf_counter() - started
     text = log.read_text()
-    found = re.search(r"^sample: .*?, ([\d.]+) s, ", text, re.MULTILINE)
+    found = re.search(r"^sample: .*? tasks ([\d.]+) s, ", text, re.MULTILINE)
     lines = [line for line in text.splitlines() if line.strip()]
     status = child.returncode
     error = "" if status == 0 else (lines[-1] if lines else f"exit {status}")
