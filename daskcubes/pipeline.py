@@ -25,7 +25,7 @@ from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks, inspect_frames
 from daskcubes.progress import Progress, ProgressRecord, Work
-from daskcubes.sample import check_slab_fits, sample_job, sample_tasks
+from daskcubes.sample import sample_job, sample_tasks
 from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
 from daskcubes.store import (
@@ -251,6 +251,12 @@ def sample(
 ) -> StageResult:
     """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
     job = sample_job(config)
+
+    def fit_workers(executor: Executor) -> None:
+        # The source budget depends on the workers: known once the executor is open.
+        nonlocal job
+        job = sample_job(config, executor.worker_memory(), executor.worker_threads())
+
     plan = job.plan
     schema = CubeSchema(plan, config.dtype, config.compressor, job.frames.fingerprint)
     provenance = {
@@ -269,8 +275,8 @@ def sample(
         config.out,
         "cubes",
         plan.n_cubes,
-        plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize,
-        prepare=lambda executor: check_slab_fits(job, executor.worker_memory()),
+        plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(config.dtype).itemsize,
+        prepare=fit_workers,
         open=open_store,
         work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),

@@ -70,6 +70,13 @@ CHANGED: dict[str, Any] = {
     "compressor": "lz4",
     "cubes": 7,
     "dim": 5,
+    "depth": 2,
+    "height": 4,
+    "width": 3,
+    "frame_mode": "window",
+    "row_mode": "window",
+    "column_mode": "window",
+    "sorted_columns": True,
     "seed": 9,
     "dtype": "float32",
     "shard_size": 2,
@@ -81,6 +88,7 @@ CHANGED: dict[str, Any] = {
     "dask_scheduler_address": "tcp://127.0.0.1:1",
     "connect_timeout": 5,
     "report": "r.html",
+    "max_slab_bytes": 10**6,
 }
 
 

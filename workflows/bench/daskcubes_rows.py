@@ -29,7 +29,7 @@ def generation_rate(setup: Setup, threads: int, cubes: int) -> float:
     """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads."""
     job = sample_job(setup.config(cubes=cubes))
     # Loaded once per worker in a real run: not part of the rate.
-    worker_slab(job.frames, job.storage, job.plan.dim, job.dtype)
+    worker_slab(job)
     graph: dict[TaskKey, Any] = {
         ("generate", b): (make_cube_batch, job, *job.plan.batch_bounds(b))
         for b in range(job.plan.n_batches)
