@@ -190,16 +190,14 @@ def cut_cubes(job: SampleJob, batch: Recipes, out: np.ndarray) -> np.ndarray:
     for band in np.unique(bands):
         first = int(band) * step
         rows = range(first, min(first + step + plan.height - 1, layout.rows_needed))
-        cubes = np.flatnonzero(bands == band)
-        part = out if len(cubes) == len(out) else np.empty((len(cubes), *out.shape[1:]), out.dtype)
-        frames = batch.frames[cubes]
-        for start in np.unique(frames // block) * block:
-            slab = _block_slab(job, range(start, min(start + block, plan.n_frames)), rows)
+        # The layers of other bands' cubes get frame -1: the gather leaves them alone.
+        frames = np.where((bands == band)[:, None], batch.frames, -1)
+        for start in np.unique(frames[frames >= 0] // block) * block:
+            frames_held = range(start, min(start + block, plan.n_frames))
+            local = np.where(frames >= 0, frames - start, -1)
             gather_cubes(
-                slab, frames - start, batch.rows[cubes] - first, batch.columns[cubes], part
+                _block_slab(job, frames_held, rows), local, batch.rows - first, batch.columns, out
             )
-        if part is not out:
-            out[cubes] = part
     return out
 
 
