@@ -283,3 +283,18 @@ def test_a_shape_larger_than_the_frames_store_is_named(
     with pytest.raises(UserError, match=message):
         pipeline.sample(config, show_progress=False)
     assert not Path(config.out).exists()
+
+
+def test_a_store_started_before_definitions_were_recorded_resumes(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    pipeline.run(config, show_progress=False)
+    group = zarr.open_group(config.out, mode="r+")
+    attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
+    plan = attrs["plan"]
+    for name in ("height", "width", "n_frames", *Definition.__dataclass_fields__):
+        del plan[name]
+    attrs["plan"] = {**plan, "dim": config.dim}  # as stores recorded their shape before
+    attrs["complete"] = None
+    group.attrs["daskcubes"] = attrs
+    pipeline.sample(config, mode="resume", show_progress=False)
+    assert store_digest(config.out) == GOLDEN["small"][1]
