@@ -151,16 +151,15 @@ class CubePlan:
     def _check_definition(self) -> None:
         """Refuse a shape that does not fit the frames, naming the setting."""
         mode = self.definition
-        for name, size, limit, what in (
-            ("depth", self.depth, self.n_frames, "frames"),
-            ("height", self.height, self.n_rows, "rows"),
-            ("width", self.width, self.n_cols, "columns"),
+        for name, size, limit in (
+            ("depth", self.depth, self.n_frames),
+            ("height", self.height, self.n_rows),
+            ("width", self.width, self.n_cols),
         ):
             if not 1 <= size <= limit:
                 raise UserError(
                     f"{name}: {size}; expected 1 to {limit}, since the frames store has "
-                    f"{self.n_frames} frames of {self.n_rows} rows x {self.n_cols} columns "
-                    f"({limit} {what})"
+                    f"{self.n_frames} frames of {self.n_rows} rows x {self.n_cols} columns"
                 )
         if mode.frame_mode == "all" and self.depth != self.n_frames:
             raise UserError(
@@ -173,13 +172,6 @@ class CubePlan:
                 f"sorted_columns: true needs column_mode random (column_mode is "
                 f"{mode.column_mode}, whose columns are in order already)"
             )
-
-    @property
-    def dim(self) -> int:
-        """The cube's edge, for cubic cubes (``height == width``)."""
-        if self.height != self.width:
-            raise ValueError(f"cubes of {self.height} x {self.width} have no single edge")
-        return self.height
 
     @property
     def n_batches(self) -> int:

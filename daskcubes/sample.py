@@ -116,6 +116,11 @@ def sample_job(config: Config, worker_memory: int | None = None, threads: int = 
     storage = Storage.of(config.storage_options)
     frames = frames_store_info(config.frames_store, storage)
     n_frames, n_rows, n_cols = frames.shape
+    if config.height is config.width is None and not 1 <= config.dim <= min(n_rows, n_cols):
+        raise UserError(  # named as set: the plan knows only height and width
+            f"dim: {config.dim}; expected 1 to {min(n_rows, n_cols)}, since frames have "
+            f"{n_rows} rows and {n_cols} columns"
+        )
     depth = config.depth or n_frames
     height, width = config.height or config.dim, config.width or config.dim
     cube_nbytes = depth * height * width * np.dtype(config.dtype).itemsize
