@@ -206,6 +206,7 @@ def test_a_budget_smaller_than_the_source_gives_the_same_store(tmp_path: Path, c
     assert np.array_equal(open_stream(banded)[:], open_cubes(whole.out)[:])
 
 
+@pytest.mark.slow
 def test_frames_larger_than_a_worker_s_memory(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     config = definition_config(tmp_path, "all-windows", n_frames=12, n_rows=300, n_cols=40)
