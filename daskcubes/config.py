@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from daskcubes.errors import UserError
+from daskcubes.plan import ColumnMode, FrameMode, RowMode
 
 #: The presets shipped with the package: ``NAME.yaml`` is ``--config NAME``.
 PRESETS: Traversable = files("daskcubes") / "conf"
@@ -73,7 +74,32 @@ class Config(BaseModel):
     )
     # -- cubes -------------------------------------------------------------------
     cubes: int = Field(100, ge=1, description="number of cubes to cut")
-    dim: int = Field(100, ge=1, description="cube edge: rows and columns taken from each frame")
+    dim: int = Field(
+        100, ge=1, description="cube edge: the height and width of cubes that set neither"
+    )
+    depth: int | None = Field(
+        None, ge=1, description="frames per cube (default: every frame of the frames store)"
+    )
+    height: int | None = Field(None, ge=1, description="rows per cube (default: dim)")
+    width: int | None = Field(None, ge=1, description="columns per cube (default: dim)")
+    frame_mode: FrameMode = Field(
+        "all",
+        description="a cube's frames: all (in order), window (depth consecutive frames at a "
+        "random start) or subset (depth random frames, in order)",
+    )
+    row_mode: RowMode = Field(
+        "first",
+        description="a cube's rows: first (the first height rows) or window (height "
+        "consecutive rows at a random start)",
+    )
+    column_mode: ColumnMode = Field(
+        "random",
+        description="a cube's columns: random (width distinct random columns) or window "
+        "(width consecutive columns at a random start)",
+    )
+    sorted_columns: bool = Field(
+        False, description="column_mode random: columns in increasing order, not as drawn"
+    )
     seed: int = Field(0, ge=0, description="root seed: cube i depends only on (seed, i)")
     dtype: DType = Field("float64", description="dtype of the cubes")
     shard_size: int = Field(16, ge=1, description="cubes per shard file of the cube store")
@@ -106,6 +132,12 @@ class Config(BaseModel):
     )
     report: str | None = Field(
         None, description="distributed: save Dask's performance report of the run to this HTML file"
+    )
+    max_slab_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="bytes of frame values a worker holds at once to cut cubes from "
+        "(default: half a worker's memory); beyond it, cubes are cut band by band",
     )
 
     @field_validator("scheduler")
@@ -149,11 +181,19 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _cube_fits_synthetic_frames(self) -> Config:
-        if self.synthetic and self.dim > min(self.n_rows, self.n_cols):
-            raise ValueError(
-                f"dim {self.dim} is larger than the synthetic frames "
-                f"({self.n_rows} rows x {self.n_cols} columns)"
-            )
+        if not self.synthetic:
+            return self  # the frames store's shape is checked against the plan
+        for name, size, limit in (
+            ("height", self.height or self.dim, self.n_rows),
+            ("width", self.width or self.dim, self.n_cols),
+            ("depth", self.depth or 1, self.n_frames),
+        ):
+            if size > limit:
+                named = name if getattr(self, name) is not None else "dim"
+                raise ValueError(
+                    f"{named} {size} is larger than the synthetic frames ({self.n_frames} "
+                    f"frames of {self.n_rows} rows x {self.n_cols} columns)"
+                )
         return self
 
     @model_validator(mode="after")

@@ -59,6 +59,9 @@ class Executor(Protocol):
         """Call ``function(*args)`` once in every worker process it can reach (results
         discarded): to load what every task needs before the tasks are timed."""
 
+    def worker_threads(self) -> int:
+        """Threads of the busiest worker: tasks it may run at once."""
+
 
 class _Report(Callback):
     """Calls ``on_done`` in the scheduler's own thread when a watched task finishes."""
@@ -101,6 +104,11 @@ class LocalExecutor:
         if self.scheduler != "processes":
             return available  # threads share one process, and so its memory
         return available // (self.workers or os.cpu_count() or 1)
+
+    def worker_threads(self) -> int:
+        if self.scheduler != "threads":
+            return 1
+        return self.workers or os.cpu_count() or 1
 
 
 @dataclass(frozen=True)
@@ -156,6 +164,10 @@ class DistributedExecutor:
         available: int = psutil.virtual_memory().available
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         return min((w["memory_limit"] or available for w in workers), default=available)
+
+    def worker_threads(self) -> int:
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return max((w["nthreads"] for w in workers), default=1)
 
 
 #: Loggers of dask's cluster, of its web server and of the dashboard.

@@ -25,7 +25,7 @@ from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks, inspect_frames
 from daskcubes.progress import Progress, ProgressRecord, Work
-from daskcubes.sample import check_slab_fits, load_slab, sample_job, sample_tasks
+from daskcubes.sample import sample_job, sample_tasks, warm_worker
 from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
 from daskcubes.store import (
@@ -268,6 +268,14 @@ def sample(
 ) -> StageResult:
     """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
     job = sample_job(config)
+
+    def prepare(executor: Executor) -> None:
+        # The source budget depends on the workers: known once the executor is open. A
+        # source kept whole is loaded on every worker now: start-up, not cutting.
+        nonlocal job
+        job = sample_job(config, executor.worker_memory(), executor.worker_threads())
+        executor.on_each_worker(warm_worker, job)
+
     plan = job.plan
     schema = CubeSchema(plan, config.dtype, config.compressor, job.frames.fingerprint)
     provenance = {
@@ -275,10 +283,6 @@ def sample(
         "seed": config.seed,
         "frames_store": {"path": job.frames.path, "fingerprint": job.frames.fingerprint},
     }
-
-    def prepare(executor: Executor) -> None:
-        check_slab_fits(job, executor.worker_memory())
-        executor.on_each_worker(load_slab, job)
 
     def open_store(mode: WriteMode) -> Progress | None:
         attrs = create_cube_store(config.out, schema, provenance, mode, job.storage)
@@ -290,7 +294,7 @@ def sample(
         config.out,
         "cubes",
         plan.n_cubes,
-        plan.n_cubes * plan.depth * plan.dim**2 * np.dtype(config.dtype).itemsize,
+        plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(config.dtype).itemsize,
         prepare=prepare,
         open=open_store,
         work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),

@@ -2,15 +2,23 @@
 
 Integers in, recipes out; no dask, no I/O. Cube ``i`` is defined by
 
-    cube[f, r, c] == frames[frame_idx[i, f], row_start[i] + r, col_idx[i, c]]
+    cube[f, r, c] == frames[frames_i[f], rows_i + r, columns_i[c]]
 
-and every random choice for cube ``i`` is a pure function of (seed, i): a counter-based
-hash of the seed, the cube index and the draw number (see :func:`first_distinct`), so a
-cube never depends on the scheduler, worker count, batch size, resume history, or
-whether it was stored or streamed, and the recipes of any set of cubes are computed at
-once in array arithmetic. With the article's semantics (the only ones so far) every cube
-stacks all frames in order, takes the first ``dim`` rows, and ``dim`` distinct random
-columns.
+with shape ``(depth, height, width)``, and every random choice for cube ``i`` is a pure
+function of (seed, i): a counter-based hash of the seed, the cube index and the draw
+number (see :func:`first_distinct`), so a cube never depends on the scheduler, worker
+count, batch size, resume history, or whether it was stored or streamed, and the
+recipes of any set of cubes are computed at once in array arithmetic. The cube's
+*definition* says how each choice is made:
+
+- frames (``frame_mode``): ``all`` in order, a ``window`` of ``depth`` consecutive frames
+  at a random start, or a random ``subset`` of ``depth`` frames in increasing order;
+- rows (``row_mode``): the ``first`` ``height`` rows, or a ``window`` at a random start;
+- columns (``column_mode``): ``width`` distinct ``random`` columns, in drawn order or
+  ``sorted_columns``, or a ``window`` of consecutive columns at a random start.
+
+The article's definition is the default: all frames, the first rows, random columns in
+drawn order.
 """
 
 from __future__ import annotations
@@ -18,13 +26,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from daskcubes.errors import UserError
 
+#: What a store's ``semantics`` attribute says: the article's definition, or another one
+#: that the store's plan attributes spell out (:class:`Definition`).
 SEMANTICS = "article"
+DEFINED_SEMANTICS = "defined"
+FrameMode = Literal["all", "window", "subset"]
+RowMode = Literal["first", "window"]
+ColumnMode = Literal["random", "window"]
 #: Cubes per chunk of the recipe arrays (``columns``, ``rows``, ``frames``) in a cube
 #: store: small arrays, so few, larger files.
 RECIPE_BLOCK = 65536
@@ -68,7 +82,7 @@ class Recipes:
     ----------
     frames : (n, depth) source frame of each cube layer.
     rows : (n,) first source row of each cube.
-    columns : (n, dim) source column of each cube column.
+    columns : (n, width) source column of each cube column.
     """
 
     frames: np.ndarray
@@ -77,24 +91,42 @@ class Recipes:
 
 
 @dataclass(frozen=True)
+class Definition:
+    """How a cube's frames, rows and columns are chosen (see the module docstring)."""
+
+    frame_mode: FrameMode = "all"
+    row_mode: RowMode = "first"
+    column_mode: ColumnMode = "random"
+    sorted_columns: bool = False
+
+    @property
+    def is_article(self) -> bool:
+        return self == Definition()
+
+
+@dataclass(frozen=True)
 class CubePlan:
     """Which cubes to cut from frames of a given shape, and in which batches.
 
-    ``depth`` is the number of frames (the cube's first axis). ``shard_size`` cubes form
-    one shard file of the cube store (the storage layout); ``batch_size`` cubes, a whole
-    number of shards, form one task. The store's bytes depend on the shard size only, so
-    any batch size gives the same store.
+    Cubes are ``(depth, height, width)``, cut from ``n_frames`` frames of ``n_rows`` x
+    ``n_cols`` as ``definition`` says. ``shard_size`` cubes form one shard file of the
+    cube store (the storage layout); ``batch_size`` cubes, a whole number of shards,
+    form one task. The store's bytes depend on the shard size only, so any batch size
+    gives the same store.
     """
 
     n_cubes: int
-    dim: int
     depth: int
+    height: int
+    width: int
+    n_frames: int
     n_rows: int
     n_cols: int
     seed: int
     batch_size: int
     shard_size: int
     recipe: str = RECIPE
+    definition: Definition = Definition()
 
     def __post_init__(self) -> None:
         if self.recipe not in _RECIPE_FUNCTIONS:
@@ -103,6 +135,8 @@ class CubePlan:
                 f"(it knows {', '.join(map(repr, _RECIPE_FUNCTIONS))}); a store made by a "
                 "newer version needs that version"
             )
+        if self.recipe == LEGACY_RECIPE and not self.definition.is_article:
+            raise UserError(f"recipe function {LEGACY_RECIPE!r} makes only the article's cubes")
         if self.n_cubes < 1:
             raise UserError(f"cubes: {self.n_cubes}; expected at least 1")
         if self.shard_size < 1:
@@ -112,10 +146,31 @@ class CubePlan:
                 f"batch_size: {self.batch_size}; expected a multiple of shard_size "
                 f"({self.shard_size}), so that each task writes whole shards"
             )
-        if not 1 <= self.dim <= min(self.n_rows, self.n_cols):
+        self._check_definition()
+
+    def _check_definition(self) -> None:
+        """Refuse a shape that does not fit the frames, naming the setting."""
+        mode = self.definition
+        for name, size, limit in (
+            ("depth", self.depth, self.n_frames),
+            ("height", self.height, self.n_rows),
+            ("width", self.width, self.n_cols),
+        ):
+            if not 1 <= size <= limit:
+                raise UserError(
+                    f"{name}: {size}; expected 1 to {limit}, since the frames store has "
+                    f"{self.n_frames} frames of {self.n_rows} rows x {self.n_cols} columns"
+                )
+        if mode.frame_mode == "all" and self.depth != self.n_frames:
             raise UserError(
-                f"dim: {self.dim}; expected 1 to {min(self.n_rows, self.n_cols)}, since "
-                f"frames have {self.n_rows} rows and {self.n_cols} columns"
+                f"depth: {self.depth}; frame_mode all stacks every frame, so depth must be "
+                f"{self.n_frames} (the frame count); use frame_mode window or subset for "
+                "fewer frames"
+            )
+        if mode.sorted_columns and mode.column_mode != "random":
+            raise UserError(
+                f"sorted_columns: true needs column_mode random (column_mode is "
+                f"{mode.column_mode}, whose columns are in order already)"
             )
 
     @property
@@ -133,7 +188,7 @@ class CubePlan:
 
     @property
     def cube_shape(self) -> tuple[int, int, int]:
-        return (self.depth, self.dim, self.dim)
+        return (self.depth, self.height, self.width)
 
     def batch_bounds(self, batch: int) -> tuple[int, int]:
         """First cube and one past the last cube of ``batch``."""
@@ -185,6 +240,8 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _LOW32 = np.uint64(0xFFFFFFFF)
 #: Independent random streams of one cube, one per kind of choice.
 COLUMN_STREAM = 0
+FRAME_STREAM = 1
+ROW_STREAM = 2
 #: Draws computed at once, bounding the memory of a call (~60 MB of temporaries).
 _DRAWS_PER_CHUNK = 1 << 21
 
@@ -301,21 +358,56 @@ def cube_columns(seed: int, index: int, n_cols: int, dim: int) -> np.ndarray:
     return first_distinct(cube_keys(seed, COLUMN_STREAM, np.array([index])), n_cols, dim)[0]
 
 
-def _article(plan: CubePlan, columns: np.ndarray) -> Recipes:
-    """The article's cubes: all frames in order, the first rows, and ``columns``."""
-    n = len(columns)
-    frames = np.broadcast_to(np.arange(plan.depth, dtype=np.int32), (n, plan.depth))
-    return Recipes(frames, np.zeros(n, dtype=np.int32), columns)
+def _window_starts(keys: np.ndarray, n: int, size: int) -> np.ndarray:
+    """(len(keys),) int32 start of a window of ``size`` at a random place in ``[0, n)``."""
+    return first_distinct(keys, n - size + 1, 1)[:, 0]
+
+
+def _windows(starts: np.ndarray, size: int) -> np.ndarray:
+    return starts[:, None] + np.arange(size, dtype=np.int32)
+
+
+def _counter_frames(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
+    mode, n, depth = plan.definition.frame_mode, len(cubes), plan.depth
+    if mode == "all":
+        return np.broadcast_to(np.arange(depth, dtype=np.int32), (n, depth))
+    keys = cube_keys(plan.seed, FRAME_STREAM, cubes)
+    if mode == "window":
+        return _windows(_window_starts(keys, plan.n_frames, depth), depth)
+    return np.sort(first_distinct(keys, plan.n_frames, depth), axis=1)
+
+
+def _counter_rows(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
+    if plan.definition.row_mode == "first":
+        return np.zeros(len(cubes), dtype=np.int32)
+    return _window_starts(cube_keys(plan.seed, ROW_STREAM, cubes), plan.n_rows, plan.height)
+
+
+def _counter_columns(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
+    keys = cube_keys(plan.seed, COLUMN_STREAM, cubes)
+    if plan.definition.column_mode == "window":
+        return _windows(_window_starts(keys, plan.n_cols, plan.width), plan.width)
+    columns = first_distinct(keys, plan.n_cols, plan.width)
+    return np.sort(columns, axis=1) if plan.definition.sorted_columns else columns
 
 
 def _counter_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
-    keys = cube_keys(plan.seed, COLUMN_STREAM, cubes)
-    return _article(plan, first_distinct(keys, plan.n_cols, plan.dim))
+    # One stream per kind of choice, so that changing how one is made leaves the others
+    # as they were (the article's columns are the same under any frame or row mode).
+    return Recipes(
+        _counter_frames(plan, cubes), _counter_rows(plan, cubes), _counter_columns(plan, cubes)
+    )
 
 
 def _seedsequence_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
-    picked = [seedsequence_columns(plan.seed, int(i), plan.n_cols, plan.dim) for i in cubes]
-    return _article(plan, np.array(picked, dtype=np.int32).reshape(len(cubes), plan.dim))
+    # The article's definition only (checked by CubePlan).
+    picked = [seedsequence_columns(plan.seed, int(i), plan.n_cols, plan.width) for i in cubes]
+    n, depth = len(cubes), plan.depth
+    return Recipes(
+        np.broadcast_to(np.arange(depth, dtype=np.int32), (n, depth)),
+        np.zeros(n, dtype=np.int32),
+        np.array(picked, dtype=np.int32).reshape(n, plan.width),
+    )
 
 
 #: Recipe functions by the name a cube store records (``plan.recipe`` in its attributes).
@@ -337,7 +429,7 @@ def recipes_of(plan: CubePlan, cubes: Sequence[int] | np.ndarray) -> Recipes:
 
 
 def columns_of(plan: CubePlan, cubes: Sequence[int] | np.ndarray) -> np.ndarray:
-    """(n, dim) int32 source columns of the given cubes, in the order given."""
+    """(n, width) int32 source columns of the given cubes, in the order given."""
     return recipes_of(plan, cubes).columns
 
 

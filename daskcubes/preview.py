@@ -38,11 +38,11 @@ def draw_cube(
         raise UserError(f"--cube {index}: out of range; the store holds {len(store)} cubes")
     cube = store[index]
     recipe = store.recipes(index)
-    dim = cube.shape[1]
+    _, height, width = cube.shape
     panels = [
         (cube[0], "frame 0", "col", "row"),
-        (cube[:, dim // 2, :], f"row {dim // 2}", "col", "frame"),
-        (cube[:, :, dim // 2], f"col {dim // 2}", "row", "frame"),
+        (cube[:, height // 2, :], f"row {height // 2}", "col", "frame"),
+        (cube[:, :, width // 2], f"col {width // 2}", "row", "frame"),
     ]
     figure, axes = plt.subplots(1, 3, figsize=(13, 4.6), layout="constrained")
     for ax, (image, name, xlabel, ylabel) in zip(axes, panels, strict=True):

@@ -4,11 +4,12 @@ shard file lives.
 Everything that creates, resumes, checks or reads a cube store asks this module, so the
 layout is written down once:
 
-- ``cubes``   (n_cubes, depth, dim, dim), one zarr chunk per cube, ``shard_size`` cubes
-  per shard file, dims cube/frame/row/col;
-- ``columns`` (n_cubes, dim), ``rows`` (n_cubes,), ``frames`` (n_cubes, depth): the
+- ``cubes``   (n_cubes, depth, height, width), one zarr chunk per cube, ``shard_size``
+  cubes per shard file, dims cube/frame/row/col;
+- ``columns`` (n_cubes, width), ``rows`` (n_cubes,), ``frames`` (n_cubes, depth): the
   recipes, int32, in blocks of :attr:`CubePlan.recipe_block` cubes;
-- the group attribute ``daskcubes.plan``: :meth:`CubeSchema.attrs`.
+- the group attribute ``daskcubes.plan``: :meth:`CubeSchema.attrs`, which records the
+  cube's definition (its shape and modes) beside the recipe function.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import zarr
 import zarr.codecs
 
 from daskcubes.errors import UserError
-from daskcubes.plan import SEMANTICS, CubePlan, stored_recipe
+from daskcubes.plan import DEFINED_SEMANTICS, SEMANTICS, CubePlan, Definition, stored_recipe
 
 #: Chunk keys ``c/i/j/...``: fixed here rather than left to zarr's default, so that the
 #: shard files' names are the schema's.
@@ -93,13 +94,19 @@ class CubeSchema:
 
     def attrs(self) -> dict[str, Any]:
         """The ``daskcubes.plan`` attribute of the store."""
-        plan = self.plan
+        plan, definition = self.plan, self.plan.definition
         return {
-            "semantics": SEMANTICS,
+            "semantics": SEMANTICS if definition.is_article else DEFINED_SEMANTICS,
             "recipe": plan.recipe,
             "n_cubes": plan.n_cubes,
-            "dim": plan.dim,
             "depth": plan.depth,
+            "height": plan.height,
+            "width": plan.width,
+            "frame_mode": definition.frame_mode,
+            "row_mode": definition.row_mode,
+            "column_mode": definition.column_mode,
+            "sorted_columns": definition.sorted_columns,
+            "n_frames": plan.n_frames,
             "n_rows": plan.n_rows,
             "n_cols": plan.n_cols,
             "seed": plan.seed,
@@ -115,29 +122,40 @@ class CubeSchema:
         """The schema a store's ``daskcubes.plan`` attribute records.
 
         ``batch_size`` groups the plan's cubes into tasks; by default one shard per task.
+        Stores made before the definition was recorded hold the article's cubes of edge
+        ``dim`` from all ``depth`` frames.
         """
-        if attrs.get("semantics") != SEMANTICS:
+        if attrs.get("semantics") not in (SEMANTICS, DEFINED_SEMANTICS):
             raise UserError(
                 f"cube store made with cube semantics {attrs.get('semantics')!r}; this "
-                f"version of daskcubes knows {SEMANTICS!r}"
+                f"version of daskcubes knows {SEMANTICS!r} and {DEFINED_SEMANTICS!r}"
             )
+        article = Definition()
         plan = CubePlan(
             n_cubes=attrs["n_cubes"],
-            dim=attrs["dim"],
             depth=attrs["depth"],
+            height=attrs["height"] if "height" in attrs else attrs["dim"],
+            width=attrs["width"] if "width" in attrs else attrs["dim"],
+            n_frames=attrs.get("n_frames", attrs["depth"]),
             n_rows=attrs["n_rows"],
             n_cols=attrs["n_cols"],
             seed=attrs["seed"],
             batch_size=batch_size or attrs["shard_size"],
             shard_size=attrs["shard_size"],
             recipe=stored_recipe(attrs),
+            definition=Definition(
+                frame_mode=attrs.get("frame_mode", article.frame_mode),
+                row_mode=attrs.get("row_mode", article.row_mode),
+                column_mode=attrs.get("column_mode", article.column_mode),
+                sorted_columns=attrs.get("sorted_columns", article.sorted_columns),
+            ),
         )
         return cls(plan, attrs["dtype"], attrs["compressor"], attrs["frames_fingerprint"])
 
     def arrays(self) -> list[ArraySpec]:
         """The store's arrays: ``cubes`` first, then the recipe arrays."""
         plan = self.plan
-        n, depth, dim, block = plan.n_cubes, plan.depth, plan.dim, plan.recipe_block
+        n, depth, width, block = plan.n_cubes, plan.depth, plan.width, plan.recipe_block
         cube = plan.cube_shape
         return [
             ArraySpec(
@@ -160,7 +178,7 @@ class CubeSchema:
                     fill_value=-1,
                 )
                 for name, shape, dims in (
-                    ("columns", (n, dim), ("cube", "col")),
+                    ("columns", (n, width), ("cube", "col")),
                     ("rows", (n,), ("cube",)),
                     ("frames", (n, depth), ("cube", "frame")),
                 )

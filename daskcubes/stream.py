@@ -2,20 +2,21 @@
 
 For training runs where storing every cube makes no sense. Cube ``i`` of a stream is
 byte-identical to cube ``i`` of a cube store written with the same config: both come
-from the same plan (:func:`daskcubes.plan.cube_columns`), the same slab
-(:func:`daskcubes.sample.worker_slab`) and the same gather
-(:func:`daskcubes.kernels.gather_cubes`). Imports nothing from the executors.
+from the same recipes (:func:`daskcubes.plan.recipes_of`) and the same cut
+(:func:`daskcubes.sample.cut_cubes`), which holds source values within the same budget
+(``max_slab_bytes``, by default half this machine's available memory, shared by the
+threads that read). Imports nothing from the executors.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from daskcubes.batches import default_threads
 from daskcubes.config import Config
-from daskcubes.kernels import gather_cubes
-from daskcubes.plan import columns_of
+from daskcubes.plan import columns_of, recipes_of
 from daskcubes.reader import Index, cube_positions
-from daskcubes.sample import sample_job, worker_slab
+from daskcubes.sample import available_memory, cut_cubes, sample_job
 
 
 class CubeStream:
@@ -23,15 +24,17 @@ class CubeStream:
     computed when read.
 
     Behaves like :class:`~daskcubes.reader.CubeStore` for reading: ``len``, indexing
-    and :meth:`read`, so :class:`~daskcubes.batches.Batches` takes either. The frames
-    store's first ``dim`` rows are loaded once per process, on the first read.
+    and :meth:`read`, so :class:`~daskcubes.batches.Batches` takes either. The source
+    rows the cubes need are loaded once per process, on the first read, if they fit the
+    budget; else each read works through them block by block.
     :meth:`read` may run in several threads at once (``Batches`` splits each batch
     across its threads so that the cut uses every core): the gather releases the GIL.
     """
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.job = sample_job(config)  # checks the frames store and the plan now
+        # Checks the frames store and the plan now; threads as Batches reads with.
+        self.job = sample_job(config, available_memory(), default_threads())
 
     def __len__(self) -> int:
         return self.job.plan.n_cubes
@@ -57,7 +60,7 @@ class CubeStream:
         return self.read(found)
 
     def columns(self, positions: np.ndarray) -> np.ndarray:
-        """(n, dim) source columns of the cubes at ``positions``."""
+        """(n, width) source columns of the cubes at ``positions``."""
         return columns_of(self.job.plan, positions)
 
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -65,8 +68,7 @@ class CubeStream:
         positions = np.asarray(positions, dtype=np.int64)
         if out is None:
             out = np.empty((len(positions), *self.cube_shape), dtype=self.dtype)
-        slab = worker_slab(self.job.frames, self.job.storage, self.job.plan.dim, self.job.dtype)
-        return gather_cubes(slab, self.columns(positions), out)
+        return cut_cubes(self.job, recipes_of(self.job.plan, positions), out)
 
 
 def open_stream(config: Config) -> CubeStream:

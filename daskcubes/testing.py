@@ -17,15 +17,17 @@ import numpy as np
 from daskcubes.plan import Recipes
 
 
-def expected_cubes(frames: np.ndarray, recipes: Recipes) -> np.ndarray:
+def expected_cubes(frames: np.ndarray, recipes: Recipes, height: int | None = None) -> np.ndarray:
     """Cubes by the definition, ``cube[f, r, c] = frames[frame[f], row + r, column[c]]``.
 
-    A slow, obvious oracle: ``frames`` is ``(n_frames, n_rows, n_cols)``.
+    A slow, obvious oracle: ``frames`` is ``(n_frames, n_rows, n_cols)``; cubes are
+    ``height`` rows high (default: as wide as the recipes' columns).
     """
-    n, dim = recipes.columns.shape
-    cubes = np.empty((n, recipes.frames.shape[1], dim, dim), dtype=frames.dtype)
+    n, width = recipes.columns.shape
+    height = width if height is None else height
+    cubes = np.empty((n, recipes.frames.shape[1], height, width), dtype=frames.dtype)
     for i in range(n):
-        rows = slice(recipes.rows[i], recipes.rows[i] + dim)
+        rows = slice(recipes.rows[i], recipes.rows[i] + height)
         cubes[i] = frames[recipes.frames[i]][:, rows][:, :, recipes.columns[i]]
     return cubes
 

@@ -18,7 +18,13 @@ import zarr
 
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
-from daskcubes.sample import SampleJob, make_cube_batch
+from daskcubes.sample import (
+    DEFAULT_BUDGET_SHARE,
+    SampleJob,
+    available_memory,
+    make_cube_batch,
+    source_layout,
+)
 from daskcubes.schema import CubeSchema
 from daskcubes.shards import MISSING, decode_index, index_nbytes
 from daskcubes.storage import Storage, local_path
@@ -145,8 +151,8 @@ def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:
             report.problems.append(f"recipes of cubes {start}-{stop - 1}: unreadable ({exc})")
             continue
         bad_columns = (columns < 0) | (columns >= plan.n_cols)
-        bad_rows = (rows < 0) | (rows + plan.dim > plan.n_rows)
-        bad_frames = (frames < 0) | (frames >= plan.depth)
+        bad_rows = (rows < 0) | (rows + plan.height > plan.n_rows)
+        bad_frames = (frames < 0) | (frames >= plan.n_frames)
         ordered = np.sort(columns, axis=1)
         repeated = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
         for what, bad in (
@@ -207,7 +213,9 @@ def verify_cube_store(
                 f"frames store '{against}' is not the one these cubes were cut from"
             )
         else:
-            job = SampleJob(frames=frames, out=path, plan=plan, dtype=dtype, storage=storage)
+            budget = int(available_memory() * DEFAULT_BUDGET_SHARE)  # on this one thread
+            layout = source_layout(plan, frames.path, dtype, budget, 1)
+            job = SampleJob(frames, path, plan, dtype, storage, layout)
     for index in chosen.tolist():
         try:
             stored = np.asarray(cubes[index])

@@ -181,7 +181,10 @@ def sample(root: Path, *extra: str) -> list[str]:
         (["--cubes", "0"], ["setting 'cubes'", "greater than or equal to 1"]),
         (["--cubes", "-3"], ["setting 'cubes'"]),
         (["--dtype", "int8"], []),  # argparse's own one-line usage error
-        (["--batch-size", "3", "--shard-size", "2"], ["batch_size: 3", "multiple of shard_size"]),
+        (
+            ["--batch-size", "3", "--shard-size", "2", "--dim", "2"],
+            ["batch_size: 3", "multiple of shard_size"],
+        ),
     ],
 )
 def test_bad_sampling_settings(

@@ -91,6 +91,9 @@ class OnFirstDone:
     def on_each_worker(self, function: Callable[..., object], *args: Any) -> None:
         self._executor.on_each_worker(function, *args)
 
+    def worker_threads(self) -> int:
+        return self._executor.worker_threads()
+
 
 # -- an existing cluster: `dask scheduler` and two `dask worker` processes ------------------
 
@@ -245,7 +248,7 @@ def test_dask_warnings_go_to_the_log_file_in_driver_and_workers(
     assert logging.getLogger("distributed").handlers == handlers  # and back to stderr after
 
 
-def test_a_slab_larger_than_a_worker_s_memory_is_refused(
+def test_a_frame_s_rows_beyond_a_worker_s_budget_are_refused(
     oracle: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = distributed_config(oracle, tmp_path)
@@ -255,10 +258,9 @@ def test_a_slab_larger_than_a_worker_s_memory_is_refused(
         argv = [*cli_args(config), "--dask-scheduler-address", cluster.scheduler_address]
         assert main(["sample", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    depth, _, n_cols = oracle.n_frames, oracle.n_rows, oracle.n_cols
     assert err.startswith(f"daskcubes: error: frames store '{oracle.frames_store}'"), err
-    assert f"{depth} frames x {oracle.dim} rows x {n_cols} columns" in err
-    assert "more than a worker's memory (0.0 MB)" in err
+    assert f"a cube's {oracle.dim} rows x {oracle.n_cols} columns of one frame" in err
+    assert "more than a worker thread's share of the source budget (500 bytes" in err
     assert not Path(config.out).exists()  # refused before any output
 
 
@@ -375,7 +377,7 @@ def test_browser_renders_the_dashboard_during_a_run(
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50
 
 
-def test_a_slab_larger_than_the_available_memory_is_refused_on_threads(
+def test_a_frame_s_rows_beyond_the_budget_are_refused_on_threads(
     oracle: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     memory = psutil.virtual_memory()._replace(available=100)
@@ -383,7 +385,7 @@ def test_a_slab_larger_than_the_available_memory_is_refused_on_threads(
     config = Config.model_validate(
         {**oracle.model_dump(), "out": str(tmp_path / "cubes.zarr"), "scheduler": "threads"}
     )
-    with pytest.raises(UserError, match=r"more than a worker's memory \(0\.0 MB\)"):
+    with pytest.raises(UserError, match=r"more than a worker thread's share of the source"):
         pipeline.sample(config, show_progress=False)
     assert not Path(config.out).exists()
 

@@ -31,10 +31,13 @@ from tests.conftest import small_config
 
 
 def plan(**overrides: Any) -> CubePlan:
+    """A plan; ``dim`` sets height and width, and the frame count is the depth."""
     values: dict[str, Any] = dict(
-        n_cubes=50, dim=5, depth=3, n_rows=9, n_cols=11, seed=1, batch_size=8, shard_size=4
+        n_cubes=50, depth=3, n_rows=9, n_cols=11, seed=1, batch_size=8, shard_size=4
     )
-    return CubePlan(**{**values, **overrides})
+    dim = overrides.pop("dim", 5)
+    values = {"height": dim, "width": dim, **values, **overrides}
+    return CubePlan(**{"n_frames": values["depth"], **values})
 
 
 # -- the recipe function, against a scalar reference -----------------------------------
@@ -186,8 +189,8 @@ def test_batches_cover_every_cube_once() -> None:
     ("overrides", "message"),
     [
         ({"n_cubes": 0}, "cubes: 0"),
-        ({"dim": 10}, "dim: 10; expected 1 to 9"),
-        ({"dim": 0}, "dim: 0"),
+        ({"dim": 10}, "height: 10; expected 1 to 9"),
+        ({"dim": 0}, "height: 0"),
         ({"batch_size": 6}, "batch_size: 6; expected a multiple of shard_size"),
         ({"shard_size": 0}, "shard_size: 0"),
         ({"recipe": "dice"}, "recipe function 'dice': unknown to this version"),

@@ -145,7 +145,7 @@ def interrupted(frames_ready: Path) -> Path:
     ("change", "named"),
     [
         (["--seed", "6"], "seed=5; this run has seed=6"),
-        (["--dim", "15"], "dim=16; this run has dim=15"),
+        (["--dim", "15"], "height=16; this run has height=15"),
         (["--cubes", "500"], "n_cubes=600; this run has n_cubes=500"),
         (["--dtype", "float32"], "dtype='float64'; this run has dtype='float32'"),
         (["--shard-size", "3", "--batch-size", "3"], "shard_size=1; this run has shard_size=3"),

@@ -21,7 +21,16 @@ def cube_array(
 ) -> zarr.Array:
     """A cube store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard."""
     plan = CubePlan(
-        n_cubes=10, dim=4, depth=3, n_rows=5, n_cols=6, seed=0, batch_size=4, shard_size=4
+        n_cubes=10,
+        depth=3,
+        height=4,
+        width=4,
+        n_frames=3,
+        n_rows=5,
+        n_cols=6,
+        seed=0,
+        batch_size=4,
+        shard_size=4,
     )
     group = zarr.open_group(str(path), mode="w")
     CubeSchema(plan, dtype, compressor, "-").create(group)
@@ -59,7 +68,16 @@ def test_compressed_shards_go_through_zarr(tmp_path: Path) -> None:
 
 def test_the_cube_store_takes_the_direct_path(tmp_path: Path) -> None:
     plan = CubePlan(
-        n_cubes=10, dim=4, depth=3, n_rows=5, n_cols=6, seed=0, batch_size=4, shard_size=4
+        n_cubes=10,
+        depth=3,
+        height=4,
+        width=4,
+        n_frames=3,
+        n_rows=5,
+        n_cols=6,
+        seed=0,
+        batch_size=4,
+        shard_size=4,
     )
     path, storage = str(tmp_path / "cubes.zarr"), Storage.of()
     schema = CubeSchema(plan, "float64", "none", "-")

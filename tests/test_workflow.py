@@ -44,9 +44,9 @@ def test_the_summary_keeps_start_up_apart_from_cutting(
     def slow_slab(job: sample.SampleJob) -> None:
         time.sleep(0.5)  # a slab that takes long to load: start-up, not cutting
         loaded.append(time.perf_counter())
-        sample.load_slab(job)
+        sample.warm_worker(job)
 
-    monkeypatch.setattr(pipeline, "load_slab", slow_slab)
+    monkeypatch.setattr(pipeline, "warm_worker", slow_slab)
     assert main(small_args(tmp_path)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(loaded) == 1  # once, on the threaded scheduler's one process
@@ -92,6 +92,13 @@ CHANGED: dict[str, Any] = {
     "compressor": "lz4",
     "cubes": 7,
     "dim": 5,
+    "depth": 2,
+    "height": 4,
+    "width": 3,
+    "frame_mode": "window",
+    "row_mode": "window",
+    "column_mode": "window",
+    "sorted_columns": True,
     "seed": 9,
     "dtype": "float32",
     "shard_size": 2,
@@ -103,6 +110,7 @@ CHANGED: dict[str, Any] = {
     "dask_scheduler_address": "tcp://127.0.0.1:1",
     "connect_timeout": 5,
     "report": "r.html",
+    "max_slab_bytes": 10**6,
 }
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench import anchors, ceilings, daskcubes_rows, distributed, probes, reading
+from bench import anchors, ceilings, daskcubes_rows, definitions, distributed, probes, reading
 from bench.data import Setup, article_array, prepare, read_frames
 from bench.report import charts, machine, table
 from bench.rows import Key, Row, Workload
@@ -38,6 +38,7 @@ MEASUREMENTS: list[Measurement] = [
     anchors.measure_plain_dask,
     daskcubes_rows.measure_ingest,
     daskcubes_rows.measure_daskcubes,
+    definitions.measure,
     daskcubes_rows.measure_write_paths,
     ceilings.measure_ceilings,
     probes.measure_planning_and_memory,

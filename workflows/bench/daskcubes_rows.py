@@ -25,11 +25,12 @@ def measure_ingest(setup: Setup) -> list[Row]:
     return [Row(Key.INGEST, result.rate, FILES_PER_S)]
 
 
-def generation_rate(setup: Setup, threads: int, cubes: int) -> float:
-    """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads."""
-    job = sample_job(setup.config(cubes=cubes))
-    # Loaded once per worker in a real run: not part of the rate.
-    worker_slab(job.frames, job.storage, job.plan.dim, job.dtype)
+def generation_rate(setup: Setup, threads: int, cubes: int, **definition: Any) -> float:
+    """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads, of
+    the article's cubes or of the ``definition`` given (settings such as ``row_mode``)."""
+    job = sample_job(setup.config(cubes=cubes, **definition), threads=threads)
+    if job.source.whole:  # loaded once per worker in a real run: not part of the rate
+        worker_slab(job)
     graph: dict[TaskKey, Any] = {
         ("generate", b): (make_cube_batch, job, *job.plan.batch_bounds(b))
         for b in range(job.plan.n_batches)

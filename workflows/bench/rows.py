@@ -50,6 +50,10 @@ class Key(StrEnum):
     STREAM_BATCHES = "stream mode, random-order batches"
     TORCH_STORE = "torch DataLoader, cube store (2 workers)"
     TORCH_STREAM = "torch DataLoader, stream mode (2 workers)"
+    ROW_WINDOWS = "daskcubes generation, random row windows"
+    WINDOWS = "daskcubes generation, windows in every axis"
+    XBATCHER = "xbatcher.BatchGenerator over xarray.open_zarr, same windows"
+    OUT_OF_CORE_PEAK = "out of core: peak memory / (budget + one batch)"
 
 
 ARTICLE = "the article's ladder"
@@ -70,7 +74,9 @@ GROUP: dict[Key, str] = {
         ],
         ARTICLE,
     ),
-    **dict.fromkeys([Key.PLAIN_DASK, Key.WRITE_ZARR, Key.WRITE_ZARRS, Key.FROMFILE], BASELINE),
+    **dict.fromkeys(
+        [Key.PLAIN_DASK, Key.WRITE_ZARR, Key.WRITE_ZARRS, Key.FROMFILE, Key.XBATCHER], BASELINE
+    ),
     **dict.fromkeys([Key.IO_CEILING, Key.MEMORY_CEILING, Key.CUT_CEILING], CEILING),
 }
 GROUP.update({key: DASKCUBES for key in Key if key not in GROUP})

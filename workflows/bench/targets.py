@@ -68,6 +68,15 @@ TARGETS: list[Target] = [
         0.8,
         needs="torch",
     ),
+    Target("random row windows >= 0.8x the article's cubes", Key.ROW_WINDOWS, Key.GENERATION, 0.8),
+    Target("windows in every axis >= 5x xbatcher", Key.WINDOWS, Key.XBATCHER, 5, needs="xbatcher"),
+    Target(
+        "out of core: peak memory <= 1.2x (budget + one batch)",
+        Key.OUT_OF_CORE_PEAK,
+        None,
+        1.2,
+        at_most=True,
+    ),
     Target("planning <= 10 s", Key.PLAN_TIME, None, 10, at_most=True),
     Target("planning peak memory <= 1 GiB", Key.PLAN_MEMORY, None, 1024, at_most=True),
     Target(

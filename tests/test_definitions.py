@@ -1,0 +1,301 @@
+"""Cube definitions beyond the article's, and sampling within a memory budget."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+from daskcubes import open_cubes, pipeline
+from daskcubes.config import Config
+from daskcubes.errors import UserError
+from daskcubes.plan import Definition, recipes_of
+from daskcubes.sample import sample_job
+from daskcubes.schema import CubeSchema
+from daskcubes.stream import open_stream
+from daskcubes.testing import assert_stores_identical, expected_cubes, store_files
+from daskcubes.workflow import main
+from tests.conftest import DASHBOARD, cli_args, small_config
+from tests.test_pipeline import source_frames
+from tests.test_workflow import small_args
+
+
+def store_digest(path: str | Path) -> str:
+    """sha256 over a store's files (names and contents), root metadata excepted."""
+    digest = hashlib.sha256()
+    for name, data in store_files(path).items():
+        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+#: Digests of cube stores made by daskcubes before cube definitions were settings: the
+#: default definition must keep making exactly these bytes.
+GOLDEN: dict[str, tuple[dict[str, Any], str]] = {
+    "small": ({}, "dd106a312c323f6bedfce20625b861bd551574c9091558bea5fe49287682d29a"),
+    "csv-float32": (
+        {"frame_format": "csv", "dtype": "float32", "seed": 3},
+        "a8785731b2e3a8e4f3ce4fdba917328c974741a00f7bbedd2ad6516a6ee14281",
+    ),
+    "lz4-wide": (
+        {"compressor": "lz4", "n_rows": 8, "n_cols": 30, "dim": 8, "seed": 123},
+        "c565b4941e5ee581ee36802e9a30087e171df859973477e42e0255fc246dc263",
+    ),
+    "ragged": (
+        {"n_frames": 12, "cubes": 17, "seed": 11},
+        "3f7356b6db1d231389cd72d0e6ba41727c7342eab5519b70b16cd4d680e45aea",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", GOLDEN)
+def test_the_default_definition_makes_the_same_bytes_as_before(tmp_path: Path, name: str) -> None:
+    overrides, digest = GOLDEN[name]
+    config = small_config(tmp_path, **overrides)
+    pipeline.run(config, show_progress=False)
+    assert store_digest(config.out) == digest
+
+
+#: Definitions on frames of 6 frames x 30 rows x 20 columns.
+DEFINITIONS: dict[str, dict[str, Any]] = {
+    "row-window": {"row_mode": "window"},
+    "frame-window": {"frame_mode": "window", "depth": 3},
+    "frame-subset": {"frame_mode": "subset", "depth": 4},
+    "column-window": {"column_mode": "window"},
+    "sorted-columns": {"sorted_columns": True},
+    "all-windows": {
+        "frame_mode": "window",
+        "row_mode": "window",
+        "column_mode": "window",
+        "depth": 2,
+        "height": 7,
+        "width": 3,
+    },
+    "non-cubic": {
+        "height": 9,
+        "width": 4,
+        "row_mode": "window",
+        "frame_mode": "subset",
+        "depth": 5,
+    },
+}
+
+
+def definition_config(root: Path, name: str, **overrides: Any) -> Config:
+    values = {"n_frames": 6, "n_rows": 30, "n_cols": 20, **DEFINITIONS[name], **overrides}
+    return small_config(root, **values)
+
+
+def check_recipes(config: Config, recipes: Any) -> None:
+    """The recipes keep to the definition's rules."""
+    depth = config.depth or config.n_frames
+    height, width = config.height or config.dim, config.width or config.dim
+    frames, rows, columns = recipes.frames, recipes.rows, recipes.columns
+    assert frames.shape[1] == depth and columns.shape[1] == width
+    assert (frames >= 0).all() and (frames < config.n_frames).all()
+    assert (rows >= 0).all() and (rows + height <= config.n_rows).all()
+    if config.frame_mode == "all":
+        assert (frames == np.arange(depth)).all()
+    elif config.frame_mode == "window":
+        assert (np.diff(frames, axis=1) == 1).all()
+    else:
+        assert (np.diff(frames, axis=1) > 0).all()
+    assert (rows == 0).all() if config.row_mode == "first" else len(set(rows.tolist())) > 1
+    if config.column_mode == "window":
+        assert (np.diff(columns, axis=1) == 1).all()
+    else:
+        assert all(len(set(c)) == width for c in columns.tolist())
+        assert (np.diff(columns, axis=1) > 0).all() == config.sorted_columns
+
+
+@pytest.mark.parametrize("name", DEFINITIONS)
+def test_cubes_of_any_definition_match_the_formula(tmp_path: Path, name: str) -> None:
+    config = definition_config(tmp_path, name)
+    pipeline.run(config, show_progress=False)
+    store = open_cubes(config.out)
+    recipes = store.recipes(slice(None))
+    check_recipes(config, recipes)
+    height = config.height or config.dim
+    assert np.array_equal(store[:], expected_cubes(source_frames(config), recipes, height))
+    schema = CubeSchema.from_attrs(store.attrs["plan"])
+    assert schema.plan.definition == Definition(
+        config.frame_mode, config.row_mode, config.column_mode, config.sorted_columns
+    )
+    from_plan = recipes_of(schema.plan, np.arange(config.cubes))
+    for name_ in ("frames", "rows", "columns"):
+        assert np.array_equal(getattr(recipes, name_), getattr(from_plan, name_))
+
+
+def test_changing_one_choice_leaves_the_others(tmp_path: Path) -> None:
+    article = definition_config(tmp_path / "a", "row-window", row_mode="first")
+    windows = definition_config(tmp_path / "w", "row-window")
+    for config in (article, windows):
+        pipeline.run(config, show_progress=False)
+    a, w = (open_cubes(c.out).recipes(slice(None)) for c in (article, windows))
+    assert np.array_equal(a.columns, w.columns) and np.array_equal(a.frames, w.frames)
+    assert not np.array_equal(a.rows, w.rows)
+
+
+@pytest.mark.parametrize("name", ["all-windows", "non-cubic"])
+def test_verify_preview_and_stream_follow_the_definition(
+    tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = definition_config(tmp_path, name)
+    pipeline.run(config, show_progress=False)
+    status = main(["verify", config.out, "--against", config.frames_store, "--sample", "40"])
+    assert status == 0, capsys.readouterr().out
+    stream = open_stream(config)
+    assert np.array_equal(stream[:], open_cubes(config.out)[:])
+    if name == "non-cubic":
+        pytest.importorskip("matplotlib")
+        png = tmp_path / "cube.png"
+        assert main(["preview", config.out, "--cube", "2", "--png", str(png)]) == 0
+        assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_verify_finds_a_cube_of_another_definition(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = definition_config(tmp_path, "row-window")
+    pipeline.run(config, show_progress=False)
+    other = definition_config(tmp_path / "other", "row-window", row_mode="first")
+    other = Config.model_validate({**other.model_dump(), "frames_store": config.frames_store})
+    pipeline.sample(other, show_progress=False)
+    cubes = open_cubes(other.out)[:]
+    zarr.open_array(config.out, path="cubes", mode="r+")[:] = cubes
+    status = main(["verify", config.out, "--against", config.frames_store, "--sample", "40"])
+    assert status == 1
+    assert "differs from the cube cut anew" in capsys.readouterr().out
+
+
+# -- out of core -----------------------------------------------------------------------
+
+#: Frames of 6 x 30 x 20 float64 (160 bytes a row), on 2 threads: each thread's share of
+#: the budget holds, in turn, the source block that each case names.
+BUDGETS = {
+    "bands of 12 rows of all frames": ("row-window", 2 * 6 * 12 * 160, (6, 7)),
+    "blocks of 2 frames": ("frame-subset", 2 * 2 * 6 * 160, (2, 1)),
+    "blocks of 3 frames by bands of 7 rows": ("all-windows", 2 * 3 * 7 * 160, (3, 1)),
+    "first rows, blocks of 2 frames": ("frame-window", 2 * 2 * 6 * 160, (2, 1)),
+}
+
+
+@pytest.mark.parametrize("case", BUDGETS)
+def test_a_budget_smaller_than_the_source_gives_the_same_store(tmp_path: Path, case: str) -> None:
+    name, budget, (frame_block, row_step) = BUDGETS[case]
+    whole = definition_config(tmp_path / "whole", name)
+    pipeline.run(whole, show_progress=False)
+    banded = definition_config(
+        tmp_path / "banded",
+        name,
+        frames_store=whole.frames_store,
+        synthetic=False,
+        frames=whole.frames,
+        max_slab_bytes=budget,
+        scheduler="threads",
+        workers=2,
+    )
+    layout = sample_job(banded, 10**12, 2).source
+    assert (layout.whole, layout.frame_block, layout.row_step) == (False, frame_block, row_step)
+    pipeline.sample(banded, show_progress=False)
+    assert_stores_identical(whole.out, banded.out)
+    assert np.array_equal(open_stream(banded)[:], open_cubes(whole.out)[:])
+
+
+@pytest.mark.slow
+def test_frames_larger_than_a_worker_s_memory(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    config = definition_config(tmp_path, "all-windows", n_frames=12, n_rows=300, n_cols=40)
+    pipeline.run(config, show_progress=False)
+    frames_bytes = 12 * 300 * 40 * 8  # 1.15 MB
+    # A worker's memory limit far under the frames store: the budget (half of it) makes
+    # tasks work band by band. dask's own memory manager would pause or kill such a
+    # worker (its process alone takes more), so it is turned off.
+    off = {f"distributed.worker.memory.{k}": False for k in ("target", "spill", "pause")}
+    off["distributed.worker.memory.terminate"] = False
+    limit = frames_bytes // 4
+    with (
+        dask.config.set(off),
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            memory_limit=limit,
+            dashboard_address=DASHBOARD,
+            host="127.0.0.1",
+        ) as cluster,
+    ):
+        out = str(tmp_path / "cluster.zarr")
+        overrides = {"out": out, "synthetic": False, "scheduler": cluster.scheduler_address}
+        cluster_config = Config.model_validate({**config.model_dump(), **overrides})
+        job = sample_job(cluster_config, limit, 1)
+        assert not job.source.whole and job.source.budget == limit // 2
+        assert main(["sample", *cli_args(cluster_config)]) == 0
+    assert_stores_identical(config.out, out)
+
+
+# -- bad settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--height", "11"], "height 11 is larger than the synthetic frames"),
+        (["--width", "13"], "width 13 is larger than the synthetic frames"),
+        (["--depth", "5"], "depth 5 is larger than the synthetic frames"),
+        (["--depth", "2"], "depth: 2; frame_mode all stacks every frame, so depth must be 4"),
+        (
+            ["--column-mode", "window", "--sorted-columns"],
+            "sorted_columns: true needs column_mode random",
+        ),
+        (["--max-slab-bytes", "100"], "more than a worker thread's share of the source budget"),
+    ],
+)
+def test_bad_definitions_give_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    status = main([*small_args(tmp_path), *extra])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("daskcubes: error:")
+    assert not (tmp_path / "cubes.zarr").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"height": 31}, "height: 31; expected 1 to 30"),
+        ({"width": 21}, "width: 21; expected 1 to 20"),
+        ({"depth": 7, "frame_mode": "subset"}, "depth: 7; expected 1 to 6"),
+    ],
+)
+def test_a_shape_larger_than_the_frames_store_is_named(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    made = definition_config(tmp_path, "row-window")
+    pipeline.run(made, show_progress=False)
+    config = Config.model_validate(
+        {**made.model_dump(), "synthetic": False, "out": str(tmp_path / "x.zarr"), **overrides}
+    )
+    with pytest.raises(UserError, match=message):
+        pipeline.sample(config, show_progress=False)
+    assert not Path(config.out).exists()
+
+
+def test_a_store_started_before_definitions_were_recorded_resumes(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    pipeline.run(config, show_progress=False)
+    group = zarr.open_group(config.out, mode="r+")
+    attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
+    plan = attrs["plan"]
+    for name in ("height", "width", "n_frames", *Definition.__dataclass_fields__):
+        del plan[name]
+    attrs["plan"] = {**plan, "dim": config.dim}  # as stores recorded their shape before
+    attrs["complete"] = None
+    group.attrs["daskcubes"] = attrs
+    pipeline.sample(config, mode="resume", show_progress=False)
+    assert store_digest(config.out) == GOLDEN["small"][1]

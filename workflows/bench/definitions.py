@@ -1,0 +1,123 @@
+"""Cubes beyond the article's definition: random row windows, windows in every axis
+against xbatcher, and sampling a frames store larger than the memory budget."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.daskcubes_rows import generation_rate
+from bench.data import Setup, scratch_path, timed
+from bench.probes import _peak_mib, in_fresh_process
+from bench.rows import CUBES_PER_S, RATIO, Key, Row, importable
+from daskcubes import pipeline
+from daskcubes.kernels import gather_cubes
+from daskcubes.sample import load_slab, sample_job
+from daskcubes.storage import Storage
+from daskcubes.store import frames_store_info
+
+#: The frames store is this many times the budget of the out-of-core run.
+OVER_BUDGET = 4
+
+
+def window_shape(setup: Setup) -> dict[str, int]:
+    """The windows compared with xbatcher: a tenth of the frames by ``dim`` x ``dim``."""
+    return {"depth": max(1, setup.n_frames // 10), "height": setup.dim, "width": setup.dim}
+
+
+def windows_rate(setup: Setup) -> float:
+    """daskcubes generation of cubes that are windows in every axis."""
+    return generation_rate(
+        setup,
+        setup.threads,
+        setup.cubes,
+        frame_mode="window",
+        row_mode="window",
+        column_mode="window",
+        **window_shape(setup),
+    )
+
+
+def xbatcher_rate(setup: Setup) -> float:
+    """Patches per second of ``xbatcher.BatchGenerator`` over ``xarray.open_zarr`` of the
+    frames store, as its documentation shows (``input_dims`` the window shape), each
+    patch loaded into numpy; checks that each patch holds the values daskcubes cuts for
+    the same window."""
+    import xarray as xr
+    import xbatcher
+
+    shape = window_shape(setup)
+    frames = xr.open_zarr(setup.frames_store, consolidated=False)["frames"]
+    dims = dict(zip(frames.dims, shape.values(), strict=True))
+    generator = xbatcher.BatchGenerator(frames, input_dims=dims)
+    count = min(setup.cubes, len(generator))
+    patches: list[np.ndarray] = []
+
+    def read() -> None:
+        patches.clear()
+        for k in range(count):
+            patches.append(generator[k].to_numpy())
+
+    seconds = timed(read)
+    _check_same_windows(setup, generator, patches[: setup.few])
+    return count / seconds
+
+
+def _check_same_windows(setup: Setup, generator: object, patches: list[np.ndarray]) -> None:
+    info = frames_store_info(setup.frames_store, Storage.of())
+    slab = load_slab(info, Storage.of(), setup.dtype, range(info.shape[0]), range(info.shape[1]))
+    selectors = generator._batch_selectors.selectors  # type: ignore[attr-defined]
+    for k, patch in enumerate(patches):
+        (window,) = selectors[k]
+        frame, row, col = (window[d] for d in ("frame", "row", "col"))
+        cube = np.empty((1, *patch.shape), dtype=setup.dtype)
+        frames = np.arange(frame.start, frame.stop)[None, :]
+        columns = np.arange(col.start, col.stop)[None, :]
+        gather_cubes(slab, frames, np.array([row.start]), columns, cube)
+        if not np.array_equal(cube[0], patch.astype(setup.dtype)):
+            raise AssertionError(f"xbatcher patch {k} differs from daskcubes' cube of {window}")
+
+
+def out_of_core_in_process(setup: Setup, out: str) -> tuple[float, float, float]:
+    """Peak MiB of this process before and after sampling row windows (which need whole
+    frames) from the frames store with a budget of a quarter of it, on one thread; and
+    MiB of the budget plus one batch."""
+    store_bytes = setup.n_frames * setup.n_rows * setup.n_cols * 8
+    budget = store_bytes // OVER_BUDGET
+    config = setup.config(
+        cubes=setup.few * 4,
+        out=out,
+        row_mode="window",
+        max_slab_bytes=budget,
+        workers=1,
+        batch_size=16,
+    )
+    job = sample_job(config, threads=1)
+    assert not job.source.whole
+    before = _peak_mib()
+    pipeline.sample(config, mode="overwrite", show_progress=False)
+    batch = job.plan.batch_size * int(np.prod(job.plan.cube_shape)) * 8
+    return before, _peak_mib(), (budget + batch) / 2**20
+
+
+def measure(setup: Setup) -> list[Row]:
+    """Rows of cube definitions beyond the article's."""
+    rows = [
+        Row(
+            Key.ROW_WINDOWS,
+            generation_rate(setup, setup.threads, setup.cubes, row_mode="window"),
+            CUBES_PER_S,
+        ),
+        Row(
+            Key.WINDOWS,
+            windows_rate(setup),
+            CUBES_PER_S,
+            note="({depth} x {height} x {width})".format(**window_shape(setup)),
+        ),
+    ]
+    if importable("xbatcher"):
+        rows.append(Row(Key.XBATCHER, xbatcher_rate(setup), CUBES_PER_S))
+    with scratch_path(setup, "out-of-core.zarr") as path:
+        before, peak, bound = in_fresh_process(out_of_core_in_process, setup, str(path))
+    note = f"(peak {peak - before:.0f} MiB over the interpreter's {before:.0f}; bound {bound:.0f})"
+    rows.append(Row(Key.OUT_OF_CORE_PEAK, (peak - before) / bound, RATIO, note=note))
+    return rows
