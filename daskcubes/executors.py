@@ -143,16 +143,19 @@ class DistributedExecutor:
         try:
             submit_wave()
             submit_wave()  # a second wave queued, so that workers never wait for the next
-            for future in finished:
-                # Only a failed (or cancelled) task's result is asked for, to raise its error
-                # here: asking for every result would cost a round trip to the worker
-                # holding it, one task at a time.
-                if future.status != "finished":
-                    future.result()
-                on_done(future.key)
-                # Released, not cancelled: cancelling n keys costs the scheduler n^2
-                # (distributed releases every key once per key).
-                running.pop(future.key).release()
+            # In batches: the futures that finished since the last look, so that this
+            # thread wakes once for many tasks rather than once for each.
+            for batch in finished.batches():
+                for future in batch:
+                    # Only a failed (or cancelled) task's result is asked for, to raise its
+                    # error here: asking for every result would cost a round trip to the
+                    # worker holding it, one task at a time.
+                    if future.status != "finished":
+                        future.result()
+                    on_done(future.key)
+                    # Released, not cancelled: cancelling n keys costs the scheduler n^2
+                    # (distributed releases every key once per key).
+                    running.pop(future.key).release()
                 if len(running) < self.wave:
                     submit_wave()
         finally:
