@@ -127,6 +127,8 @@ class DistributedExecutor:
 
     client: Client
     wave: int = 1000
+    #: Seconds to wait for a first worker to join a cluster that has none yet.
+    join_timeout: float = 60
 
     def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
         from distributed import Future, as_completed
@@ -173,16 +175,26 @@ class DistributedExecutor:
     def on_each_worker(self, function: Callable[..., object], *args: Any) -> None:
         self.client.run(function, *args)
 
+    def _workers(self) -> list[dict[str, Any]]:
+        """The cluster's workers, once at least one has joined: a cluster still starting
+        would otherwise look like one without memory limits."""
+        try:
+            self.client.wait_for_workers(1, timeout=self.join_timeout)
+        except TimeoutError:
+            raise UserError(
+                f"scheduler '{self.client.scheduler_info()['address']}': no worker joined within "
+                f"{self.join_timeout:.0f} s"
+            ) from None
+        return list(self.client.scheduler_info(n_workers=-1)["workers"].values())
+
     def worker_memory(self) -> int:
         """The smallest dask ``memory_limit`` of the cluster's workers; a worker without
-        one (or a cluster without workers yet) may use the machine's available memory."""
+        one may use the machine's available memory."""
         available: int = psutil.virtual_memory().available
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        return min((w["memory_limit"] or available for w in workers), default=available)
+        return min(w["memory_limit"] or available for w in self._workers())
 
     def worker_threads(self) -> int:
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        return max((w["nthreads"] for w in workers), default=1)
+        return max(w["nthreads"] for w in self._workers())
 
 
 #: Loggers of dask's cluster, of its web server and of the dashboard.

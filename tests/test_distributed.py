@@ -264,6 +264,15 @@ def test_a_frame_s_rows_beyond_a_worker_s_budget_are_refused(
     assert not Path(config.out).exists()  # refused before any output
 
 
+def test_a_cluster_without_workers_is_refused_after_the_join_timeout() -> None:
+    with (
+        LocalCluster(n_workers=0, dashboard_address=DASHBOARD) as cluster,
+        Client(cluster, set_as_default=False) as client,
+        pytest.raises(UserError, match=r"no worker joined within 1 s"),
+    ):
+        DistributedExecutor(client, join_timeout=1).worker_memory()
+
+
 def test_a_run_of_many_small_tasks_ends_complete(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
