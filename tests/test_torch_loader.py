@@ -17,7 +17,7 @@ from tests.conftest import small_config
 torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
-from daskcubes.loaders.torch import CubeBatchSampler, CubeDataset  # noqa: E402
+from daskcubes.loaders.torch import CubeBatchSampler, CubeDataset, SharedBuffers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,9 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Config:
     return config
 
 
-def load_all(dataset: CubeDataset, context: str, workers: int) -> tuple[list, list]:
+def load_all(
+    dataset: CubeDataset, context: str, workers: int, collate: Any = None
+) -> tuple[list, list]:
     """Every batch of one epoch in a shuffled order, and that order."""
     order = [int(i) for i in np.random.default_rng(0).permutation(len(dataset))]
     loader = DataLoader(
@@ -36,23 +38,75 @@ def load_all(dataset: CubeDataset, context: str, workers: int) -> tuple[list, li
         sampler=order,
         num_workers=workers,
         multiprocessing_context=context,
+        collate_fn=collate,
         timeout=60 if workers else 0,  # a deadlock fails the test instead of hanging it
     )
     return order, [batch.numpy() for batch in loader]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("collate", [None, CubeDataset.collate], ids=["default", "cubes"])
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_dataloader_workers_read_the_store(stored: Config, context: str) -> None:
+def test_dataloader_workers_read_the_store(stored: Config, context: str, collate: Any) -> None:
     if context == "fork" and sys.platform != "linux":
         pytest.skip("fork is the default start method on Linux only")
     expected = open_cubes(stored.out)[:]
     dataset = CubeDataset(stored.out)
     dataset.source  # opened in the parent: workers must still open their own  # noqa: B018
-    order, batches = load_all(dataset, context, workers=2)
+    order, batches = load_all(dataset, context, workers=2, collate=collate)
     got = np.concatenate(batches)
     assert got.shape == expected.shape
     assert np.array_equal(got, expected[order])
+
+
+def test_collate_hands_on_the_batch_read(stored: Config) -> None:
+    dataset = CubeDataset(stored.out)
+    expected = open_cubes(stored.out)[:]
+    rows = dataset.__getitems__([3, 0])
+    batch = CubeDataset.collate(rows)
+    assert batch.data_ptr() == rows[0].data_ptr()  # not copied
+    assert np.array_equal(batch.numpy(), expected[[3, 0]])
+    # Other batches (of a dataset wrapped in another, say) are collated as by default.
+    assert np.array_equal(CubeDataset.collate([dataset[1], dataset[2]]).numpy(), expected[1:3])
+
+
+@pytest.mark.slow
+def test_batches_held_by_the_loop_are_never_overwritten(stored: Config) -> None:
+    """Workers reuse their shared-memory buffers, but never one the main process holds."""
+    loader = DataLoader(
+        CubeDataset(stored.out),
+        batch_size=2,
+        shuffle=True,  # a new order every epoch: an overwritten batch changes
+        num_workers=2,
+        persistent_workers=True,  # the same workers, and buffers, for every epoch
+        multiprocessing_context="fork",
+        collate_fn=CubeDataset.collate,
+        timeout=60,
+    )
+    for _ in range(3):
+        # Two epochs, every batch of them held, with a copy taken as it arrived.
+        held = [(batch, batch.clone()) for _ in range(2) for batch in loader]
+        for batch, arrived in held:
+            assert torch.equal(batch, arrived)
+        del held  # dropped: the next epochs may reuse their buffers
+
+
+def test_shared_buffers_are_reused_once_no_batch_of_them_is_held() -> None:
+    buffers = SharedBuffers(keep=2)
+    dtype = np.dtype("float32")
+    write, batch = buffers.take((2, 3), dtype)
+    write[:] = 1
+    assert batch.is_shared()
+    assert batch.data_ptr() != write.ctypes.data  # a mapping of its own
+    assert np.array_equal(batch.numpy(), write)
+    other, _held = buffers.take((2, 3), dtype)  # the first batch is held: another buffer
+    assert not np.shares_memory(other, write) and other.ctypes.data != write.ctypes.data
+    del batch
+    again, _again = buffers.take((1, 3), dtype)  # a smaller last batch fits a buffer too
+    assert again.ctypes.data == write.ctypes.data
+    fresh, kept = buffers.take((2, 3), dtype)  # both kept buffers held: fresh memory
+    assert fresh.ctypes.data not in {write.ctypes.data, other.ctypes.data}
+    assert kept.is_shared()
 
 
 @pytest.mark.slow
@@ -102,6 +156,7 @@ def stateful_loader(dataset: CubeDataset, workers: int, **settings: object) -> A
     return StatefulDataLoader(
         dataset,
         batch_sampler=sampler(dataset, **settings),
+        collate_fn=CubeDataset.collate,
         num_workers=workers,
         multiprocessing_context="fork" if workers else None,
         timeout=60 if workers else 0,

@@ -6,6 +6,11 @@ of workers, forked or spawned: the dataset pickles as its description only (a pa
 config), and each process opens the store, or loads the stream's slab, on first use.
 Every batch is read into memory of its own, which the caller owns.
 
+With :meth:`CubeDataset.collate` as the loader's ``collate_fn``, each batch is read once,
+straight into the tensor the training loop gets: in a worker process, into shared memory
+that is handed to the main process as it is. ``default_collate`` works too, at the price
+of a second copy of every batch (into a fresh shared-memory segment, in a worker).
+
 :class:`CubeBatchSampler` speaks the ``state_dict`` / ``load_state_dict`` protocol of
 torchdata's ``StatefulDataLoader``, which saves it with the loader's state (workers
 included) and resumes an epoch mid-way.
@@ -13,7 +18,9 @@ included) and resumes an epoch mid-way.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +28,7 @@ import numpy as np
 
 try:
     import torch
-    from torch.utils.data import Dataset, Sampler
+    from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 except ImportError as error:
     raise ImportError(
         "daskcubes.loaders.torch needs PyTorch: pip install 'daskcubes[torch]'"
@@ -31,6 +38,11 @@ from daskcubes.batches import BatchPlan, CubeSource, EpochCursor, Position
 from daskcubes.config import Config
 from daskcubes.reader import open_cubes
 from daskcubes.stream import CubeStream
+
+# Shared-memory buffers each worker keeps: its batches waiting in the loader's queue
+# (``prefetch_factor``, 2 by default), the one the training loop holds, and the one
+# before it, which the loop drops as the next arrives.
+SHARED_BUFFERS = 4
 
 
 class CubeDataset(Dataset):
@@ -42,13 +54,16 @@ class CubeDataset(Dataset):
         are streamed from its frames store (nothing stored).
     allow_incomplete : read a cube store whose run did not finish.
 
-    ``DataLoader`` fetches whole batches through ``__getitems__``, read in store order.
+    ``DataLoader`` fetches whole batches through ``__getitems__``, read in store order,
+    into one tensor (in shared memory inside a worker process) that
+    :meth:`collate` hands on without copying.
     """
 
     def __init__(self, source: str | Config, allow_incomplete: bool = False) -> None:
         self.spec = source
         self.allow_incomplete = allow_incomplete
         self._opened: CubeSource | None = None
+        self._buffers = SharedBuffers(keep=0)
         self._pid = -1
         self._length = len(self.source)
 
@@ -60,12 +75,19 @@ class CubeDataset(Dataset):
                 self._opened = CubeStream(self.spec)
             else:
                 self._opened = open_cubes(self.spec, allow_incomplete=self.allow_incomplete)
+            self._buffers = SharedBuffers(keep=SHARED_BUFFERS)
             self._pid = os.getpid()
         return self._opened
 
+    @property
+    def buffers(self) -> SharedBuffers:
+        """This process's shared-memory batch buffers (a worker's)."""
+        self.source  # noqa: B018  (opens them with the source, once per process)
+        return self._buffers
+
     def __getstate__(self) -> dict[str, Any]:
         # Spawned workers get the description only and open the source themselves.
-        return {**self.__dict__, "_opened": None, "_pid": -1}
+        return {**self.__dict__, "_opened": None, "_buffers": None, "_pid": -1}
 
     def __len__(self) -> int:
         return self._length
@@ -75,9 +97,112 @@ class CubeDataset(Dataset):
             raise IndexError(f"cube {index} out of range for {self._length} cubes")
         return torch.from_numpy(self.source.read(np.array([index % self._length]))[0])
 
-    def __getitems__(self, indices: list[int]) -> list[torch.Tensor]:
-        batch = self.source.read(np.asarray(indices, dtype=np.int64) % self._length)
-        return list(torch.from_numpy(batch))
+    def __getitems__(self, indices: list[int]) -> CubeRows:
+        source = self.source
+        positions = np.asarray(indices, dtype=np.int64) % self._length
+        if get_worker_info() is None:
+            return CubeRows(torch.from_numpy(source.read(positions)))
+        out, batch = self.buffers.take((len(positions), *source.cube_shape), source.dtype)
+        source.read(positions, out=out)
+        return CubeRows(batch)
+
+    @staticmethod
+    def collate(rows: Any) -> Any:
+        """The loader's ``collate_fn``: the batch :meth:`__getitems__` read, as it is.
+
+        Anything else (a dataset wrapped in another, say) goes to ``default_collate``.
+        """
+        if isinstance(rows, CubeRows):
+            return rows.batch
+        return default_collate(rows)
+
+
+class CubeRows(list[torch.Tensor]):
+    """The cubes of one batch as a list of tensors (what ``default_collate`` stacks), and
+    the ``(n, depth, dim, dim)`` tensor they are rows of, ``batch``."""
+
+    def __init__(self, batch: torch.Tensor) -> None:
+        super().__init__(batch)
+        self.batch = batch
+
+
+class SharedBuffers:
+    """Batch buffers in shared memory, of one ``DataLoader`` worker process, reused once
+    no process can still read a batch handed out of them.
+
+    Fresh shared memory costs more than reading the batch into it: allocation, a page
+    fault per 4 kB page (shared memory gets no transparent huge pages) and freeing.
+    Each batch handed out is a new mapping of its buffer through a file description of
+    its own, under a shared ``flock``. torch sends a shared tensor to another process as
+    a duplicate of that descriptor and keeps it open as long as the memory is mapped,
+    so the lock lasts while any process (the main one, or one it passes the batch on to)
+    may still read the batch; the worker writes a buffer again only once it can take an
+    exclusive lock on it. Otherwise, and beyond ``keep`` buffers, a batch gets fresh
+    shared memory, as ``default_collate`` allocates it.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        # Per buffer: a descriptor of its own, and the worker's lasting mapping of it.
+        self._buffers: list[tuple[int, torch.UntypedStorage]] = []
+        # Lock-based reuse needs /proc/self/fd and descriptors as the sharing strategy.
+        self.reuse = (
+            sys.platform == "linux"
+            and torch.multiprocessing.get_sharing_strategy() == "file_descriptor"
+        )
+
+    def __del__(self) -> None:
+        for fd, _ in self._buffers:
+            os.close(fd)
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, torch.Tensor]:
+        """An array of ``shape`` to read into, and the tensor to hand out with its values."""
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        for fd, mapped in self._buffers:
+            if mapped.nbytes() >= nbytes and unlocked(fd):
+                write = as_tensor(mapped, shape, dtype)
+                return write.numpy(), as_tensor(locked_mapping(fd, mapped.nbytes()), shape, dtype)
+        fresh = torch.UntypedStorage._new_shared(nbytes)
+        if not self.reuse or len(self._buffers) == self.keep:
+            batch = as_tensor(fresh, shape, dtype)
+            return batch.numpy(), batch
+        own = os.open(f"/proc/self/fd/{fresh._share_fd_cpu_()[0]}", os.O_RDWR)
+        self._buffers.append((own, map_shared(own, nbytes)))
+        return self.take(shape, dtype)
+
+
+def unlocked(fd: int) -> bool:
+    """Whether no other open of the file ``fd`` refers to holds a lock on it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return True
+
+
+def locked_mapping(fd: int, nbytes: int) -> torch.UntypedStorage:
+    """A new mapping of the file ``fd`` refers to, through a new, share-locked open of it."""
+    handed = os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+    try:
+        fcntl.flock(handed, fcntl.LOCK_SH)
+        return map_shared(handed, nbytes)
+    finally:
+        os.close(handed)
+
+
+def map_shared(fd: int, nbytes: int) -> torch.UntypedStorage:
+    """A mapping of the shared-memory file ``fd`` refers to, keeping a duplicate of ``fd``
+    open as long as it lives (how torch maps a shared tensor another process sent)."""
+    return torch.UntypedStorage._new_shared_fd_cpu(fd, nbytes)  # type: ignore[attr-defined]
+
+
+def as_tensor(
+    storage: torch.UntypedStorage, shape: tuple[int, ...], dtype: np.dtype
+) -> torch.Tensor:
+    """The first values of ``storage`` as a tensor of ``shape`` and ``dtype``."""
+    flat = torch.from_numpy(np.empty(0, dtype)).set_(storage)
+    return flat[: int(np.prod(shape))].view(shape)
 
 
 class CubeBatchSampler(Sampler[list[int]]):

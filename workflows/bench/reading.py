@@ -88,9 +88,10 @@ def fromfile_batches(config: Config, batches: list[np.ndarray]) -> Callable[[], 
 
 
 def torch_rate(source: str | Config, cubes: int) -> float:
-    """Cubes per second of a torch ``DataLoader`` over ``CubeDataset(source)``: random-order
-    batches of ``BATCH``, ``TORCH_WORKERS`` worker processes (started, and their source
-    opened, in an untimed first epoch)."""
+    """Cubes per second of a torch ``DataLoader`` over ``CubeDataset(source)``, built as the
+    README says: random-order batches of ``BATCH``, ``CubeDataset.collate``,
+    ``TORCH_WORKERS`` worker processes (started, and their source opened, in an untimed
+    first epoch)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -101,6 +102,7 @@ def torch_rate(source: str | Config, cubes: int) -> float:
         batch_size=BATCH,
         shuffle=True,
         generator=torch.Generator().manual_seed(1),
+        collate_fn=CubeDataset.collate,
         num_workers=TORCH_WORKERS,
         persistent_workers=True,
         timeout=600,  # a stuck worker fails the run instead of hanging it
