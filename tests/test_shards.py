@@ -15,25 +15,27 @@ from daskcubes.storage import Storage
 from daskcubes.store import create_cube_store
 from daskcubes.testing import assert_stores_identical
 
+#: 10 cubes of (3, 4, 4), 4 per shard: the last shard is ragged.
+PLAN = CubePlan(
+    n_cubes=10,
+    depth=3,
+    height=4,
+    width=4,
+    n_frames=3,
+    n_rows=5,
+    n_cols=6,
+    seed=0,
+    batch_size=4,
+    shard_size=4,
+)
+
 
 def cube_array(
     path: Path, dtype: str, compressor: str = "none", write_empty_chunks: bool = False
 ) -> zarr.Array:
     """A cube store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard."""
-    plan = CubePlan(
-        n_cubes=10,
-        depth=3,
-        height=4,
-        width=4,
-        n_frames=3,
-        n_rows=5,
-        n_cols=6,
-        seed=0,
-        batch_size=4,
-        shard_size=4,
-    )
     group = zarr.open_group(str(path), mode="w")
-    CubeSchema(plan, dtype, compressor, "-").create(group)
+    CubeSchema(PLAN, dtype, compressor, "-").create(group)
     array = zarr.open_array(str(path), path="cubes", mode="r+")
     return array.with_config({"write_empty_chunks": write_empty_chunks})
 
@@ -67,22 +69,10 @@ def test_compressed_shards_go_through_zarr(tmp_path: Path) -> None:
 
 
 def test_the_cube_store_takes_the_direct_path(tmp_path: Path) -> None:
-    plan = CubePlan(
-        n_cubes=10,
-        depth=3,
-        height=4,
-        width=4,
-        n_frames=3,
-        n_rows=5,
-        n_cols=6,
-        seed=0,
-        batch_size=4,
-        shard_size=4,
-    )
     path, storage = str(tmp_path / "cubes.zarr"), Storage.of()
-    schema = CubeSchema(plan, "float64", "none", "-")
+    schema = CubeSchema(PLAN, "float64", "none", "-")
     create_cube_store(path, schema, {}, "new", storage)
     assert is_raw_layout(storage.open_array(path, "cubes", mode="r+"))
-    for shard in range(plan.n_shards):
+    for shard in range(PLAN.n_shards):
         write_shard(storage.open_array(path, "cubes", mode="r+"), shard, np.ones((4, 3, 4, 4)))
-    assert all(Path(path, schema.shard_key(shard)).is_file() for shard in range(plan.n_shards))
+    assert all(Path(path, schema.shard_key(shard)).is_file() for shard in range(PLAN.n_shards))
