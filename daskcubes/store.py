@@ -165,7 +165,14 @@ def store_attrs(group: zarr.Group) -> dict[str, Any]:
 
 
 def mark_complete(url: str, storage: Storage, **record: Any) -> None:
-    """Record that every write of the store at ``url`` has finished."""
+    """Record that every write of the store at ``url`` has finished.
+
+    A worker killed in the middle of a write leaves its temporary file behind (its task
+    is run again elsewhere); a local store is rid of such files first.
+    """
+    path = local_path(url)
+    if path is not None:
+        remove_leftovers(Path(path))
     group = storage.open_group(url, mode="r+")
     attrs = store_attrs(group)
     attrs.pop("progress", None)

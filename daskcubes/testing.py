@@ -46,7 +46,8 @@ def store_files(path: str | Path) -> dict[str, bytes]:
 def assert_stores_identical(a: str | Path, b: str | Path) -> None:
     """Assert two local stores hold byte-identical arrays (chunks and array metadata)."""
     files_a, files_b = store_files(a), store_files(b)
-    assert sorted(files_a) == sorted(files_b), f"{a} and {b} hold different files"
+    only = sorted(set(files_a) ^ set(files_b))
+    assert not only, f"{a} and {b} hold different files: {only[:5]}"
     differ = [name for name in files_a if files_a[name] != files_b[name]]
     assert not differ, f"{a} and {b} differ in {differ[:5]}"
 

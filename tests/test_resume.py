@@ -17,7 +17,7 @@ from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks, inspect_frames
 from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
-from daskcubes.store import remove_leftovers, store_lock
+from daskcubes.store import mark_complete, remove_leftovers, store_lock
 from daskcubes.testing import assert_stores_identical, store_files
 from daskcubes.workflow import main
 
@@ -241,3 +241,15 @@ def test_ingest_tasks_are_one_per_unfinished_frame(frames_ready: Path) -> None:
         [i] for i in range(len(files)) if i != 1
     ]
     assert set(work.finishes) == set(work.graph)
+
+
+def test_a_complete_store_holds_no_temporary_files_of_lost_writers(frames_ready: Path) -> None:
+    out = frames_ready / "cubes.zarr"
+    args = ["sample", *frame_args(frames_ready), "--out", str(out), "--cubes", "8"]
+    assert main(args) == 0
+    expected = store_files(out)
+    # What a worker killed in the middle of a write leaves, while its task runs again.
+    schema = CubeSchema.from_attrs(open_cubes(str(out)).attrs["plan"])
+    (out / schema.shard_key(0)).with_name(".0.5e1f.partial").write_bytes(b"torn")
+    mark_complete(str(out), Storage.of(), cubes=8)
+    assert store_files(out) == expected
