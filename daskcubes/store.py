@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,9 +101,12 @@ def remove_leftovers(root: Path) -> None:
     :func:`daskcubes.storage.write_atomically`), so a killed run can leave temporary
     files behind; they hold nothing that the resumed run does not write again.
     """
-    for file in [f for f in root.rglob("*") if f.is_file()]:
-        if not _is_store_key(file.relative_to(root).parts):
-            file.unlink()
+    for folder, _, names in os.walk(root):
+        inside = os.path.relpath(folder, root)
+        parts = () if inside == os.curdir else tuple(inside.split(os.sep))
+        for name in names:
+            if not _is_store_key((*parts, name)):
+                os.unlink(os.path.join(folder, name))
 
 
 @contextmanager
