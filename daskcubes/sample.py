@@ -98,10 +98,10 @@ class SampleJob:
     source: SourceLayout
 
 
-def source_budget(config: Config, worker_memory: int) -> int:
+def source_budget(max_slab_bytes: int | None, worker_memory: int) -> int:
     """Bytes of source values a worker may hold: ``max_slab_bytes``, or by default a
     share of the worker's memory."""
-    return config.max_slab_bytes or int(worker_memory * DEFAULT_BUDGET_SHARE)
+    return max_slab_bytes or int(worker_memory * DEFAULT_BUDGET_SHARE)
 
 
 def available_memory() -> int:
@@ -139,7 +139,8 @@ def sample_job(config: Config, worker_memory: int | None = None, threads: int = 
             config.frame_mode, config.row_mode, config.column_mode, config.sorted_columns
         ),
     )
-    budget = source_budget(config, available_memory() if worker_memory is None else worker_memory)
+    memory = available_memory() if worker_memory is None else worker_memory
+    budget = source_budget(config.max_slab_bytes, memory)
     source = source_layout(plan, frames.path, config.dtype, budget, threads)
     return SampleJob(frames, config.out, plan, config.dtype, storage, source)
 

@@ -27,7 +27,6 @@ from daskcubes.plan import DEFINED_SEMANTICS, SEMANTICS, CubePlan, Definition, s
 #: shard files' names are the schema's.
 CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
 CUBES = "cubes"
-RECIPE_ARRAYS = ("columns", "rows", "frames")
 RECIPE_DTYPE = "int32"
 
 

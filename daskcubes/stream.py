@@ -14,7 +14,7 @@ import numpy as np
 
 from daskcubes.batches import default_threads
 from daskcubes.config import Config
-from daskcubes.plan import columns_of, recipes_of
+from daskcubes.plan import recipes_of
 from daskcubes.reader import Index, cube_positions
 from daskcubes.sample import available_memory, cut_cubes, sample_job
 
@@ -58,10 +58,6 @@ class CubeStream:
         if isinstance(found, int):
             return self.read(np.array([found]))[0]
         return self.read(found)
-
-    def columns(self, positions: np.ndarray) -> np.ndarray:
-        """(n, width) source columns of the cubes at ``positions``."""
-        return columns_of(self.job.plan, positions)
 
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Cubes at ``positions`` (non-negative, any order), into ``out`` if given."""

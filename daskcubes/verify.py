@@ -19,10 +19,10 @@ import zarr
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
 from daskcubes.sample import (
-    DEFAULT_BUDGET_SHARE,
     SampleJob,
     available_memory,
     make_cube_batch,
+    source_budget,
     source_layout,
 )
 from daskcubes.schema import CubeSchema
@@ -213,7 +213,7 @@ def verify_cube_store(
                 f"frames store '{against}' is not the one these cubes were cut from"
             )
         else:
-            budget = int(available_memory() * DEFAULT_BUDGET_SHARE)  # on this one thread
+            budget = source_budget(None, available_memory())  # on this one thread
             layout = source_layout(plan, frames.path, dtype, budget, 1)
             job = SampleJob(frames, path, plan, dtype, storage, layout)
     for index in chosen.tolist():
