@@ -219,11 +219,13 @@ def verify_cube_store(
     for index in chosen.tolist():
         try:
             stored = np.asarray(cubes[index])
-            columns = np.asarray(group["columns"][index])
+            recorded = [np.asarray(group[name][index]) for name in ("frames", "rows", "columns")]
         except Exception as exc:  # any decoding failure is a finding, not a crash
             report.problems.append(f"cube {index}: unreadable ({exc})")
             continue
-        if not np.array_equal(columns, recipes(plan, index, index + 1).columns[0]):
+        planned = recipes(plan, index, index + 1)
+        expected = (planned.frames[0], planned.rows[0], planned.columns[0])
+        if not all(map(np.array_equal, recorded, expected)):
             report.problems.append(
                 f"cube {index}: recipe differs from the plan's (seed {plan.seed})"
             )

@@ -172,6 +172,18 @@ def test_verify_finds_a_cube_of_another_definition(
     assert "differs from the cube cut anew" in capsys.readouterr().out
 
 
+def test_verify_finds_a_recorded_row_that_is_not_the_plan_s(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = definition_config(tmp_path, "row-window")
+    pipeline.run(config, show_progress=False)
+    rows = zarr.open_array(config.out, path="rows", mode="r+")
+    rows[:] = (np.asarray(rows[:]) + 1) % 2  # still in bounds, no longer the plan's
+    status = main(["verify", config.out, "--sample", str(config.cubes)])
+    assert status == 1
+    assert "recipe differs from the plan's" in capsys.readouterr().out
+
+
 # -- out of core -----------------------------------------------------------------------
 
 #: Frames of 6 x 30 x 20 float64 (160 bytes a row), on 2 threads: each thread's share of
