@@ -49,7 +49,14 @@ class Config(BaseModel):
     # -- frames ------------------------------------------------------------------
     frames: str = Field(
         "daskcubes-data/frames",
-        description="frame files: a directory, or a glob such as 'data/*.parquet'",
+        description="the frames: frame files (a directory, or a glob such as "
+        "'data/*.parquet'), a zarr array, or a zarr store, NetCDF or HDF5 file holding "
+        "them as a variable (frames_variable)",
+    )
+    frames_variable: str | None = Field(
+        None,
+        description="the variable of frames (frame, row, column) in a zarr store, NetCDF or "
+        "HDF5 file (default: its only 3-D variable)",
     )
     synthetic: bool = Field(
         True, description="generate synthetic frames into 'frames' before ingesting"

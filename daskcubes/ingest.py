@@ -1,56 +1,40 @@
-"""Frame files → the zarr frames store, one task per frame.
+"""Frames → the zarr frames store, one write task per frame.
 
-Each task reads one frame file and writes it whole into its slot of the frames store
-(every chunk of a frame belongs to that frame's task, so no lock is needed). Memory stays
-bounded by the frames in flight (about one per worker thread), never by their number.
+The frames come as a :class:`~daskcubes.sources.FrameSource`: a dask array with one chunk
+per frame (read from a frame file, or taken from an array). Each write task takes one
+chunk and writes it whole into its slot of the frames store (every chunk of the store
+belongs to one frame's task, so no lock is needed). Memory stays bounded by the frames in
+flight (about one per worker thread), never by their number.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from dask.base import tokenize
 from dask.typing import Key
 
-from daskcubes.frames import FrameFile, FrameSpec, check_frames_agree, inspect_frame, read_frame
-from daskcubes.progress import Work
+from daskcubes.progress import Finishes, Work
+from daskcubes.sources import FrameSource
 from daskcubes.storage import Storage
 
 
-def inspect_frames(paths: list[str], storage: Storage) -> tuple[list[FrameFile], FrameSpec]:
-    """Metadata of every frame file, checked to agree, before any output is written."""
-    files = [inspect_frame(path, storage) for path in paths]
-    return files, check_frames_agree(files)
+def write_frame(values: np.ndarray, index: int, store: str, storage: Storage) -> None:
+    """Write ``values`` (one chunk of a source: ``(1, n_rows, n_cols)``) as frame ``index``."""
+    storage.open_array(store, "frames", mode="r+")[index] = values[0]
 
 
-def write_frame(
-    frame: FrameFile,
-    index: int,
-    spec: FrameSpec,
-    store: str,
-    allow_nonfinite: bool,
-    storage: Storage,
-) -> None:
-    """Read one frame file and write it as frame ``index`` of the frames store ``store``."""
-    values = read_frame(frame.path, spec, storage, allow_nonfinite)
-    storage.open_array(store, "frames", mode="r+")[index] = values
-
-
-def ingest_tasks(
-    files: list[FrameFile],
-    spec: FrameSpec,
-    store: str,
-    allow_nonfinite: bool,
-    storage: Storage,
-    done: set[int],
-) -> Work:
-    """One task per frame not in ``done``; each finishes its frame."""
-    token = tokenize([f.fingerprint for f in files], spec, store, allow_nonfinite)
-    graph: dict[Key, Any] = {}
-    finishes: dict[Key, tuple[str, list[int]]] = {}
-    for i, frame in enumerate(files):
+def ingest_tasks(source: FrameSource, store: str, storage: Storage, done: set[int]) -> Work:
+    """The source's tasks and one write task per frame not in ``done``; each write task
+    finishes its frame. Culling leaves out the reads of finished frames."""
+    array = source.array
+    token = tokenize(source.fingerprint, array.name, store)
+    graph: dict[Key, Any] = dict(array.__dask_graph__())
+    finishes: Finishes = {}
+    for i in range(source.shape[0]):
         if i not in done:
             key = (f"ingest-{token}", i)
-            graph[key] = (write_frame, frame, i, spec, store, allow_nonfinite, storage)
+            graph[key] = (write_frame, (array.name, i, 0, 0), i, store, storage)
             finishes[key] = ("frames", [i])
     return Work(graph, finishes)

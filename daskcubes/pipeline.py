@@ -23,10 +23,11 @@ from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
-from daskcubes.ingest import ingest_tasks, inspect_frames
+from daskcubes.ingest import ingest_tasks
 from daskcubes.progress import Progress, ProgressRecord, Work
 from daskcubes.sample import sample_job, sample_tasks, warm_worker
 from daskcubes.schema import CubeSchema
+from daskcubes.sources import FrameSource, inspect_frames, location_source
 from daskcubes.storage import Storage
 from daskcubes.store import (
     WriteMode,
@@ -137,14 +138,14 @@ def run_stage(
         resumed = stage.made(progress.done)
         work = stage.work(progress.done)
         started = time.perf_counter()
-        with _progress_bar(len(work.graph), stage.name, show_progress) as advance:
+        with _progress_bar(len(work.finishes), stage.name, show_progress) as advance:
 
             def on_done(key: Key) -> None:
                 progress.finished(*work.finishes[key])
                 advance()
 
             try:
-                run_on.run(work.graph, list(work.graph), on_done)
+                run_on.run(work.graph, list(work.finishes), on_done)
             finally:
                 with suppress(OSError):  # a full disk: the error being raised says so
                     progress.save()
@@ -159,7 +160,7 @@ def run_stage(
         stage.path,
         resumed,
         startup=started - entered,
-        tasks=len(work.graph),
+        tasks=len(work.finishes),
     )
 
 
@@ -232,14 +233,20 @@ def ingest(
     mode: WriteMode = "new",
     show_progress: bool = True,
     executor: Executor | None = None,
+    source: FrameSource | None = None,
 ) -> StageResult:
-    """Read the frame files into the zarr frames store, then mark it complete."""
+    """Write the frames (``source``, by default those ``config.frames`` names) into the zarr
+    frames store, then mark it complete."""
     storage = Storage.of(config.storage_options)
-    files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
+    if source is None:
+        source = location_source(
+            config.frames, config.frames_variable, storage, config.allow_nonfinite
+        )
     path = config.frames_store
+    n_frames = source.shape[0]
 
     def open_store(mode: WriteMode) -> Progress | None:
-        attrs = create_frames_store(path, files, spec, mode, storage)
+        attrs = create_frames_store(path, source, mode, storage)
         return None if attrs["complete"] else ProgressRecord(path, storage)
 
     stage = Stage(
@@ -247,15 +254,13 @@ def ingest(
         "frames store",
         path,
         "frames",
-        len(files),
-        len(files) * spec.n_rows * spec.n_cols * np.dtype(spec.dtype).itemsize,
+        n_frames,
+        int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize,
         prepare=lambda executor: None,
         open=open_store,
-        work=lambda done: ingest_tasks(
-            files, spec, path, config.allow_nonfinite, storage, done.get("frames", set())
-        ),
+        work=lambda done: ingest_tasks(source, path, storage, done.get("frames", set())),
         made=lambda done: len(done.get("frames", ())),
-        finish=lambda: mark_complete(path, storage, frames=len(files)),
+        finish=lambda: mark_complete(path, storage, frames=n_frames),
     )
     return run_stage(stage, config, mode, show_progress, executor)
 

@@ -12,8 +12,6 @@ happens after every write has finished.
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,10 +25,10 @@ import zarr
 from zarr.errors import GroupNotFoundError
 
 from daskcubes.errors import UserError
-from daskcubes.frames import FrameFile, FrameSpec
 from daskcubes.plan import stored_recipe
 from daskcubes.schema import CHUNK_KEY_ENCODING, CubeSchema
-from daskcubes.storage import AccessMode, Storage, basename, local_path
+from daskcubes.sources import FrameSource
+from daskcubes.storage import AccessMode, Storage, local_path
 
 ATTRS = "daskcubes"
 #: Rows per chunk of the frames store: a cube reads only the first ``dim`` rows of each
@@ -160,7 +158,13 @@ def open_group(url: str, what: str, storage: Storage, mode: AccessMode = "r") ->
     except OSError as exc:  # an object store's missing bucket, denied access, ...
         raise UserError(f"{what} '{url}': cannot open ({exc})") from None
     if ATTRS not in group.attrs:
-        raise UserError(f"{what} '{url}': a zarr group, but not written by daskcubes")
+        hint = (
+            "; to cut cubes from an array, ingest it first (--frames PATH, with "
+            "--frames-variable NAME for a variable of a dataset)"
+            if what == "frames store"
+            else ""
+        )
+        raise UserError(f"{what} '{url}': a zarr group, but not written by daskcubes{hint}")
     return group
 
 
@@ -197,39 +201,23 @@ class FramesStoreInfo:
     fingerprint: str
 
 
-def frames_fingerprint(files: list[FrameFile], spec: FrameSpec) -> str:
-    described = [(basename(f.path), f.size, f.fingerprint) for f in files]
-    text = json.dumps([described, spec.n_rows, spec.columns, spec.dtype])
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def frames_identity(files: list[FrameFile], spec: FrameSpec) -> dict[str, Any]:
-    """What defines a frames store's content: its sources, in order, and their shape."""
-    return {
-        "frame files": len(files),
-        **{basename(f.path): f"{f.size} bytes, fingerprint {f.fingerprint}" for f in files},
-        "columns": list(spec.columns),
-        "dtype": spec.dtype,
-    }
-
-
 def create_frames_store(
-    path: str, files: list[FrameFile], spec: FrameSpec, mode: WriteMode, storage: Storage
+    path: str, source: FrameSource, mode: WriteMode, storage: Storage
 ) -> dict[str, Any]:
-    """The frames store for ``files`` (new, or resumed if unfinished); returns its attributes."""
-    identity = frames_identity(files, spec)
+    """The frames store for ``source`` (new, or resumed if unfinished); returns its attributes."""
     if prepare_store(path, "frames store", mode, storage):
         started = store_attrs(open_group(path, "frames store", storage))
-        check_resumable(path, "frames store", started["identity"], identity)
+        check_resumable(path, "frames store", started["identity"], source.identity)
         return started
+    n_frames, n_rows, n_cols = source.shape
     group = storage.open_group(path, mode="w")
     attrs: dict[str, Any] = {
         "kind": "frames",
-        "sources": [{"path": f.path, "size": f.size, "fingerprint": f.fingerprint} for f in files],
-        "columns": list(spec.columns),
-        "dtype": spec.dtype,
-        "identity": identity,
-        "fingerprint": frames_fingerprint(files, spec),
+        "sources": source.sources,
+        "columns": list(source.columns),
+        "dtype": source.dtype,
+        "identity": source.identity,
+        "fingerprint": source.fingerprint,
         "versions": versions(),
         "created": now(),
         "complete": None,
@@ -237,9 +225,9 @@ def create_frames_store(
     group.attrs[ATTRS] = attrs
     group.create_array(
         "frames",
-        shape=(len(files), spec.n_rows, spec.n_cols),
-        dtype=spec.dtype,
-        chunks=(1, min(FRAME_ROW_CHUNK, spec.n_rows), spec.n_cols),
+        shape=(n_frames, n_rows, n_cols),
+        dtype=source.dtype,
+        chunks=(1, min(FRAME_ROW_CHUNK, n_rows), n_cols),
         compressors=None,
         fill_value=0,
         dimension_names=("frame", "row", "col"),

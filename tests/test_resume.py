@@ -14,8 +14,9 @@ import pytest
 
 from daskcubes import UserError, open_cubes
 from daskcubes.frames import find_frame_files
-from daskcubes.ingest import ingest_tasks, inspect_frames
+from daskcubes.ingest import ingest_tasks
 from daskcubes.schema import CubeSchema
+from daskcubes.sources import files_source
 from daskcubes.storage import Storage
 from daskcubes.store import mark_complete, remove_leftovers, store_lock
 from daskcubes.testing import assert_stores_identical, store_files
@@ -235,12 +236,15 @@ def test_resume_removes_temporary_files_of_interrupted_writes(frames_ready: Path
 
 def test_ingest_tasks_are_one_per_unfinished_frame(frames_ready: Path) -> None:
     storage = Storage.of()
-    files, spec = inspect_frames(find_frame_files(str(frames_ready / "frames"), storage), storage)
-    work = ingest_tasks(files, spec, str(frames_ready / "frames.zarr"), False, storage, done={1})
+    source = files_source(find_frame_files(str(frames_ready / "frames"), storage), storage)
+    work = ingest_tasks(source, str(frames_ready / "frames.zarr"), storage, done={1})
+    n_frames = source.shape[0]
     assert sorted(units for _, units in work.finishes.values()) == [
-        [i] for i in range(len(files)) if i != 1
+        [i] for i in range(n_frames) if i != 1
     ]
-    assert set(work.finishes) == set(work.graph)
+    # The graph holds the reads of every frame, and a write of each unfinished one.
+    assert set(work.finishes) < set(work.graph)
+    assert len(work.graph) == n_frames + len(work.finishes)
 
 
 def test_a_complete_store_holds_no_temporary_files_of_lost_writers(frames_ready: Path) -> None:

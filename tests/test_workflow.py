@@ -80,6 +80,7 @@ def test_info_describes_both_stores(tmp_path: Path, capsys: pytest.CaptureFixtur
 #: A value other than the default for every setting (a new setting must be added here).
 CHANGED: dict[str, Any] = {
     "frames": "f",
+    "frames_variable": "temperature",
     "synthetic": False,
     "frame_format": "csv",
     "n_frames": 3,

@@ -1,0 +1,320 @@
+"""Where frames come from, as one lazy dask array: frame files, or an array that holds them.
+
+Every source becomes a :class:`FrameSource`: a ``(n_frames, n_rows, n_cols)`` dask array
+with one chunk per frame, whose chunks are checked as they are computed (numbers, and
+finite unless ``allow_nonfinite``), together with what identifies the source (so that a
+resumed ingest can tell it is the same) and what the frames store records of it. Ingest
+writes chunk ``i`` as frame ``i`` of the frames store, whatever the source.
+
+Sources:
+
+- frame files (parquet, CSV): a directory or a glob, read by :func:`daskcubes.frames.read_frame`;
+- a zarr array (v2 or v3, any chunking, local or a URL);
+- a variable of an xarray-readable store or file: a zarr group (as ``xarray.Dataset.to_zarr``
+  writes it), NetCDF or HDF5 (``frames_variable`` names it; needs xarray);
+- in Python, a dask or numpy array, an ``xarray.DataArray`` or a zarr array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from dask.base import tokenize
+
+from daskcubes.errors import UserError
+from daskcubes.frames import (
+    FrameFile,
+    FrameSpec,
+    check_frames_agree,
+    find_frame_files,
+    fingerprint,
+    inspect_frame,
+    read_frame,
+)
+from daskcubes.storage import Storage, basename
+
+#: Suffixes of files that xarray opens (NetCDF and HDF5).
+XARRAY_FILE_SUFFIXES = (".nc", ".nc4", ".cdf", ".h5", ".hdf5", ".he5")
+#: Metadata files that make a folder a zarr store (v3, then v2's array and group).
+ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Frames as a lazy, checked dask array, and what identifies where they came from.
+
+    Attributes
+    ----------
+    array : (n_frames, n_rows, n_cols) dask array, one chunk per frame.
+    what : how messages name the source (``frames 'data.nc' variable 't'``).
+    columns : a name for each column.
+    identity : what defines the values, compared when an ingest is resumed.
+    fingerprint : a digest of the identity, recorded in every cube store cut from it.
+    sources : what the frames store records of where the frames came from.
+    """
+
+    array: da.Array
+    what: str
+    columns: tuple[str, ...]
+    identity: dict[str, Any]
+    fingerprint: str
+    sources: list[dict[str, Any]]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n_frames, n_rows, n_cols = self.array.shape
+        return int(n_frames), int(n_rows), int(n_cols)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.array.dtype)
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+# -- frame files ------------------------------------------------------------------------
+
+
+def inspect_frames(paths: list[str], storage: Storage) -> tuple[list[FrameFile], FrameSpec]:
+    """Metadata of every frame file, checked to agree, before any output is written."""
+    files = [inspect_frame(path, storage) for path in paths]
+    return files, check_frames_agree(files)
+
+
+def _frame_chunk(path: str, spec: FrameSpec, storage: Storage, allow_nonfinite: bool) -> Any:
+    return read_frame(path, spec, storage, allow_nonfinite)[np.newaxis]
+
+
+def files_source(paths: list[str], storage: Storage, allow_nonfinite: bool = False) -> FrameSource:
+    """The frame files ``paths`` (in frame order) as a source; their metadata is read and
+    checked now, their values as the chunks are computed."""
+    files, spec = inspect_frames(paths, storage)
+    described = [(basename(f.path), f.size, f.fingerprint) for f in files]
+    # The digest stores have always recorded: cube stores name their frames store by it.
+    digest = _digest([described, spec.n_rows, list(spec.columns), spec.dtype])
+    name = f"frame-files-{tokenize(digest, allow_nonfinite, storage)}"
+    graph = {
+        (name, i, 0, 0): (_frame_chunk, f.path, spec, storage, allow_nonfinite)
+        for i, f in enumerate(files)
+    }
+    chunks = ((1,) * len(files), (spec.n_rows,), (spec.n_cols,))
+    identity = {
+        "frame files": len(files),
+        **{basename(f.path): f"{f.size} bytes, fingerprint {f.fingerprint}" for f in files},
+        "columns": list(spec.columns),
+        "dtype": spec.dtype,
+    }
+    return FrameSource(
+        da.Array(graph, name, chunks, dtype=spec.dtype),
+        f"frames '{posixpath.dirname(files[0].path) or '.'}'",
+        spec.columns,
+        identity,
+        digest,
+        [{"path": f.path, "size": f.size, "fingerprint": f.fingerprint} for f in files],
+    )
+
+
+def frames_array(
+    frames: str | list[str],
+    storage_options: dict[str, Any] | None = None,
+    allow_nonfinite: bool = False,
+) -> da.Array:
+    """Frame files as a lazy ``(n_frames, n_rows, n_cols)`` dask array, one chunk per frame.
+
+    ``frames`` is a directory or glob of parquet or CSV files (local or a URL), or a list
+    of their paths in frame order. Their metadata is checked now (shape, column names,
+    numbers), their values as each chunk is computed (finite unless ``allow_nonfinite``):
+    the same reader and checks as ``ingest``.
+    """
+    storage = Storage.of(storage_options)
+    paths = find_frame_files(frames, storage) if isinstance(frames, str) else list(frames)
+    return files_source(paths, storage, allow_nonfinite).array
+
+
+# -- arrays -----------------------------------------------------------------------------
+
+
+def _check_finite(block: np.ndarray, what: str, block_info: Any = None) -> np.ndarray:
+    if not np.isfinite(block).all():
+        frame0 = block_info[0]["array-location"][0][0] if block_info else 0
+        frame, row, col = np.argwhere(~np.isfinite(block))[0]
+        raise UserError(
+            f"{what}: value {block[frame, row, col]} at frame {frame0 + frame}, row {row}, "
+            f"column {col}; expected finite numbers (allow_nonfinite: true accepts NaN and "
+            "infinity)"
+        )
+    return block
+
+
+def array_source(
+    array: da.Array,
+    what: str,
+    identity: dict[str, Any],
+    sources: list[dict[str, Any]],
+    allow_nonfinite: bool = False,
+    columns: tuple[str, ...] | None = None,
+    digest: str | None = None,
+) -> FrameSource:
+    """A 3-D array of frames (frame, row, column) as a source, checked now for its shape
+    and dtype, and chunk by chunk for finite values."""
+    if array.ndim != 3:
+        raise UserError(
+            f"{what}: has {array.ndim} dimensions {tuple(array.shape)}; expected 3 "
+            "(frame, row, column)"
+        )
+    if array.dtype.kind not in "iuf":
+        raise UserError(f"{what}: holds {array.dtype} values; expected numbers (int or float)")
+    if min(array.shape) < 1 or any(np.isnan(size) for size in array.shape):
+        raise UserError(f"{what}: has shape {tuple(array.shape)}; expected frames of data")
+    frames = array.rechunk((1, -1, -1))
+    if not allow_nonfinite and array.dtype.kind == "f":
+        frames = frames.map_blocks(_check_finite, what, dtype=array.dtype)
+    identity = {**identity, "shape": list(array.shape), "dtype": str(array.dtype)}
+    n_cols = int(array.shape[2])
+    return FrameSource(
+        frames,
+        what,
+        columns or tuple(str(c) for c in range(n_cols)),
+        identity,
+        digest or _digest(identity),
+        sources,
+    )
+
+
+def _xarray(what: str) -> Any:
+    try:
+        import xarray
+    except ImportError:
+        raise UserError(
+            f"{what}: reading it needs xarray (pip install 'daskcubes[xarray]')"
+        ) from None
+    return xarray
+
+
+def _data_array_source(
+    data: Any, what: str, identity: dict[str, Any], allow_nonfinite: bool, digest: str | None
+) -> FrameSource:
+    """An ``xarray.DataArray`` of frames: its last dimension's coordinate names the columns."""
+    values = data.data if isinstance(data.data, da.Array) else da.from_array(data.data)
+    last = data.dims[-1] if data.dims else None
+    columns = None
+    if last in data.coords and data.ndim == 3:
+        columns = tuple(str(c) for c in data.coords[last].values)
+    return array_source(
+        values,
+        what,
+        {**identity, "dims": list(map(str, data.dims))},
+        [{k: v for k, v in identity.items() if k in ("array", "variable")}],
+        allow_nonfinite,
+        columns,
+        digest,
+    )
+
+
+def _variable(dataset: Any, variable: str | None, location: str) -> tuple[Any, str]:
+    names = [str(name) for name in dataset.data_vars]
+    if variable is None:
+        three_d = [name for name in names if dataset[name].ndim == 3]
+        if len(three_d) != 1:
+            raise UserError(
+                f"frames '{location}': holds variables {', '.join(names) or '(none)'}; "
+                "name the one of frames with frames_variable (--frames-variable)"
+            )
+        variable = three_d[0]
+    if variable not in names:
+        raise UserError(
+            f"frames '{location}': no variable '{variable}'; it holds {', '.join(names) or 'none'}"
+        )
+    return dataset[variable], variable
+
+
+def is_array_location(location: str, storage: Storage) -> bool:
+    """Whether ``location`` names an array store or file rather than frame files."""
+    if posixpath.splitext(location.rstrip("/"))[1].lower() in XARRAY_FILE_SUFFIXES:
+        return True
+    return any(storage.exists(posixpath.join(location.rstrip("/"), name)) for name in ZARR_METADATA)
+
+
+def location_source(
+    location: str, variable: str | None, storage: Storage, allow_nonfinite: bool = False
+) -> FrameSource:
+    """The frames at ``location``: a zarr array, a variable of a zarr group or of a NetCDF or
+    HDF5 file (``variable``), or else frame files (a directory or glob)."""
+    if not is_array_location(location, storage):
+        if variable is not None:
+            raise UserError(
+                f"frames_variable: '{variable}' names a variable, but frames '{location}' "
+                "are frame files, not a zarr store or NetCDF/HDF5 file"
+            )
+        return files_source(find_frame_files(location, storage), storage, allow_nonfinite)
+    what = f"frames '{location}'" + (f" variable '{variable}'" if variable else "")
+    identity: dict[str, Any] = {"array": location}
+    if posixpath.splitext(location.rstrip("/"))[1].lower() in XARRAY_FILE_SUFFIXES:
+        xr = _xarray(what)
+        size = storage.size(location)
+        digest_of_file = fingerprint(location, size, storage)
+        fs, inner = storage.filesystem(location)
+        try:
+            dataset = xr.open_dataset(fs.open(inner, "rb"), engine="h5netcdf", chunks={})
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{what}: not a readable NetCDF or HDF5 file ({exc})") from None
+        data, variable = _variable(dataset, variable, location)
+        identity.update(variable=variable, size=size, fingerprint=digest_of_file)
+        return _data_array_source(
+            data, f"frames '{location}' variable '{variable}'", identity, allow_nonfinite, None
+        )
+    try:
+        found = zarr.open(store=storage.zarr_store(location, read_only=True), mode="r")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{what}: cannot open it as zarr ({exc})") from None
+    if isinstance(found, zarr.Array):
+        if variable is not None:
+            raise UserError(f"frames_variable: '{variable}'; frames '{location}' is one array")
+        identity["metadata"] = _digest(found.metadata.to_dict())
+        return array_source(da.from_zarr(found), what, identity, [identity], allow_nonfinite)
+    if "daskcubes" in found.attrs:
+        raise UserError(
+            f"frames '{location}': a daskcubes store; sample reads a frames store as "
+            "frames_store (--frames-store), and frames names its sources"
+        )
+    xr = _xarray(what)
+    dataset = xr.open_zarr(storage.zarr_store(location, read_only=True), consolidated=False)
+    data, variable = _variable(dataset, variable, location)
+    identity.update(variable=variable, metadata=_digest(found[variable].metadata.to_dict()))
+    return _data_array_source(
+        data, f"frames '{location}' variable '{variable}'", identity, allow_nonfinite, None
+    )
+
+
+def in_memory_source(frames: Any, allow_nonfinite: bool = False) -> FrameSource:
+    """Frames given in Python: a dask or numpy array, an ``xarray.DataArray`` or a zarr
+    array, (frame, row, column). A dask array's name (a hash of how it is computed, or of
+    its values) identifies it."""
+    if isinstance(frames, zarr.Array):
+        frames = da.from_zarr(frames)
+    if hasattr(frames, "dims") and hasattr(frames, "coords"):  # an xarray.DataArray
+        name = frames.name if frames.name is not None else "unnamed"
+        values = frames.data if isinstance(frames.data, da.Array) else da.from_array(frames.data)
+        identity = {"array": f"DataArray '{name}'", "dask": values.name}
+        return _data_array_source(
+            frames, f"frames (DataArray '{name}')", identity, allow_nonfinite, None
+        )
+    if not isinstance(frames, da.Array):
+        array = np.asarray(frames)
+        if array.ndim == 3:
+            frames = da.from_array(array, chunks=(1, -1, -1))
+        else:
+            frames = da.from_array(array)
+    what = f"frames (dask array '{frames.name}')"
+    identity = {"array": "dask array", "dask": frames.name}
+    return array_source(frames, what, identity, [identity], allow_nonfinite)
