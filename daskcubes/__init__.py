@@ -1,9 +1,33 @@
-"""daskcubes: cut millions of 3-D training cubes out of many 2-D frames with Dask and zarr."""
+"""daskcubes: cut millions of 3-D training cubes out of many 2-D frames with Dask and zarr.
 
+The stages (:func:`run`, :func:`ingest`, :func:`sample`) take a config or keyword settings
+and, optionally, a ``distributed.Client`` (or a scheduler's address) to run on; the
+readers (:func:`open_cubes`, :func:`open_stream`, :class:`Batches`) hand cubes to
+training code.
+"""
+
+from daskcubes.api import ingest, run, sample
+from daskcubes.batches import Batches
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
 from daskcubes.reader import CubeStore, open_cubes
+from daskcubes.sources import frames_array
+from daskcubes.stream import CubeStream, open_stream
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "CubeStore", "UserError", "__version__", "load_config", "open_cubes"]
+__all__ = [
+    "Batches",
+    "Config",
+    "CubeStore",
+    "CubeStream",
+    "UserError",
+    "__version__",
+    "frames_array",
+    "ingest",
+    "load_config",
+    "open_cubes",
+    "open_stream",
+    "run",
+    "sample",
+]

@@ -9,6 +9,7 @@ complete at the end. ``mode`` says what to do with existing output: refuse it
 
 from __future__ import annotations
 
+import html
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -62,6 +63,8 @@ class StageResult:
     resumed: int = 0
     startup: float = 0.0
     tasks: int = 0
+    #: The output was complete before this run: it had nothing to do.
+    already_complete: bool = False
 
     @property
     def rate(self) -> float:
@@ -69,12 +72,62 @@ class StageResult:
         return made / self.seconds if self.seconds > 0 else float("inf")
 
     def summary(self) -> str:
+        if self.already_complete:
+            return f"{self.stage}: {self.path} was already complete ({self.items} {self.unit})"
         earlier = f" ({self.resumed} made by an earlier run)" if self.resumed else ""
         return (
             f"{self.stage}: {self.items} {self.unit}{earlier}, {self.nbytes / 1e9:.2f} GB; "
             f"start-up {self.startup:.1f} s, {self.tasks} tasks {self.seconds:.1f} s, "
             f"{self.rate:.1f} {self.unit}/s -> {self.path}"
         )
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:  # how a notebook shows it
+        return _html_table([self])
+
+
+def _html_table(results: list[StageResult], caption: str = "") -> str:
+    head = "".join(f"<th>{name}</th>" for name in ("stage", "made", "GB", "s", "rate", "path"))
+    rows = "".join(
+        f"<tr><td>{r.stage}</td><td>{r.items} {r.unit}</td><td>{r.nbytes / 1e9:.2f}</td>"
+        f"<td>{r.seconds:.1f}</td><td>{'complete already' if r.already_complete else f'{r.rate:.1f} {r.unit}/s'}"
+        f"</td><td><code>{html.escape(r.path)}</code></td></tr>"
+        for r in results
+    )
+    title = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{title}<tr>{head}</tr>{rows}</table>"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The stages of a whole run, the last of which made the cube store."""
+
+    stages: list[StageResult]
+
+    @property
+    def path(self) -> str:
+        """The cube store the run made."""
+        return self.stages[-1].path
+
+    def summary(self) -> str:
+        """One line: the cubes made, the rate of cutting them, and where they are."""
+        last = self.stages[-1]
+        if last.already_complete:
+            return f"daskcubes: cube store {last.path} was already complete ({last.items} cubes)"
+        startup = sum(stage.startup for stage in self.stages)
+        return (
+            f"daskcubes: {last.items} cubes, {last.nbytes / 1e9:.2f} GB; cutting "
+            f"{last.seconds:.1f} s in {last.tasks} tasks, {last.rate:.1f} cubes/s (start-up "
+            f"{startup:.1f} s apart); cube store {last.path}"
+        )
+
+    def __str__(self) -> str:
+        return "\n".join([*(stage.summary() for stage in self.stages), self.summary()])
+
+    def _repr_html_(self) -> str:
+        return _html_table(self.stages, self.summary())
 
 
 @dataclass(frozen=True)
@@ -133,7 +186,14 @@ def run_stage(
         progress = stage.open(mode)
         if progress is None:
             return StageResult(
-                stage.name, stage.total, stage.unit, stage.nbytes, 0.0, stage.path, stage.total
+                stage.name,
+                stage.total,
+                stage.unit,
+                stage.nbytes,
+                0.0,
+                stage.path,
+                stage.total,
+                already_complete=True,
             )
         resumed = stage.made(progress.done)
         work = stage.work(progress.done)
@@ -309,16 +369,22 @@ def sample(
     return run_stage(stage, config, mode, show_progress, executor)
 
 
-def run(config: Config, mode: WriteMode = "new", show_progress: bool = True) -> list[StageResult]:
-    """The whole job: (synthetic frames →) frames store → cube store, on one executor.
+def run(
+    config: Config,
+    mode: WriteMode = "new",
+    show_progress: bool = True,
+    executor: Executor | None = None,
+) -> RunResult:
+    """The whole job: (synthetic frames →) frames store → cube store, on one executor
+    (``executor``, or one opened from ``config`` for the run).
 
     Starting the executor (a cluster) counts as the first stage's start-up.
     """
     entered = time.perf_counter()
-    with open_executor(config) as executor:
+    with open_executor(config, executor) as executor:
         opened = time.perf_counter() - entered
         results = [generate(config, mode, show_progress, executor)] if config.synthetic else []
         results.append(ingest(config, mode, show_progress, executor))
         results.append(sample(config, mode, show_progress, executor))
     results[0] = replace(results[0], startup=results[0].startup + opened)
-    return results
+    return RunResult(results)

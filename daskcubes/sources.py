@@ -266,6 +266,11 @@ def location_source(
         fs, inner = storage.filesystem(location)
         try:
             dataset = xr.open_dataset(fs.open(inner, "rb"), engine="h5netcdf", chunks={})
+        except ImportError:
+            raise UserError(
+                f"{what}: reading NetCDF and HDF5 needs h5netcdf and h5py "
+                "(pip install 'daskcubes[xarray]')"
+            ) from None
         except (OSError, ValueError) as exc:
             raise UserError(f"{what}: not a readable NetCDF or HDF5 file ({exc})") from None
         data, variable = _variable(dataset, variable, location)

@@ -154,17 +154,8 @@ def describe_store(path: str, storage: Storage) -> list[str]:
     return lines
 
 
-def _report(results: list[pipeline.StageResult]) -> None:
-    for result in results:
-        print(result.summary())
-    last = results[-1]
-    if last.stage == "sample":
-        startup = sum(result.startup for result in results)
-        print(
-            f"daskcubes: {last.items} cubes, {last.nbytes / 1e9:.2f} GB; cutting "
-            f"{last.seconds:.1f} s in {last.tasks} tasks, {last.rate:.1f} cubes/s (start-up "
-            f"{startup:.1f} s apart); cube store {last.path}"
-        )
+def _report(result: pipeline.RunResult | pipeline.StageResult) -> None:
+    print(result)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -197,8 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "sample": pipeline.sample,
     }[args.command]
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-    results = stage(config, mode=mode, show_progress=not args.quiet)
-    _report(results if isinstance(results, list) else [results])
+    _report(stage(config, mode=mode, show_progress=not args.quiet))
     return 0
 
 

@@ -1,0 +1,127 @@
+"""daskcubes as a library: run the stages from Python, on threads or on a cluster.
+
+Each function takes a :class:`~daskcubes.config.Config`, the name or path of a preset, or
+nothing (the default preset), and keyword settings that override it (the names of the
+command line's options: ``cubes=1000``). ``client`` runs the stage on dask.distributed:
+a ``distributed.Client`` the caller made (used as it is, and left running), or the
+address of a scheduler. ``mode`` is ``"new"`` (refuse existing output), ``"overwrite"``
+or ``"resume"``. Bad settings or input raise :class:`~daskcubes.errors.UserError`, a
+``ValueError``.
+
+    >>> import daskcubes
+    >>> result = daskcubes.run("small", cubes=64, out="cubes.zarr")  # doctest: +SKIP
+    >>> store = daskcubes.open_cubes(result.path)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
+
+from daskcubes import pipeline
+from daskcubes.config import Config, load_config
+from daskcubes.errors import UserError
+from daskcubes.executors import DistributedExecutor, Executor
+from daskcubes.pipeline import RunResult, StageResult
+from daskcubes.sources import in_memory_source
+from daskcubes.store import WriteMode
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+ConfigLike = Config | str | Path | None
+Result = TypeVar("Result", RunResult, StageResult)
+
+
+def settings_of(config: ConfigLike = None, **settings: Any) -> Config:
+    """A :class:`Config` from a config, a preset's name or path, or the default preset,
+    with ``settings`` (not None) put over it."""
+    if not isinstance(config, Config):
+        return load_config(config, **settings)
+    given = {name: value for name, value in settings.items() if value is not None}
+    try:
+        return Config(**{**config.model_dump(), **given})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise UserError(f"setting '{name}': {message}" if name else message) from None
+
+
+@contextmanager
+def _on(client: Client | str | None, settings: dict[str, Any]) -> Iterator[Executor | None]:
+    """The executor for ``client``: the caller's client as it is (never closed here), or
+    ``None`` to open one from the settings (an address among them)."""
+    if client is None or isinstance(client, str):
+        if client is not None:
+            settings["scheduler"] = client
+        yield None
+        return
+    yield DistributedExecutor(client)
+
+
+def _stage(
+    function: Callable[..., Result],
+    config: ConfigLike,
+    client: Client | str | None,
+    mode: WriteMode,
+    progress: bool,
+    settings: dict[str, Any],
+    **extra: Any,
+) -> Result:
+    with _on(client, settings) as executor:
+        settled = settings_of(config, **settings)
+        return function(settled, mode, progress, executor, **extra)
+
+
+def run(
+    config: ConfigLike = None,
+    *,
+    client: Client | str | None = None,
+    mode: WriteMode = "new",
+    progress: bool = True,
+    **settings: Any,
+) -> RunResult:
+    """The whole job: (synthetic frames →) frames store → cube store. Returns what each
+    stage made; ``result.path`` is the cube store."""
+    return _stage(pipeline.run, config, client, mode, progress, settings)
+
+
+def ingest(
+    config: ConfigLike = None,
+    *,
+    frames: Any = None,
+    client: Client | str | None = None,
+    mode: WriteMode = "new",
+    progress: bool = True,
+    **settings: Any,
+) -> StageResult:
+    """Write frames into the frames store (``frames_store``).
+
+    ``frames`` is where they are (frame files, a zarr array, a NetCDF, HDF5 or zarr
+    store with ``frames_variable``), or the frames themselves: a dask or numpy array, an
+    ``xarray.DataArray`` or a zarr array, shaped (frame, row, column).
+    """
+    if frames is None or isinstance(frames, str | Path):
+        if frames is not None:
+            settings["frames"] = str(frames)
+        return _stage(pipeline.ingest, config, client, mode, progress, settings)
+    allow_nonfinite = settings_of(config, **settings).allow_nonfinite
+    source = in_memory_source(frames, allow_nonfinite)
+    return _stage(pipeline.ingest, config, client, mode, progress, settings, source=source)
+
+
+def sample(
+    config: ConfigLike = None,
+    *,
+    client: Client | str | None = None,
+    mode: WriteMode = "new",
+    progress: bool = True,
+    **settings: Any,
+) -> StageResult:
+    """Cut the cubes of the settings from the frames store into the cube store (``out``)."""
+    return _stage(pipeline.sample, config, client, mode, progress, settings)

@@ -1,0 +1,69 @@
+"""daskcubes as a library: the stages from Python, on threads and on a user's own Client."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import daskcubes
+from daskcubes.executors import DistributedExecutor
+from daskcubes.testing import assert_stores_identical
+from tests.conftest import small_config
+
+
+def settings(root: Path, **overrides: Any) -> dict[str, Any]:
+    return {**small_config(root).model_dump(), **overrides}
+
+
+def test_run_on_threads_returns_what_a_notebook_shows(tmp_path: Path) -> None:
+    result = daskcubes.run(progress=False, **settings(tmp_path, scheduler="threads"))
+    assert [stage.stage for stage in result.stages] == ["generate", "ingest", "sample"]
+    assert result.path == str(tmp_path / "cubes.zarr")
+    assert len(daskcubes.open_cubes(result.path)) == 40
+    assert result.summary().startswith("daskcubes: 40 cubes")
+    assert "<table>" in result._repr_html_() and result.path in result._repr_html_()
+    assert str(result).splitlines()[-1] == result.summary()
+
+
+def test_stages_take_a_config_and_settings_over_it(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    daskcubes.run(config, progress=False, cubes=8)
+    assert len(daskcubes.open_cubes(config.out)) == 8
+    again = daskcubes.sample(config, mode="resume", progress=False, cubes=8)
+    assert again.already_complete and "already complete" in again.summary()
+
+
+@pytest.mark.slow
+def test_a_run_on_the_user_s_client_leaves_it_running(
+    tmp_path: Path, local_cluster: DistributedExecutor
+) -> None:
+    client = local_cluster.client
+    oracle = small_config(tmp_path / "oracle")
+    daskcubes.run(oracle, progress=False)
+    result = daskcubes.run(progress=False, client=client, **settings(tmp_path / "mine"))
+    assert_stores_identical(result.path, oracle.out)
+    assert client.status == "running"
+    assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_bad_settings_are_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"setting 'cubes'"):
+        daskcubes.sample(small_config(tmp_path), cubes=0)
+    with pytest.raises(ValueError, match=r"frames store .* no zarr store there"):
+        daskcubes.sample(small_config(tmp_path), progress=False)
+    assert issubclass(daskcubes.UserError, ValueError)
+
+
+def test_the_console_script_is_the_command_line() -> None:
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    (script,) = [entry for entry in scripts if entry.name == "daskcubes"]
+    assert script.value == "daskcubes.workflow:main"
+    found = shutil.which("daskcubes")
+    if found:  # installed: the command itself runs
+        done = subprocess.run([found, "--help"], capture_output=True, text=True, check=True)
+        assert "info" in done.stdout and "sample" in done.stdout
