@@ -26,7 +26,7 @@ from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks
 from daskcubes.progress import Progress, ProgressRecord, Work
-from daskcubes.sample import sample_job, sample_tasks, warm_worker
+from daskcubes.sampling import sample_job, sample_tasks, warm_worker
 from daskcubes.schema import CubeSchema
 from daskcubes.sources import FrameSource, inspect_frames, location_source
 from daskcubes.storage import Storage
@@ -88,12 +88,16 @@ class StageResult:
         return _html_table([self])
 
 
+def _rate(result: StageResult) -> str:
+    return "complete already" if result.already_complete else f"{result.rate:.1f} {result.unit}/s"
+
+
 def _html_table(results: list[StageResult], caption: str = "") -> str:
     head = "".join(f"<th>{name}</th>" for name in ("stage", "made", "GB", "s", "rate", "path"))
     rows = "".join(
         f"<tr><td>{r.stage}</td><td>{r.items} {r.unit}</td><td>{r.nbytes / 1e9:.2f}</td>"
-        f"<td>{r.seconds:.1f}</td><td>{'complete already' if r.already_complete else f'{r.rate:.1f} {r.unit}/s'}"
-        f"</td><td><code>{html.escape(r.path)}</code></td></tr>"
+        f"<td>{r.seconds:.1f}</td><td>{_rate(r)}</td>"
+        f"<td><code>{html.escape(r.path)}</code></td></tr>"
         for r in results
     )
     title = f"<caption>{html.escape(caption)}</caption>" if caption else ""

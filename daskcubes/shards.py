@@ -1,7 +1,7 @@
 """The cube store's shard files: written and read whole, straight from and into numpy
 buffers, when zarr would only copy; and their indexes, checked by ``verify``.
 
-A task owns whole shards (see :mod:`daskcubes.sample`). When the store is a local
+A task owns whole shards (see :mod:`daskcubes.sampling`). When the store is a local
 directory and the cubes are uncompressed, a shard is, by the zarr v3 sharding spec, the
 chunks' raw little-endian bytes one after another, then the index (an ``(offset, nbytes)``
 pair of little-endian uint64 per chunk, all ones for a chunk not stored) and its crc32c.

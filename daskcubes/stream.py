@@ -3,7 +3,7 @@
 For training runs where storing every cube makes no sense. Cube ``i`` of a stream is
 byte-identical to cube ``i`` of a cube store written with the same config: both come
 from the same recipes (:func:`daskcubes.plan.recipes_of`) and the same cut
-(:func:`daskcubes.sample.cut_cubes`), which holds source values within the same budget
+(:func:`daskcubes.sampling.cut_cubes`), which holds source values within the same budget
 (``max_slab_bytes``, by default half this machine's available memory, shared by the
 threads that read). Imports nothing from the executors.
 """
@@ -16,7 +16,7 @@ from daskcubes.batches import default_threads
 from daskcubes.config import Config
 from daskcubes.plan import recipes_of
 from daskcubes.reader import Index, cube_positions
-from daskcubes.sample import available_memory, cut_cubes, sample_job
+from daskcubes.sampling import available_memory, cut_cubes, sample_job
 
 
 class CubeStream:

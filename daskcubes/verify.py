@@ -18,7 +18,7 @@ import zarr
 
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
-from daskcubes.sample import (
+from daskcubes.sampling import (
     SampleJob,
     available_memory,
     make_cube_batch,

@@ -15,7 +15,7 @@ from daskcubes import open_cubes, pipeline
 from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.plan import Definition, recipes_of
-from daskcubes.sample import sample_job
+from daskcubes.sampling import sample_job
 from daskcubes.schema import CubeSchema
 from daskcubes.stream import open_stream
 from daskcubes.testing import assert_stores_identical, expected_cubes, store_files

@@ -54,6 +54,10 @@ def cut(root: Path, name: str, **ingest_settings: Any) -> Path:
     return root / f"{name}.cubes.zarr"
 
 
+def frames_attrs(path: Path) -> dict[str, Any]:
+    return dict(zarr.open_group(path, mode="r").attrs["daskcubes"])  # type: ignore[arg-type]
+
+
 def same_cubes(a: Path, b: Path) -> bool:
     return store_files(a) == store_files(b)
 
@@ -83,12 +87,14 @@ def test_frames_array_checks_values_as_ingest_does(tmp_path: Path, values: np.nd
 def test_a_zarr_array_gives_the_cubes_of_its_values(
     tmp_path: Path, values: np.ndarray, from_parquet: Path
 ) -> None:
-    for name, kwargs in {"v3": {"zarr_format": 3}, "v2": {"zarr_format": 2}}.items():
-        path = tmp_path / f"{name}.zarr"
+    for version in (2, 3):
+        path = tmp_path / f"v{version}.zarr"
         # Chunked across frames and rows, unlike the frames store.
-        array = zarr.create_array(path, shape=values.shape, chunks=(3, 4, 5), dtype="f8", **kwargs)
+        array = zarr.create_array(
+            path, shape=values.shape, chunks=(3, 4, 5), dtype="f8", zarr_format=version
+        )
         array[:] = values
-        assert same_cubes(cut(tmp_path, name, frames=str(path)), from_parquet)
+        assert same_cubes(cut(tmp_path, f"v{version}", frames=str(path)), from_parquet)
 
 
 def test_a_variable_xarray_wrote_gives_the_same_cubes(
@@ -108,7 +114,7 @@ def test_a_variable_xarray_wrote_gives_the_same_cubes(
     assert same_cubes(cut(tmp_path, "nc", frames=str(tmp_path / "data.nc")), from_parquet)
     attrs = daskcubes.open_cubes(str(by_zarr)).attrs
     assert attrs["frames_store"]["path"].endswith("xr.frames.zarr")
-    recorded = zarr.open_group(tmp_path / "nc.frames.zarr", mode="r").attrs["daskcubes"]
+    recorded = frames_attrs(tmp_path / "nc.frames.zarr")
     assert recorded["sources"] == [{"array": str(tmp_path / "data.nc"), "variable": "temperature"}]
 
 
@@ -179,4 +185,4 @@ def test_bad_arrays_get_one_line_and_no_complete_store(
     assert len(err.splitlines()) == 1, err
     assert re.search(expected, err), err
     if store.exists():
-        assert not zarr.open_group(store, mode="r").attrs["daskcubes"]["complete"]
+        assert not frames_attrs(store)["complete"]

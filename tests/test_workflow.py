@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from daskcubes import open_cubes, pipeline, sample
+from daskcubes import open_cubes, pipeline, sampling
 from daskcubes.config import PRESETS, Config, load_config
 from daskcubes.workflow import build_parser, config_from_args, main
 from tests.conftest import PRESET_NAMES, cli_args
@@ -41,10 +41,10 @@ def test_the_summary_keeps_start_up_apart_from_cutting(
 ) -> None:
     loaded: list[float] = []
 
-    def slow_slab(job: sample.SampleJob) -> None:
+    def slow_slab(job: sampling.SampleJob) -> None:
         time.sleep(0.5)  # a slab that takes long to load: start-up, not cutting
         loaded.append(time.perf_counter())
-        sample.warm_worker(job)
+        sampling.warm_worker(job)
 
     monkeypatch.setattr(pipeline, "warm_worker", slow_slab)
     assert main(small_args(tmp_path)) == 0

@@ -15,7 +15,7 @@ from bench.rows import CUBES_PER_S, FILES_PER_S, Key, Row
 from daskcubes import pipeline
 from daskcubes.config import Config
 from daskcubes.executors import LocalExecutor
-from daskcubes.sample import make_cube_batch, sample_job, worker_slab
+from daskcubes.sampling import make_cube_batch, sample_job, worker_slab
 from daskcubes.shards import write_shard
 
 

@@ -11,7 +11,7 @@ from bench.probes import _peak_mib, in_fresh_process
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, importable
 from daskcubes import pipeline
 from daskcubes.kernels import gather_cubes
-from daskcubes.sample import load_slab, sample_job
+from daskcubes.sampling import load_slab, sample_job
 from daskcubes.storage import Storage
 from daskcubes.store import frames_store_info
 

@@ -15,7 +15,7 @@ from typing import Any
 from bench.data import Setup, scratch_path
 from bench.rows import MIB, SECONDS, Key, Row
 from daskcubes import pipeline
-from daskcubes.sample import sample_job
+from daskcubes.sampling import sample_job
 
 
 def _peak_mib() -> float:
@@ -33,7 +33,7 @@ def _peak_mib() -> float:
 def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
     """Seconds and peak MiB of everything before compute, for ``plan_cubes`` cubes."""
     from daskcubes.progress import ProgressRecord
-    from daskcubes.sample import sample_tasks
+    from daskcubes.sampling import sample_tasks
     from daskcubes.schema import CubeSchema
     from daskcubes.store import create_cube_store
 
