@@ -65,6 +65,9 @@ class Executor(Protocol):
     def worker_threads(self) -> int:
         """Threads of the busiest worker: tasks it may run at once."""
 
+    def publish(self, progress: dict[str, Any]) -> None:
+        """Show a run's progress (a JSON-able record) where people watch the cluster."""
+
 
 class _Report(Callback):
     """Calls ``on_done`` in the scheduler's own thread when a watched task finishes."""
@@ -113,6 +116,9 @@ class LocalExecutor:
             return 1
         return self.workers or os.cpu_count() or 1
 
+    def publish(self, progress: dict[str, Any]) -> None:
+        """Nothing to publish to: the terminal's progress bar shows the run."""
+
 
 @dataclass(frozen=True)
 class DistributedExecutor:
@@ -129,6 +135,19 @@ class DistributedExecutor:
     wave: int = 1000
     #: Seconds to wait for a first worker to join a cluster that has none yet.
     join_timeout: float = 60
+
+    def __post_init__(self) -> None:
+        from daskcubes.dashboard import ProgressPage
+
+        try:  # the page needs daskcubes where the scheduler runs; the run does not
+            self.client.register_plugin(ProgressPage())
+        except Exception as exc:  # any failure to unpickle or to start it there
+            logging.getLogger("distributed").warning("no daskcubes dashboard page: %s", exc)
+
+    def publish(self, progress: dict[str, Any]) -> None:
+        from daskcubes.dashboard import METADATA_KEY
+
+        self.client.set_metadata(METADATA_KEY, progress)
 
     def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
         from distributed import Future, as_completed
@@ -311,6 +330,8 @@ def open_executor(config: Config, reuse: Executor | None = None) -> Iterator[Exe
         return
     from distributed import Client, performance_report
 
+    from daskcubes.dashboard import page_link
+
     address = config.cluster_address
     log_file = _dask_log_file()
     # Closed in reverse: the report, the client, then the cluster (its workers, then its
@@ -322,7 +343,11 @@ def open_executor(config: Config, reuse: Executor | None = None) -> Iterator[Exe
         else:
             client = stack.enter_context(_connect(address, config.connect_timeout))
         logs = f" (dask's warnings: {log_file})" if log_file else ""
-        print(f"daskcubes: Dask dashboard {client.dashboard_link}{logs}", file=sys.stderr)
+        page = page_link(client.dashboard_link)
+        print(
+            f"daskcubes: Dask dashboard {client.dashboard_link}, the run's progress {page}{logs}",
+            file=sys.stderr,
+        )
         if config.report:
             # The report asks for the current client: ours, for its duration only.
             stack.enter_context(client.as_current())

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from dask.base import tokenize
@@ -163,6 +164,46 @@ class Stage:
     finish: Callable[[], None]
 
 
+#: Least seconds between two publications of a stage's progress to the executor.
+PUBLISH_INTERVAL = 0.5
+
+
+class _Watch:
+    """Publishes a stage's progress (units made of the total, tasks done) through the
+    executor, at most every :data:`PUBLISH_INTERVAL` seconds and once at the end."""
+
+    def __init__(
+        self, stage: Stage, executor: Executor, progress: Progress, tasks: int, resumed: int
+    ) -> None:
+        self._stage, self._executor, self._progress = stage, executor, progress
+        self._record: dict[str, Any] = {
+            "stage": stage.name,
+            "path": stage.path,
+            "unit": stage.unit,
+            "total": stage.total,
+            "resumed": resumed,
+            "made": resumed,
+            "tasks": tasks,
+            "tasks_done": 0,
+            "started": time.time(),
+            "finished": None,
+        }
+        self._published = 0.0
+        self.publish()
+
+    def task_done(self) -> None:
+        self._record["tasks_done"] += 1
+        if time.monotonic() - self._published >= PUBLISH_INTERVAL:
+            self.publish()
+
+    def publish(self, finished: bool = False) -> None:
+        self._record["made"] = self._stage.made(self._progress.done)
+        if finished:
+            self._record["finished"] = time.time()
+        self._executor.publish(self._record)
+        self._published = time.monotonic()
+
+
 @contextmanager
 def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[], object]]:
     with tqdm(total=total, desc=what, unit="task", disable=not enabled, leave=False) as bar:
@@ -202,17 +243,20 @@ def run_stage(
         resumed = stage.made(progress.done)
         work = stage.work(progress.done)
         started = time.perf_counter()
+        watch = _Watch(stage, run_on, progress, len(work.finishes), resumed)
         with _progress_bar(len(work.finishes), stage.name, show_progress) as advance:
 
             def on_done(key: Key) -> None:
                 progress.finished(*work.finishes[key])
                 advance()
+                watch.task_done()
 
             try:
                 run_on.run(work.graph, list(work.finishes), on_done)
             finally:
                 with suppress(OSError):  # a full disk: the error being raised says so
                     progress.save()
+        watch.publish(finished=True)
         seconds = time.perf_counter() - started
         stage.finish()
     return StageResult(

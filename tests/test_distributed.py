@@ -26,6 +26,7 @@ from distributed import Client, LocalCluster
 
 from daskcubes import pipeline, sampling
 from daskcubes.config import Config
+from daskcubes.dashboard import page_link
 from daskcubes.errors import UserError
 from daskcubes.executors import DistributedExecutor, OnDone, dask_logs_to, open_executor
 from daskcubes.storage import Storage
@@ -64,26 +65,35 @@ def distributed_config(oracle: Config, root: Path, **overrides: Any) -> Config:
     return Config.model_validate(values)
 
 
-class OnFirstDone:
-    """An executor that runs ``action(client)`` when the first task of a graph finishes,
-    while the rest of the run is still outstanding."""
+class ActOnDone:
+    """An executor that runs ``action(client)`` when the ``at``-th tasks of a graph (by
+    default the first) finish, while the rest of the run is still outstanding."""
 
-    def __init__(self, executor: DistributedExecutor, action: Callable[[Client], None]) -> None:
+    def __init__(
+        self,
+        executor: DistributedExecutor,
+        action: Callable[[Client], None],
+        at: Sequence[int] = (1,),
+    ) -> None:
         self.client = executor.client
         self._executor = executor
         self._action = action
+        self._at = set(at)
 
     def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
-        first = True
+        done = 0
 
         def act_then_report(key: Key) -> None:
-            nonlocal first
-            if first:
-                first = False
-                self._action(self.client)
+            nonlocal done
             on_done(key)
+            done += 1
+            if done in self._at:
+                self._action(self.client)
 
         self._executor.run(dsk, keys, act_then_report)
+
+    def publish(self, progress: dict[str, Any]) -> None:
+        self._executor.publish(progress)
 
     def worker_memory(self) -> int:
         return self._executor.worker_memory()
@@ -301,7 +311,7 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(
         killed.append(next(iter(client.run(os.getpid).values())))
         os.kill(killed[0], signal.SIGKILL)
 
-    pipeline.sample(config, show_progress=False, executor=OnFirstDone(local_cluster, kill_a_worker))
+    pipeline.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
     assert_stores_identical(oracle.out, config.out)
     local_cluster.client.wait_for_workers(2, timeout=60)  # the Nanny has started a new worker
     assert killed and killed[0] not in local_cluster.client.run(os.getpid).values()
@@ -336,13 +346,36 @@ def test_dashboard_answers_on_loopback_only(
         }
 
     config = distributed_config(oracle, tmp_path)
-    pipeline.sample(config, show_progress=False, executor=OnFirstDone(local_cluster, probe))
+    pipeline.sample(config, show_progress=False, executor=ActOnDone(local_cluster, probe))
     assert seen["status"] == 200 and "<title>Dask Diagnostic UI</title>" in seen["page"]
     assert seen["other"] == "refused"
     assert seen["listening"] == {"127.0.0.1"}
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
+def chromium(playwright: Any) -> Any:
+    """Debian's headless Chromium, as this machine runs it (no browser download)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",  # the tests run as root
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )
+
+
+#: Chromium is what the README's lines do not install: its tests skip without it.
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason=f"no Chromium at {CHROMIUM} (apt-get install chromium, as .ci/run does)",
+)
+
+
+@needs_chromium
 def test_browser_renders_the_dashboard_during_a_run(
     oracle: Config, local_cluster: DistributedExecutor, tmp_path: Path
 ) -> None:
@@ -354,18 +387,7 @@ def test_browser_renders_the_dashboard_during_a_run(
 
     def look(client: Client) -> None:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--no-sandbox",  # the tests run as root
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                ],
-            )
+            browser = chromium(playwright)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(client.dashboard_link, timeout=60_000)
             # The status page's plots are Bokeh canvases, drawn once its websocket is up.
@@ -377,13 +399,52 @@ def test_browser_renders_the_dashboard_during_a_run(
             browser.close()
 
     config = distributed_config(oracle, tmp_path)
-    pipeline.sample(config, show_progress=False, executor=OnFirstDone(local_cluster, look))
+    pipeline.sample(config, show_progress=False, executor=ActOnDone(local_cluster, look))
     print(f"dashboard screenshot: {screenshot}")
     assert seen["title"] == "Dask: Status"
     with Image.open(screenshot) as image:
         assert image.size == (1280, 900)
         # The plots are drawn, not only the navigation bar on a blank page.
         assert len(image.convert("RGB").getcolors(maxcolors=1 << 16) or []) > 50
+
+
+@needs_chromium
+def test_browser_shows_the_whole_run_s_progress_across_waves(
+    oracle: Config,
+    local_cluster: DistributedExecutor,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setattr(pipeline, "PUBLISH_INTERVAL", 0.0)  # every task, for exact counts
+    # Waves of 2 tasks: the scheduler never knows more than 4 of the run's 17 (16 of cubes,
+    # one of recipes).
+    waves = DistributedExecutor(local_cluster.client, wave=2)
+    config = distributed_config(oracle, tmp_path)
+    seen: list[tuple[str, str]] = []
+    with sync_playwright() as playwright:
+        browser = chromium(playwright)
+        page = browser.new_page()
+
+        def look(client: Client) -> None:
+            if not seen:
+                page.goto(page_link(client.dashboard_link), timeout=60_000)
+            tasks = (3, 12)[len(seen)]
+            # The page refreshes itself every second from what the driver published.
+            page.wait_for_function(
+                f"document.getElementById('tasks').textContent === '{tasks} of 17'",
+                timeout=30_000,
+            )
+            seen.append((page.locator("#made").inner_text(), page.locator("#left").inner_text()))
+
+        pipeline.sample(config, show_progress=False, executor=ActOnDone(waves, look, at=(3, 12)))
+        browser.close()
+    made = [re.fullmatch(r"(\d+) of 64 cubes \(.*%\)", text) for text, _ in seen]
+    # 4 cubes a task, and the recipes' task among the first 3 or not.
+    assert made[0] and int(made[0][1]) in (8, 12), seen
+    assert made[1] and int(made[1][1]) in (44, 48), seen
+    assert all(left.endswith(" s") for _, left in seen), seen
 
 
 def test_a_frame_s_rows_beyond_the_budget_are_refused_on_threads(
