@@ -16,16 +16,7 @@ def _shorten(values: np.ndarray, keep: int = 6) -> str:
     return f"[{shown}{', ...' if len(values) > keep else ''}] ({len(values)})"
 
 
-def draw_cube(
-    store_path: str, index: int, png: str, storage_options: dict[str, Any] | None = None
-) -> str:
-    """Draw cube ``index`` of the cube store at ``store_path`` into ``png``.
-
-    Three panels: the first frame (row x col), the middle row through all frames
-    (frame x col) and the middle column through all frames (frame x row); the title
-    gives the cube's recipe. ``storage_options`` are fsspec options for a URL.
-    Returns the path written.
-    """
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -33,6 +24,20 @@ def draw_cube(
         import matplotlib.pyplot as plt
     except ImportError:
         raise UserError("preview needs matplotlib: pip install 'daskcubes[preview]'") from None
+    return plt
+
+
+def cube_figure(store_path: str, index: int, storage_options: dict[str, Any] | None = None) -> Any:
+    """The matplotlib figure of cube ``index`` of the cube store at ``store_path``.
+
+    Three panels: the first frame (row x col), the middle row through all frames
+    (frame x col) and the middle column through all frames (frame x row), with ticks at
+    whole indices only; the title gives the cube's recipe. ``storage_options`` are
+    fsspec options for a URL.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     store = open_cubes(store_path, storage_options=storage_options)
     if not -len(store) <= index < len(store):
         raise UserError(f"--cube {index}: out of range; the store holds {len(store)} cubes")
@@ -48,6 +53,8 @@ def draw_cube(
     for ax, (image, name, xlabel, ylabel) in zip(axes, panels, strict=True):
         shown = ax.imshow(image, cmap="viridis", aspect="auto", interpolation="nearest")
         ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
+        for axis in (ax.xaxis, ax.yaxis):  # indices: no tick at 2.5
+            axis.set_major_locator(MaxNLocator(integer=True))
         figure.colorbar(shown, ax=ax, shrink=0.8)
     figure.suptitle(
         f"{Path(store_path).name} cube {index % len(store)}: {cube.shape} {cube.dtype}, "
@@ -55,10 +62,19 @@ def draw_cube(
         f"first row {recipe.rows[0]}, columns {_shorten(recipe.columns[0])}",
         fontsize=10,
     )
+    return figure
+
+
+def draw_cube(
+    store_path: str, index: int, png: str, storage_options: dict[str, Any] | None = None
+) -> str:
+    """Draw cube ``index`` of the cube store at ``store_path`` into ``png`` (see
+    :func:`cube_figure`); returns the path written."""
+    figure = cube_figure(store_path, index, storage_options)
     try:
         figure.savefig(png, dpi=100)
     except OSError as exc:
         raise UserError(f"--png {png}: cannot write ({exc.strerror})") from None
     finally:
-        plt.close(figure)
+        _pyplot().close(figure)
     return png

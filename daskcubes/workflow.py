@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
 from daskcubes.executors import dask_logs_to
 from daskcubes.preview import draw_cube
+from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 from daskcubes.verify import verify_cube_store
@@ -147,11 +149,33 @@ def describe_store(path: str, storage: Storage) -> list[str]:
     complete = attrs.get("complete")
     lines.append(f"  complete: {complete['finished'] if complete else 'no (run did not finish)'}")
     if attrs.get("kind") == "cubes":
-        lines.append(f"  plan: {attrs['plan']}")
+        lines += _describe_plan(CubeSchema.from_attrs(attrs["plan"]))
         lines.append(f"  frames store: {attrs['frames_store']['path']}")
     else:
-        lines.append(f"  sources: {len(attrs['sources'])} files, columns {len(attrs['columns'])}")
+        sources = attrs["sources"]
+        named = (
+            f"{len(sources)} files" if all("path" in s for s in sources) else sources[0]["array"]
+        )
+        lines.append(f"  sources: {named}, columns {len(attrs['columns'])}")
     return lines
+
+
+def _describe_plan(schema: CubeSchema) -> list[str]:
+    """The plan of a cube store as a person reads it."""
+    plan = schema.plan
+    depth, height, width = plan.cube_shape
+    definition = ", ".join(
+        f"{name} {str(value).lower()}" for name, value in asdict(plan.definition).items()
+    )
+    article = " (the article's cubes)" if plan.definition.is_article else ""
+    return [
+        f"  plan: {plan.n_cubes} cubes of {depth} x {height} x {width} (frames x rows x columns), "
+        f"{schema.dtype}, seed {plan.seed}",
+        f"  definition: {definition}{article}",
+        f"  cut from: {plan.n_frames} frames of {plan.n_rows} x {plan.n_cols}",
+        f"  layout: {plan.shard_size} cubes a shard file, compressor {schema.compressor}, "
+        f"recipe function {plan.recipe}",
+    ]
 
 
 def _report(result: pipeline.RunResult | pipeline.StageResult) -> None:

@@ -8,7 +8,9 @@ import pytest
 
 from daskcubes import pipeline
 from daskcubes.config import Config
+from daskcubes.preview import cube_figure
 from daskcubes.workflow import main
+from tests.conftest import small_config
 
 
 def test_preview_writes_a_png(
@@ -26,3 +28,15 @@ def test_preview_names_a_bad_cube_index(config: Config, capsys: pytest.CaptureFi
     pipeline.run(config, show_progress=False)
     assert main(["preview", config.out, "--cube", "400", "--png", "x.png"]) == 2
     assert "--cube 400" in capsys.readouterr().err
+
+
+def test_preview_ticks_are_whole_indices(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    # Axes of 3 and of 16 indices, on which matplotlib would put ticks at 0.5 and 2.5.
+    config = small_config(tmp_path, n_frames=3, n_rows=16, n_cols=20, dim=16)
+    pipeline.run(config, show_progress=False)
+    figure = cube_figure(config.out, 0)
+    figure.canvas.draw()
+    for ax in figure.axes[:3]:  # the panels, not their colour bars
+        for ticks in (ax.get_xticks(), ax.get_yticks()):
+            assert len(ticks) and all(float(tick).is_integer() for tick in ticks), ticks

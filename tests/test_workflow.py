@@ -72,7 +72,12 @@ def test_info_describes_both_stores(tmp_path: Path, capsys: pytest.CaptureFixtur
     main(small_args(tmp_path))
     capsys.readouterr()
     assert main(["info", str(tmp_path / "cubes.zarr")]) == 0
-    assert "cubes store" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "cubes store" in out
+    # The plan as a person reads it, not a Python dict.
+    assert "{" not in out
+    assert "  plan: 20 cubes of 4 x 5 x 5 (frames x rows x columns), float64, seed 3\n" in out
+    assert "  definition: frame_mode all, row_mode first, column_mode random" in out
     assert main(["info", str(tmp_path / "frames.zarr")]) == 0
     assert "frames store" in capsys.readouterr().out
 
@@ -180,3 +185,16 @@ def test_module_runs_as_a_program(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "daskcubes: 20 cubes" in done.stdout
+
+
+def test_resume_of_a_complete_run_says_it_was_complete(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(small_args(tmp_path)) == 0
+    capsys.readouterr()
+    assert main([*small_args(tmp_path), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "inf" not in out
+    assert out.splitlines()[-1] == (
+        f"daskcubes: cube store {tmp_path / 'cubes.zarr'} was already complete (20 cubes)"
+    )
