@@ -25,3 +25,12 @@ def test_quickstart_has_two_lines_run_job_and_tests() -> None:
 def test_ci_runs_the_quickstart_test_line_verbatim() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert quickstart_lines()[1] in ci
+
+
+def test_ci_runs_the_test_line_first_in_a_fresh_venv_with_the_newest_pip() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    fresh = ci.index("-m pip install --quiet --upgrade pip")
+    # Bounded: a resolver that backtracks fails the run instead of running for hours.
+    assert re.search(r"timeout \d+ " + re.escape(quickstart_lines()[1]), ci[fresh:])
+    # Before CI installs anything the README's lines do not.
+    assert ci.index(quickstart_lines()[1], fresh) < ci.index("pip install torch")
