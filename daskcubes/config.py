@@ -25,7 +25,14 @@ from pydantic import (
 )
 
 from daskcubes.errors import UserError
-from daskcubes.plan import ColumnMode, FrameMode, RowMode
+from daskcubes.plan import (
+    ColumnMode,
+    CubeSizes,
+    Definition,
+    FrameMode,
+    RowMode,
+    check_cube_fits,
+)
 
 #: The presets shipped with the package: ``NAME.yaml`` is ``--config NAME``.
 PRESETS: Traversable = files("daskcubes") / "conf"
@@ -186,21 +193,30 @@ class Config(BaseModel):
         """Whether the run uses dask.distributed."""
         return self.scheduler not in LOCAL_SCHEDULERS
 
+    @property
+    def definition(self) -> Definition:
+        """How a cube's frames, rows and columns are chosen."""
+        return Definition(self.frame_mode, self.row_mode, self.column_mode, self.sorted_columns)
+
+    def cube_sizes(self, n_frames: int) -> CubeSizes:
+        """The cube's depth, height and width for ``n_frames`` frames, each named by the
+        setting that gives it (``dim`` for a height or width not set)."""
+        return (
+            ("depth", self.depth or n_frames),
+            ("height" if self.height else "dim", self.height or self.dim),
+            ("width" if self.width else "dim", self.width or self.dim),
+        )
+
     @model_validator(mode="after")
     def _cube_fits_synthetic_frames(self) -> Config:
-        if not self.synthetic:
-            return self  # the frames store's shape is checked against the plan
-        for name, size, limit in (
-            ("height", self.height or self.dim, self.n_rows),
-            ("width", self.width or self.dim, self.n_cols),
-            ("depth", self.depth or 1, self.n_frames),
-        ):
-            if size > limit:
-                named = name if getattr(self, name) is not None else "dim"
-                raise ValueError(
-                    f"{named} {size} is larger than the synthetic frames ({self.n_frames} "
-                    f"frames of {self.n_rows} rows x {self.n_cols} columns)"
-                )
+        # Before any frame is made; frames from files are checked once in the store.
+        if self.synthetic:
+            shape = (self.n_frames, self.n_rows, self.n_cols)
+            try:
+                sizes = self.cube_sizes(self.n_frames)
+                check_cube_fits(sizes, self.definition, shape, "the synthetic frames are")
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
     @model_validator(mode="after")

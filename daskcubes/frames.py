@@ -167,6 +167,12 @@ def inspect_frame(path: str, storage: Storage) -> FrameFile:
     return FrameFile(path, n_rows, columns, dtype, size, fingerprint(path, size, storage))
 
 
+def inspect_frames(paths: list[str], storage: Storage) -> tuple[list[FrameFile], FrameSpec]:
+    """Metadata of every frame file, checked to agree, before any output is written."""
+    files = [inspect_frame(path, storage) for path in paths]
+    return files, check_frames_agree(files)
+
+
 def check_frames_agree(files: list[FrameFile]) -> FrameSpec:
     """The shape all frames share, or a :class:`UserError` naming the first that differs."""
     first = files[0]

@@ -14,22 +14,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
-from dask.base import tokenize
 from dask.typing import Key
 from tqdm import tqdm
 
 from daskcubes.config import Config
-from daskcubes.errors import UserError
+from daskcubes.cut import warm_worker
 from daskcubes.executors import Executor, open_executor
-from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks
 from daskcubes.progress import Progress, ProgressRecord, Work
-from daskcubes.sampling import sample_job, sample_tasks, warm_worker
+from daskcubes.sampling import SampleJob, sample_job, sample_tasks
 from daskcubes.schema import CubeSchema
-from daskcubes.sources import FrameSource, inspect_frames, location_source
+from daskcubes.sources import FrameSource, location_source
 from daskcubes.storage import Storage
 from daskcubes.store import (
     WriteMode,
@@ -39,9 +37,10 @@ from daskcubes.store import (
     store_lock,
 )
 from daskcubes.synthetic import (
+    check_synthetic_frames,
     prepare_frame_directory,
-    synthetic_frame_path,
-    write_synthetic_frame,
+    synthetic_frames_made,
+    synthetic_tasks,
 )
 
 
@@ -135,18 +134,23 @@ class RunResult:
         return _html_table(self.stages, self.summary())
 
 
+#: What a stage's ``prepare`` hands its ``work``: what its tasks carry, made for the workers.
+Prepared = TypeVar("Prepared")
+
+
 @dataclass(frozen=True)
-class Stage:
+class Stage(Generic[Prepared]):
     """One stage, as its lifecycle (:func:`run_stage`) needs it.
 
     ``name`` makes ``total`` things of ``unit`` (``nbytes`` bytes) at ``path``, which
     errors call ``what``. The callables, in the order they are called:
 
     - ``prepare(executor)``: check what the tasks need of the workers before anything
-      is written, and load it there (counted as start-up);
+      is written, and load it there (counted as start-up); returns what ``work`` needs;
     - ``open(mode)``: create the output, or reopen it to resume (checking that it was
       started with the same settings); return its progress, or None if it is complete;
-    - ``work(done)``: the tasks not yet done, given the finished units by kind;
+    - ``work(prepared, done)``: the tasks not yet done, given what ``prepare`` returned
+      and the finished units by kind;
     - ``made(done)``: how many of ``total`` the finished units stand for;
     - ``finish()``: mark the output complete, once every task has finished.
     """
@@ -157,9 +161,9 @@ class Stage:
     unit: str
     total: int
     nbytes: int
-    prepare: Callable[[Executor], None]
+    prepare: Callable[[Executor], Prepared]
     open: Callable[[WriteMode], Progress | None]
-    work: Callable[[dict[str, set[int]]], Work]
+    work: Callable[[Prepared, dict[str, set[int]]], Work]
     made: Callable[[dict[str, set[int]]], int]
     finish: Callable[[], None]
 
@@ -211,7 +215,7 @@ def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[],
 
 
 def run_stage(
-    stage: Stage,
+    stage: Stage[Any],
     config: Config,
     mode: WriteMode,
     show_progress: bool,
@@ -227,7 +231,7 @@ def run_stage(
     """
     entered = time.perf_counter()
     with open_executor(config, executor) as run_on, store_lock(stage.path, stage.what):
-        stage.prepare(run_on)
+        prepared = stage.prepare(run_on)
         progress = stage.open(mode)
         if progress is None:
             return StageResult(
@@ -241,7 +245,7 @@ def run_stage(
                 already_complete=True,
             )
         resumed = stage.made(progress.done)
-        work = stage.work(progress.done)
+        work = stage.work(prepared, progress.done)
         started = time.perf_counter()
         watch = _Watch(stage, run_on, progress, len(work.finishes), resumed)
         with _progress_bar(len(work.finishes), stage.name, show_progress) as advance:
@@ -283,34 +287,10 @@ def generate(
     Frame files are written whole or not at all, so resuming writes only the missing ones.
     """
     storage = Storage.of(config.storage_options)
-    fmt = config.frame_format
-    paths = [synthetic_frame_path(config.frames, fmt, i) for i in range(config.n_frames)]
 
     def open_frames(mode: WriteMode) -> Progress:
         prepare_frame_directory(config.frames, mode, storage)
-        return Progress({"frames": {i for i, path in enumerate(paths) if storage.exists(path)}})
-
-    def work(done: dict[str, set[int]]) -> Work:
-        token = tokenize(config)
-        keys = {
-            i: (f"generate-{token}", i) for i in range(config.n_frames) if i not in done["frames"]
-        }
-        return Work(
-            {
-                key: (
-                    write_synthetic_frame,
-                    config.frames,
-                    fmt,
-                    config.seed,
-                    i,
-                    config.n_rows,
-                    config.n_cols,
-                    storage,
-                )
-                for i, key in keys.items()
-            },
-            {key: ("frames", [i]) for i, key in keys.items()},
-        )
+        return Progress({"frames": synthetic_frames_made(config, storage)})
 
     stage = Stage(
         "generate",
@@ -321,19 +301,12 @@ def generate(
         0,
         prepare=lambda executor: None,
         open=open_frames,
-        work=work,
+        work=lambda _, done: synthetic_tasks(config, storage, done["frames"]),
         made=lambda done: len(done["frames"]),
         finish=lambda: None,  # a frame file exists only once whole: nothing to mark
     )
     result = run_stage(stage, config, mode, show_progress, executor)
-    files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
-    if (len(files), spec.n_rows, spec.n_cols) != (config.n_frames, config.n_rows, config.n_cols):
-        raise UserError(
-            f"frames '{config.frames}': holds {len(files)} frames of {spec.n_rows} x "
-            f"{spec.n_cols}; this run makes {config.n_frames} of {config.n_rows} x "
-            f"{config.n_cols} (pass --overwrite to replace them)"
-        )
-    return replace(result, nbytes=sum(f.size for f in files))
+    return replace(result, nbytes=check_synthetic_frames(config, storage))
 
 
 def ingest(
@@ -366,7 +339,7 @@ def ingest(
         int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize,
         prepare=lambda executor: None,
         open=open_store,
-        work=lambda done: ingest_tasks(source, path, storage, done.get("frames", set())),
+        work=lambda _, done: ingest_tasks(source, path, storage, done.get("frames", set())),
         made=lambda done: len(done.get("frames", ())),
         finish=lambda: mark_complete(path, storage, frames=n_frames),
     )
@@ -380,26 +353,26 @@ def sample(
     executor: Executor | None = None,
 ) -> StageResult:
     """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
-    job = sample_job(config)
+    checked = sample_job(config)  # the frames store and the plan, before any worker starts
 
-    def prepare(executor: Executor) -> None:
+    def prepare(executor: Executor) -> SampleJob:
         # The source budget depends on the workers: known once the executor is open. A
         # source kept whole is loaded on every worker now: start-up, not cutting.
-        nonlocal job
         job = sample_job(config, executor.worker_memory(), executor.worker_threads())
-        executor.on_each_worker(warm_worker, job)
+        executor.on_each_worker(warm_worker, job.cut)
+        return job
 
-    plan = job.plan
-    schema = CubeSchema(plan, config.dtype, config.compressor, job.frames.fingerprint)
+    plan, frames, storage = checked.cut.plan, checked.cut.frames, checked.cut.storage
+    schema = CubeSchema(plan, config.dtype, config.compressor, frames.fingerprint)
     provenance = {
         "config": config.model_dump(exclude={"storage_options"}),  # may hold credentials
         "seed": config.seed,
-        "frames_store": {"path": job.frames.path, "fingerprint": job.frames.fingerprint},
+        "frames_store": {"path": frames.path, "fingerprint": frames.fingerprint},
     }
 
     def open_store(mode: WriteMode) -> Progress | None:
-        attrs = create_cube_store(config.out, schema, provenance, mode, job.storage)
-        return None if attrs["complete"] else ProgressRecord(config.out, job.storage)
+        attrs = create_cube_store(config.out, schema, provenance, mode, storage)
+        return None if attrs["complete"] else ProgressRecord(config.out, storage)
 
     stage = Stage(
         "sample",
@@ -410,9 +383,11 @@ def sample(
         plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(config.dtype).itemsize,
         prepare=prepare,
         open=open_store,
-        work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),
+        work=lambda job, done: sample_tasks(
+            job, done.get("shards", set()), done.get("recipes", set())
+        ),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
-        finish=lambda: mark_complete(config.out, job.storage, cubes=plan.n_cubes),
+        finish=lambda: mark_complete(config.out, storage, cubes=plan.n_cubes),
     )
     return run_stage(stage, config, mode, show_progress, executor)
 

@@ -104,6 +104,39 @@ class Definition:
         return self == Definition()
 
 
+#: A cube's depth, height and width, each with the name of the setting that gave it.
+CubeSizes = tuple[tuple[str, int], tuple[str, int], tuple[str, int]]
+
+
+def check_cube_fits(
+    sizes: CubeSizes,
+    definition: Definition,
+    frames_shape: tuple[int, int, int],
+    frames: str = "the frames store has",
+) -> None:
+    """Refuse cubes of ``sizes`` that do not fit frames of ``frames_shape`` (``n_frames,
+    n_rows, n_cols``), in one line naming the setting; ``frames`` says whose shape it is.
+
+    The one check of its kind: a plan makes it, and so does a config of synthetic
+    frames before any frame is made.
+    """
+    n_frames, n_rows, n_cols = frames_shape
+    for name, size in sizes:
+        # One setting may give two sizes (``dim``): it must fit the smaller frame axis.
+        limit = min(n for (other, _), n in zip(sizes, frames_shape, strict=True) if other == name)
+        if not 1 <= size <= limit:
+            raise UserError(
+                f"{name}: {size}; expected 1 to {limit}, since {frames} {n_frames} frames "
+                f"of {n_rows} rows x {n_cols} columns"
+            )
+    depth = sizes[0][1]
+    if definition.frame_mode == "all" and depth != n_frames:
+        raise UserError(
+            f"depth: {depth}; frame_mode all stacks every frame, so depth must be "
+            f"{n_frames} (the frame count); use frame_mode window or subset for fewer frames"
+        )
+
+
 @dataclass(frozen=True)
 class CubePlan:
     """Which cubes to cut from frames of a given shape, and in which batches.
@@ -151,22 +184,8 @@ class CubePlan:
     def _check_definition(self) -> None:
         """Refuse a shape that does not fit the frames, naming the setting."""
         mode = self.definition
-        for name, size, limit in (
-            ("depth", self.depth, self.n_frames),
-            ("height", self.height, self.n_rows),
-            ("width", self.width, self.n_cols),
-        ):
-            if not 1 <= size <= limit:
-                raise UserError(
-                    f"{name}: {size}; expected 1 to {limit}, since the frames store has "
-                    f"{self.n_frames} frames of {self.n_rows} rows x {self.n_cols} columns"
-                )
-        if mode.frame_mode == "all" and self.depth != self.n_frames:
-            raise UserError(
-                f"depth: {self.depth}; frame_mode all stacks every frame, so depth must be "
-                f"{self.n_frames} (the frame count); use frame_mode window or subset for "
-                "fewer frames"
-            )
+        sizes = (("depth", self.depth), ("height", self.height), ("width", self.width))
+        check_cube_fits(sizes, mode, (self.n_frames, self.n_rows, self.n_cols))
         if mode.sorted_columns and mode.column_mode != "random":
             raise UserError(
                 f"sorted_columns: true needs column_mode random (column_mode is "

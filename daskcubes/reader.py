@@ -6,6 +6,7 @@ Imports nothing from the executors: reading needs only zarr, numpy and (for
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,25 @@ def cube_positions(index: Index, n_cubes: int) -> np.ndarray | int:
     return found % n_cubes
 
 
-class CubeStore:
+class CubeIndexing(ABC):
+    """Indexing for a source of cubes: ``source[i]`` is cube ``i`` as a ``(depth, height,
+    width)`` array, ``source[a:b]`` and ``source[[i, j]]`` a stacked ``(n, depth, height,
+    width)`` one, all through the subclass's ``read(positions)``."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+
+    def __getitem__(self, index: Index) -> np.ndarray:
+        found = cube_positions(index, len(self))
+        if isinstance(found, int):
+            return self.read(np.array([found]))[0]
+        return self.read(found)
+
+
+class CubeStore(CubeIndexing):
     """A complete cube store, opened read-only.
 
     ``len(store)`` is the number of cubes; ``store[i]`` is cube ``i`` as a numpy array
@@ -69,12 +88,6 @@ class CubeStore:
     @property
     def complete(self) -> bool:
         return bool(self.attrs.get("complete"))
-
-    def __getitem__(self, index: Index) -> np.ndarray:
-        found = cube_positions(index, len(self))
-        if isinstance(found, int):
-            return self.read(np.array([found]))[0]
-        return self.read(found)
 
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Cubes at ``positions`` (non-negative, in any order), into ``out`` if given.

@@ -30,12 +30,10 @@ from dask.base import tokenize
 
 from daskcubes.errors import UserError
 from daskcubes.frames import (
-    FrameFile,
     FrameSpec,
-    check_frames_agree,
     find_frame_files,
     fingerprint,
-    inspect_frame,
+    inspect_frames,
     read_frame,
 )
 from daskcubes.storage import Storage, basename
@@ -83,12 +81,6 @@ def _digest(value: Any) -> str:
 
 
 # -- frame files ------------------------------------------------------------------------
-
-
-def inspect_frames(paths: list[str], storage: Storage) -> tuple[list[FrameFile], FrameSpec]:
-    """Metadata of every frame file, checked to agree, before any output is written."""
-    files = [inspect_frame(path, storage) for path in paths]
-    return files, check_frames_agree(files)
 
 
 def _frame_chunk(path: str, spec: FrameSpec, storage: Storage, allow_nonfinite: bool) -> Any:

@@ -3,7 +3,7 @@
 For training runs where storing every cube makes no sense. Cube ``i`` of a stream is
 byte-identical to cube ``i`` of a cube store written with the same config: both come
 from the same recipes (:func:`daskcubes.plan.recipes_of`) and the same cut
-(:func:`daskcubes.sampling.cut_cubes`), which holds source values within the same budget
+(:func:`daskcubes.cut.cut_cubes`), which holds source values within the same budget
 (``max_slab_bytes``, by default half this machine's available memory, shared by the
 threads that read). Imports nothing from the executors.
 """
@@ -14,17 +14,17 @@ import numpy as np
 
 from daskcubes.batches import default_threads
 from daskcubes.config import Config
+from daskcubes.cut import available_memory, cut_cubes, cut_job
 from daskcubes.plan import recipes_of
-from daskcubes.reader import Index, cube_positions
-from daskcubes.sampling import available_memory, cut_cubes, sample_job
+from daskcubes.reader import CubeIndexing
 
 
-class CubeStream:
+class CubeStream(CubeIndexing):
     """The cubes of ``config`` (its ``frames_store``, ``cubes``, ``dim``, ``seed``, ``dtype``),
     computed when read.
 
-    Behaves like :class:`~daskcubes.reader.CubeStore` for reading: ``len``, indexing
-    and :meth:`read`, so :class:`~daskcubes.batches.Batches` takes either. The source
+    Reads like :class:`~daskcubes.reader.CubeStore` (the same indexing): ``len``,
+    indexing and :meth:`read`, so :class:`~daskcubes.batches.Batches` takes either. The source
     rows the cubes need are loaded once per process, on the first read, if they fit the
     budget; else each read works through them block by block.
     :meth:`read` may run in several threads at once (``Batches`` splits each batch
@@ -34,7 +34,7 @@ class CubeStream:
     def __init__(self, config: Config) -> None:
         self.config = config
         # Checks the frames store and the plan now; threads as Batches reads with.
-        self.job = sample_job(config, available_memory(), default_threads())
+        self.job = cut_job(config, available_memory(), default_threads())
 
     def __len__(self) -> int:
         return self.job.plan.n_cubes
@@ -52,12 +52,6 @@ class CubeStream:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.job.dtype)
-
-    def __getitem__(self, index: Index) -> np.ndarray:
-        found = cube_positions(index, len(self))
-        if isinstance(found, int):
-            return self.read(np.array([found]))[0]
-        return self.read(found)
 
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Cubes at ``positions`` (non-negative, any order), into ``out`` if given."""

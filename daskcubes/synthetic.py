@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from dask.base import tokenize
+from dask.typing import Key
 
+from daskcubes.config import Config
 from daskcubes.errors import UserError
+from daskcubes.frames import find_frame_files, inspect_frames
+from daskcubes.progress import Work
 from daskcubes.storage import Storage
 from daskcubes.store import WriteMode
 
@@ -67,3 +73,46 @@ def prepare_frame_directory(directory: str, mode: WriteMode, storage: Storage) -
         storage.makedirs(directory)
     except OSError as exc:
         raise UserError(f"frames '{directory}': cannot create directory ({exc.strerror})") from None
+
+
+def synthetic_frames_made(config: Config, storage: Storage) -> set[int]:
+    """The synthetic frames of ``config`` whose files exist (each is written whole)."""
+    fmt = config.frame_format
+    return {
+        i
+        for i in range(config.n_frames)
+        if storage.exists(synthetic_frame_path(config.frames, fmt, i))
+    }
+
+
+def synthetic_tasks(config: Config, storage: Storage, done: set[int]) -> Work:
+    """One task per synthetic frame not yet made; each finishes ``("frames", [i])``."""
+    token = tokenize(config)
+    keys = {i: (f"generate-{token}", i) for i in range(config.n_frames) if i not in done}
+    graph: dict[Key, Any] = {
+        key: (
+            write_synthetic_frame,
+            config.frames,
+            config.frame_format,
+            config.seed,
+            i,
+            config.n_rows,
+            config.n_cols,
+            storage,
+        )
+        for i, key in keys.items()
+    }
+    return Work(graph, {key: ("frames", [i]) for i, key in keys.items()})
+
+
+def check_synthetic_frames(config: Config, storage: Storage) -> int:
+    """Bytes of the frame files in ``config.frames``, once they are the frames this run
+    makes; else (files left by another run, kept by ``--resume``) a :class:`UserError`."""
+    files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
+    if (len(files), spec.n_rows, spec.n_cols) != (config.n_frames, config.n_rows, config.n_cols):
+        raise UserError(
+            f"frames '{config.frames}': holds {len(files)} frames of {spec.n_rows} x "
+            f"{spec.n_cols}; this run makes {config.n_frames} of {config.n_rows} x "
+            f"{config.n_cols} (pass --overwrite to replace them)"
+        )
+    return sum(f.size for f in files)

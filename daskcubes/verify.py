@@ -16,15 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
+from daskcubes.cut import cut_range, store_cut_job
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
-from daskcubes.sampling import (
-    SampleJob,
-    available_memory,
-    make_cube_batch,
-    source_budget,
-    source_layout,
-)
 from daskcubes.schema import CubeSchema
 from daskcubes.shards import MISSING, decode_index, index_nbytes
 from daskcubes.storage import Storage, local_path
@@ -213,9 +207,7 @@ def verify_cube_store(
                 f"frames store '{against}' is not the one these cubes were cut from"
             )
         else:
-            budget = source_budget(None, available_memory())  # on this one thread
-            layout = source_layout(plan, frames.path, dtype, budget, 1)
-            job = SampleJob(frames, path, plan, dtype, storage, layout)
+            job = store_cut_job(schema, frames, storage)  # on this one thread
     for index in chosen.tolist():
         try:
             stored = np.asarray(cubes[index])
@@ -229,9 +221,7 @@ def verify_cube_store(
             report.problems.append(
                 f"cube {index}: recipe differs from the plan's (seed {plan.seed})"
             )
-        if job is not None and not np.array_equal(
-            stored, make_cube_batch(job, index, index + 1)[0]
-        ):
+        if job is not None and not np.array_equal(stored, cut_range(job, index, index + 1)[0]):
             report.problems.append(f"cube {index}: differs from the cube cut anew from '{against}'")
     checked = "recomputed and compared" if job is not None else "read"
     report.sampled = chosen.tolist()

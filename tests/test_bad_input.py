@@ -177,7 +177,7 @@ def sample(root: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (["--dim", "7"], ["dim: 7; expected 1 to 5", "6 rows and 5 columns"]),
+        (["--dim", "7"], ["dim: 7; expected 1 to 5", "6 rows x 5 columns"]),
         (["--cubes", "0"], ["setting 'cubes'", "greater than or equal to 1"]),
         (["--cubes", "-3"], ["setting 'cubes'"]),
         (["--dtype", "int8"], []),  # argparse's own one-line usage error

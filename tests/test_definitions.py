@@ -13,9 +13,9 @@ import zarr
 
 from daskcubes import open_cubes, pipeline
 from daskcubes.config import Config
+from daskcubes.cut import cut_job
 from daskcubes.errors import UserError
 from daskcubes.plan import Definition, recipes_of
-from daskcubes.sampling import sample_job
 from daskcubes.schema import CubeSchema
 from daskcubes.stream import open_stream
 from daskcubes.testing import assert_stores_identical, expected_cubes, store_files
@@ -211,7 +211,7 @@ def test_a_budget_smaller_than_the_source_gives_the_same_store(tmp_path: Path, c
         scheduler="threads",
         workers=2,
     )
-    layout = sample_job(banded, 10**12, 2).source
+    layout = cut_job(banded, 10**12, 2).source
     assert (layout.whole, layout.frame_block, layout.row_step) == (False, frame_block, row_step)
     pipeline.sample(banded, show_progress=False)
     assert_stores_identical(whole.out, banded.out)
@@ -243,7 +243,7 @@ def test_frames_larger_than_a_worker_s_memory(tmp_path: Path) -> None:
         out = str(tmp_path / "cluster.zarr")
         overrides = {"out": out, "synthetic": False, "scheduler": cluster.scheduler_address}
         cluster_config = Config.model_validate({**config.model_dump(), **overrides})
-        job = sample_job(cluster_config, limit, 1)
+        job = cut_job(cluster_config, limit, 1)
         assert not job.source.whole and job.source.budget == limit // 2
         assert main(["sample", *cli_args(cluster_config)]) == 0
     assert_stores_identical(config.out, out)
@@ -255,9 +255,9 @@ def test_frames_larger_than_a_worker_s_memory(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--height", "11"], "height 11 is larger than the synthetic frames"),
-        (["--width", "13"], "width 13 is larger than the synthetic frames"),
-        (["--depth", "5"], "depth 5 is larger than the synthetic frames"),
+        (["--height", "11"], "height: 11; expected 1 to 10, since the synthetic frames are"),
+        (["--width", "13"], "width: 13; expected 1 to 12, since the synthetic frames are"),
+        (["--depth", "5"], "depth: 5; expected 1 to 4, since the synthetic frames are"),
         (["--depth", "2"], "depth: 2; frame_mode all stacks every frame, so depth must be 4"),
         (
             ["--column-mode", "window", "--sorted-columns"],

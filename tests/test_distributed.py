@@ -24,7 +24,7 @@ import pytest
 from dask.typing import Key
 from distributed import Client, LocalCluster
 
-from daskcubes import pipeline, sampling
+from daskcubes import cut, pipeline
 from daskcubes.config import Config
 from daskcubes.dashboard import page_link
 from daskcubes.errors import UserError
@@ -164,7 +164,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def slab_loads(client: Client) -> dict[str, int]:
     """How many times each worker process has loaded a source slab."""
-    return client.run(lambda: sampling._cached_slab.cache_info().misses)
+    return client.run(lambda: cut._cached_slab.cache_info().misses)
 
 
 def test_cli_on_an_existing_cluster_matches_sync(

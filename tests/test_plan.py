@@ -9,7 +9,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskcubes import pipeline, sampling
+from daskcubes import cut, pipeline
 from daskcubes import plan as plan_module
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
@@ -209,9 +209,7 @@ def legacy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     """A store as made before stores named their recipe function: legacy recipes."""
     config = small_config(tmp_path)
     with monkeypatch.context() as patch:
-        patch.setattr(
-            sampling, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE)
-        )
+        patch.setattr(cut, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE))
         pipeline.run(config, show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
@@ -272,7 +270,7 @@ def test_auto_gives_the_same_store_as_fixed_batch_sizes(tmp_path: Path) -> None:
         store = open_cubes(config.out)
         stores[size] = (store.read(np.arange(400)), store.recipes(slice(None)).columns)
         if size == "auto":  # one shard per task would be the same as size 1
-            assert sampling.sample_job(config).plan.batch_size == 400 // AUTO_MIN_TASKS
+            assert cut.cut_job(config).plan.batch_size == 400 // AUTO_MIN_TASKS
     for size in (1, 400):
         assert all(np.array_equal(a, b) for a, b in zip(stores["auto"], stores[size], strict=True))
 

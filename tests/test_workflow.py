@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from daskcubes import open_cubes, pipeline, sampling
+from daskcubes import cut, open_cubes, pipeline
 from daskcubes.config import PRESETS, Config, load_config
 from daskcubes.workflow import build_parser, config_from_args, main
 from tests.conftest import PRESET_NAMES, cli_args
@@ -41,10 +41,10 @@ def test_the_summary_keeps_start_up_apart_from_cutting(
 ) -> None:
     loaded: list[float] = []
 
-    def slow_slab(job: sampling.SampleJob) -> None:
+    def slow_slab(job: cut.CutJob) -> None:
         time.sleep(0.5)  # a slab that takes long to load: start-up, not cutting
         loaded.append(time.perf_counter())
-        sampling.warm_worker(job)
+        cut.warm_worker(job)
 
     monkeypatch.setattr(pipeline, "warm_worker", slow_slab)
     assert main(small_args(tmp_path)) == 0
@@ -132,7 +132,7 @@ def test_every_setting_is_described_and_reaches_the_config_from_its_option() -> 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--dim", "50"], "dim 50 is larger than the synthetic frames"),
+        (["--dim", "50"], "dim: 50; expected 1 to 10, since the synthetic frames are"),
         (["--cubes", "0"], "setting 'cubes'"),
         (["--config", "no-such-preset.yaml"], "no-such-preset.yaml: cannot read config file"),
     ],

@@ -14,8 +14,8 @@ from bench.data import Setup, on_threads, scratch_path, timed
 from bench.rows import CUBES_PER_S, FILES_PER_S, Key, Row
 from daskcubes import pipeline
 from daskcubes.config import Config
+from daskcubes.cut import cut_job, cut_range, worker_slab
 from daskcubes.executors import LocalExecutor
-from daskcubes.sampling import make_cube_batch, sample_job, worker_slab
 from daskcubes.shards import write_shard
 
 
@@ -28,11 +28,11 @@ def measure_ingest(setup: Setup) -> list[Row]:
 def generation_rate(setup: Setup, threads: int, cubes: int, **definition: Any) -> float:
     """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads, of
     the article's cubes or of the ``definition`` given (settings such as ``row_mode``)."""
-    job = sample_job(setup.config(cubes=cubes, **definition), threads=threads)
+    job = cut_job(setup.config(cubes=cubes, **definition), threads=threads)
     if job.source.whole:  # loaded once per worker in a real run: not part of the rate
         worker_slab(job)
     graph: dict[TaskKey, Any] = {
-        ("generate", b): (make_cube_batch, job, *job.plan.batch_bounds(b))
+        ("generate", b): (cut_range, job, *job.plan.batch_bounds(b))
         for b in range(job.plan.n_batches)
     }
     executor = LocalExecutor("threads", threads)

@@ -10,8 +10,8 @@ from bench.data import Setup, scratch_path, timed
 from bench.probes import _peak_mib, in_fresh_process
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, importable
 from daskcubes import pipeline
+from daskcubes.cut import cut_job, load_slab
 from daskcubes.kernels import gather_cubes
-from daskcubes.sampling import load_slab, sample_job
 from daskcubes.storage import Storage
 from daskcubes.store import frames_store_info
 
@@ -91,7 +91,7 @@ def out_of_core_in_process(setup: Setup, out: str) -> tuple[float, float, float]
         workers=1,
         batch_size=16,
     )
-    job = sample_job(config, threads=1)
+    job = cut_job(config, threads=1)
     assert not job.source.whole
     before = _peak_mib()
     pipeline.sample(config, mode="overwrite", show_progress=False)

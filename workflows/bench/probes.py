@@ -40,12 +40,13 @@ def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
     started = time.perf_counter()
     config = setup.config(cubes=setup.plan_cubes, out=store)
     job = sample_job(config)
-    schema = CubeSchema(job.plan, config.dtype, config.compressor, job.frames.fingerprint)
-    create_cube_store(store, schema, {}, "new", job.storage)
-    record = ProgressRecord(store, job.storage)
+    plan, storage = job.cut.plan, job.cut.storage
+    schema = CubeSchema(plan, config.dtype, config.compressor, job.cut.frames.fingerprint)
+    create_cube_store(store, schema, {}, "new", storage)
+    record = ProgressRecord(store, storage)
     graph = sample_tasks(job, record.done.get("shards", set()), set()).graph
     seconds = time.perf_counter() - started
-    assert len(graph) == job.plan.n_batches + job.plan.n_recipe_blocks
+    assert len(graph) == plan.n_batches + plan.n_recipe_blocks
     return seconds, _peak_mib()
 
 
