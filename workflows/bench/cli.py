@@ -18,10 +18,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench import anchors, ceilings, daskcubes_rows, definitions, distributed, probes, reading
+from bench import (
+    anchors,
+    ceilings,
+    cut_rows,
+    daskcubes_rows,
+    definitions,
+    distributed,
+    probes,
+    reading,
+)
 from bench.data import Setup, article_array, prepare, read_frames
 from bench.report import charts, machine, table
-from bench.rows import Key, Row, Workload
+from bench.rows import Key, Row, Workload, derived_rows
 from bench.targets import TARGETS, target_lines
 
 Measurement = Callable[[Setup], list[Row]]
@@ -36,6 +45,7 @@ MEASUREMENTS: list[Measurement] = [
     anchors.measure_reads,
     anchors.measure_steps,
     anchors.measure_plain_dask,
+    cut_rows.measure,
     daskcubes_rows.measure_ingest,
     daskcubes_rows.measure_daskcubes,
     definitions.measure,
@@ -58,7 +68,7 @@ def measure_threads(setup: Setup) -> dict[Key, dict[int, float]]:
     for threads in setup.sweep:
         cubes = setup.cubes
         curves[Key.STEP3][threads] = anchors.article_step3(arr, setup.dim, many, threads)
-        curves[Key.GENERATION][threads] = daskcubes_rows.generation_rate(setup, threads, cubes)
+        curves[Key.GENERATION][threads] = cut_rows.generation_rate(setup, threads, cubes)
         curves[Key.END_TO_END][threads] = daskcubes_rows.end_to_end_rate(
             setup, threads, cubes, setup.dtype
         )
@@ -133,6 +143,7 @@ def run(setup: Setup, command: str, out: Path) -> list[Row]:
             for row in found:
                 print(f"  {row.method}: {row.rate:,.2f} {row.unit}", file=sys.stderr, flush=True)
             rows.extend(found)
+        rows.extend(derived_rows(rows))
         threads = measure_threads(replace(setup, cubes=max(setup.cubes // 2, 1)))
     finally:
         shutil.rmtree(setup.scratch, ignore_errors=True)
