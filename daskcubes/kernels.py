@@ -12,9 +12,9 @@ row would be read whole (8 KB) for the few values it gives.
 compiled one-pass kernel (:mod:`daskcubes.compiled`) where numba is available and
 compiles, and the reference otherwise. Both give the same bytes, whatever the layout.
 
-numba is a dependency, yet the package still works where it is missing or does not
-compile (a platform without wheels, an unsupported CPU): the cut falls back to the
-reference, several times slower, and says so once per process with a
+numba is a dependency, yet the package still works where it is missing, is turned off
+(``NUMBA_DISABLE_JIT``) or does not compile (an unsupported CPU): the cut falls back to
+the reference, several times slower, and says so once per process with a
 :class:`CompiledCutUnavailable` warning.
 """
 
@@ -44,7 +44,7 @@ def _compiled_kernel() -> Callable[..., None] | None:
         try:
             from daskcubes import compiled
         except ImportError as exc:
-            compiled_cut_unavailable(f"numba does not import: {exc}")
+            compiled_cut_unavailable(f"numba unavailable: {exc}")
         else:
             with _lock:
                 _compiled.setdefault("errors", compiled.COMPILE_ERRORS)
