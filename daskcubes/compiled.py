@@ -20,7 +20,7 @@ import numba
 import numpy as np
 from numba.core.errors import NumbaError
 
-if numba.config.DISABLE_JIT:  # the kernel would run as Python loops: far slower than numpy
+if numba.config.DISABLE_JIT:  # type: ignore[attr-defined]  # Python loops: far slower than numpy
     raise ImportError("NUMBA_DISABLE_JIT is set")
 
 #: Errors that mean a kernel did not compile for the arrays it was called with.
