@@ -3,9 +3,9 @@
 Which cubes form which batch is a pure function of ``(n_cubes, batch_size, seed, epoch,
 rank, world_size)`` and of where the epoch stands (:class:`Position`), so a training run
 can save its place mid-epoch and resume it (:class:`EpochCursor`). Reading is done by
-the source (a cube store or a stream): each batch is split across a pool of threads,
-into a ring of reused buffers (:class:`BufferRing`), in a background thread that stays
-``prefetch`` batches ahead of the training loop.
+the source (a cube store or a stream): a pool of threads reads several batches at once,
+each whole, into a ring of reused buffers (:class:`BufferRing`), handed on in order by a
+background thread that stays ``prefetch`` batches ahead of the training loop.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import os
 import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import pairwise
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
@@ -218,21 +218,6 @@ class BufferRing:
         return np.empty((n, *self.shape[1:]), self.dtype)
 
 
-def read_in_parts(
-    source: CubeSource, positions: np.ndarray, out: np.ndarray, pool: ThreadPoolExecutor, parts: int
-) -> np.ndarray:
-    """``source.read(positions, out)``, split into ``parts`` runs read on ``pool``.
-
-    The cut and the reads spend their time in numpy and in file reads, which release
-    the GIL, so the parts run on all cores at once.
-    """
-    bounds = np.linspace(0, len(positions), min(parts, len(positions)) + 1).astype(int)
-    reads = [pool.submit(source.read, positions[a:b], out[a:b]) for a, b in pairwise(bounds)]
-    for read in reads:
-        read.result()
-    return out
-
-
 class _Failure(NamedTuple):
     error: BaseException
 
@@ -306,7 +291,7 @@ class Batches:
     drop_last : leave out a last, smaller batch.
     rank, world_size : this process's share when several processes train together.
     prefetch : batches read ahead in a background thread (0 reads in the loop).
-    threads : threads each batch is split across (default: every core).
+    threads : batches read at once, each whole on one thread (default: every core).
     copy : hand out every batch in fresh memory of its own instead of a ring buffer.
 
     Iterating yields :class:`Batch` ``(indices, cubes)``: a ``for`` loop gives the rest
@@ -342,9 +327,10 @@ class Batches:
         self.prefetch = prefetch
         self.threads = threads or default_threads()
         self.copy = copy
-        # In use at once: one batch being read, ``prefetch`` queued, the one the loop
-        # holds and, for a moment, the one before it.
-        self.ring = BufferRing((batch_size, *source.cube_shape), source.dtype, prefetch + 3)
+        # In use at once: ``threads`` batches being read, ``prefetch`` queued, the one the
+        # loop holds and, for a moment, the one before it.
+        keep = prefetch + self.threads + 2
+        self.ring = BufferRing((batch_size, *source.cube_shape), source.dtype, keep)
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -373,14 +359,24 @@ class Batches:
         self.cursor.load_state_dict(state)
 
     def _read(self, indices: list[np.ndarray]) -> Iterator[Batch]:
-        name = "daskcubes-cut"
+        """The batches, in order, ``threads`` of them read at once, each whole by one
+        thread: split across threads, each part of a stream's batch would read every
+        source row the whole batch shares (measured 5-20% slower)."""
+        name = "daskcubes-read"
+        reading: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
         with ThreadPoolExecutor(self.threads, thread_name_prefix=name) as pool:
             for ids in indices:
                 if self.copy:
                     out = np.empty((len(ids), *self.source.cube_shape), self.source.dtype)
                 else:
                     out = self.ring.take(len(ids))
-                yield Batch(ids, read_in_parts(self.source, ids, out, pool, self.threads))
+                reading.append((ids, pool.submit(self.source.read, ids, out)))
+                if len(reading) == self.threads:
+                    done, read = reading.popleft()
+                    yield Batch(done, read.result())
+            while reading:
+                done, read = reading.popleft()
+                yield Batch(done, read.result())
 
     def _rest_of_epoch(self) -> Iterator[Batch]:
         rest = self.cursor.rest()

@@ -98,3 +98,26 @@ def test_tiny_run_measures_every_row_and_decides_every_target(tmp_path: Path) ->
     for chart in ("ladder.png", "threads.png"):
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not scratch.exists()
+
+
+@pytest.mark.slow
+def test_only_some_measurements_decide_only_their_targets(tmp_path: Path) -> None:
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "workflows" / "benchmark.py"),
+            *("--n-frames", "3", "--n-rows", "12", "--n-cols", "20", "--dim", "6"),
+            *("--cubes", "8", "--few", "2", "--threads", "2", "--only", "cut_rows"),
+            *("--scratch", str(scratch), "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    measured = {row["key"] for row in json.loads((out / "benchmark.json").read_text())["rows"]}
+    assert Key.CUT_KERNEL in measured and Key.INGEST not in measured
+    decided = [t for t in TARGETS if t.keys <= measured]
+    assert Key.STREAM_LOOP in {t.row for t in decided}
+    assert done.stdout.count(" -> ") == len(decided)

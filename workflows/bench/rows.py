@@ -27,9 +27,16 @@ class Key(StrEnum):
     STEP2 = "article step 2: numpy arr[:, :dim, cols]"
     STEP3 = "article step 3: numpy + ThreadPool"
     STEP3_STACKED = "article step 3 on np.stack(DataFrame.to_numpy())"
+    STEP3_STACKED_FLOAT32 = "article step 3 on np.stack(DataFrame.to_numpy()), float32"
     PLAIN_DASK = "plain dask.array: slice per cube, to_zarr"
     INGEST = "daskcubes ingest: files -> frames store"
+    CUT_KERNEL = "cut: the kernel alone, recipes computed beforehand"
+    CUTTER = "cut: cut_range on threads (recipes, buffers; no dask)"
     GENERATION = "daskcubes generation (no store)"
+    GENERATION_FLOAT32 = "daskcubes generation, float32"
+    STREAM_READS = "stream mode: CubeStream.read, a batch per thread (no loader)"
+    STREAM_LOOP = "stream mode: an epoch of Batches over CubeStream"
+    END_TO_END_BOUND = "end to end bound: 1/(1/generation + 1/write path)"
     END_TO_END = "daskcubes end to end into the cube store"
     END_TO_END_FLOAT32 = "daskcubes end to end, float32"
     WRITE_DASKCUBES = "write path: daskcubes whole shards"
@@ -71,6 +78,7 @@ GROUP: dict[Key, str] = {
             Key.STEP2,
             Key.STEP3,
             Key.STEP3_STACKED,
+            Key.STEP3_STACKED_FLOAT32,
         ],
         ARTICLE,
     ),
@@ -99,6 +107,16 @@ class Row(NamedTuple):
     def method(self) -> str:
         """The row's label in the table."""
         return f"{self.key} {self.note}".rstrip()
+
+
+def derived_rows(rows: list[Row]) -> list[Row]:
+    """Rows computed from others: the end-to-end bound that cutting and writing on the
+    same cores set, ``1 / (1/generation + 1/write path)``."""
+    rates = {row.key: row.rate for row in rows}
+    if not {Key.GENERATION, Key.WRITE_DASKCUBES} <= rates.keys():
+        return []
+    bound = 1 / (1 / rates[Key.GENERATION] + 1 / rates[Key.WRITE_DASKCUBES])
+    return [Row(Key.END_TO_END_BOUND, bound, CUBES_PER_S)]
 
 
 class Workload(NamedTuple):
