@@ -1,10 +1,11 @@
 """The stages of a run, wired from a :class:`Config`: generate → ingest → sample.
 
-Each stage validates its inputs before writing anything, holds a lock on the store it
-writes, runs only the tasks whose work is not yet recorded as finished, records each
-finished task in the store (see :mod:`daskcubes.progress`), and marks the store
-complete at the end. ``mode`` says what to do with existing output: refuse it
-(``new``), replace it (``overwrite``) or finish it (``resume``).
+Each stage validates its inputs before writing anything, holds the lease of the store
+it writes (see :mod:`daskcubes.lease`), runs only the tasks whose work is not yet
+recorded as finished, records each finished task in the store (see
+:mod:`daskcubes.progress`), and marks the store complete at the end. ``mode`` says
+what to do with existing output: refuse it (``new``), replace it (``overwrite``) or
+finish it (``resume``).
 """
 
 from __future__ import annotations
@@ -24,17 +25,12 @@ from daskcubes.errors import UserError
 from daskcubes.executors import Executor, open_executor
 from daskcubes.frames import find_frame_files
 from daskcubes.ingest import ingest_tasks, inspect_frames
+from daskcubes.lease import check_workers_see, hold_lease
 from daskcubes.progress import Progress, ProgressRecord, Work
 from daskcubes.sample import sample_job, sample_tasks, warm_worker
 from daskcubes.schema import CubeSchema
-from daskcubes.storage import Storage
-from daskcubes.store import (
-    WriteMode,
-    create_cube_store,
-    create_frames_store,
-    mark_complete,
-    store_lock,
-)
+from daskcubes.storage import Storage, StorageUnavailable
+from daskcubes.store import WriteMode, create_cube_store, create_frames_store, mark_complete
 from daskcubes.synthetic import (
     prepare_frame_directory,
     synthetic_frame_path,
@@ -81,7 +77,8 @@ class Stage:
     """One stage, as its lifecycle (:func:`run_stage`) needs it.
 
     ``name`` makes ``total`` things of ``unit`` (``nbytes`` bytes) at ``path``, which
-    errors call ``what``. The callables, in the order they are called:
+    errors call ``what``, on ``storage``; the tasks read ``inputs`` (``(what, path)``
+    pairs), which the workers must see. The callables, in the order they are called:
 
     - ``prepare(executor)``: check what the tasks need of the workers before anything
       is written, and load it there (counted as start-up);
@@ -103,6 +100,8 @@ class Stage:
     work: Callable[[dict[str, set[int]]], Work]
     made: Callable[[dict[str, set[int]]], int]
     finish: Callable[[], None]
+    storage: Storage
+    inputs: tuple[tuple[str, str], ...] = ()
 
 
 @contextmanager
@@ -118,38 +117,59 @@ def run_stage(
     show_progress: bool,
     executor: Executor | None,
 ) -> StageResult:
-    """The lifecycle every stage shares: lock the output, create or resume it, run the
-    tasks whose work is not yet recorded as finished, recording each as it ends, and mark
-    the output complete.
+    """The lifecycle every stage shares: take the output's lease, check that the workers
+    see the output and the inputs, create or resume the output, run the tasks whose work
+    is not yet recorded as finished, recording each as it ends, and mark the output
+    complete if the lease is still this run's.
 
     Runs on ``executor``, or on one opened from ``config`` for this stage alone. The
     record is saved however the run ends (an error, Ctrl-C), so that ``--resume`` redoes
     only what did not finish.
     """
     entered = time.perf_counter()
-    with open_executor(config, executor) as run_on, store_lock(stage.path, stage.what):
-        stage.prepare(run_on)
-        progress = stage.open(mode)
-        if progress is None:
-            return StageResult(
-                stage.name, stage.total, stage.unit, stage.nbytes, 0.0, stage.path, stage.total
-            )
-        resumed = stage.made(progress.done)
-        work = stage.work(progress.done)
-        started = time.perf_counter()
-        with _progress_bar(len(work.graph), stage.name, show_progress) as advance:
+    lease = hold_lease(
+        stage.path,
+        stage.what,
+        stage.storage,
+        config.lease_seconds,
+        config.break_lease,
+        config.write_without_lease,
+    )
+    with open_executor(config, executor) as run_on, lease as held:
+        try:
+            cluster = config.cluster_address or f"this {config.scheduler} run"
+            check_workers_see(run_on, held, stage.inputs, stage.storage, cluster)
+            stage.prepare(run_on)
+            progress = stage.open(mode)
+            if progress is None:
+                return StageResult(
+                    stage.name, stage.total, stage.unit, stage.nbytes, 0.0, stage.path, stage.total
+                )
+            resumed = stage.made(progress.done)
+            work = stage.work(progress.done)
+            started = time.perf_counter()
+            with _progress_bar(len(work.graph), stage.name, show_progress) as advance:
 
-            def on_done(key: Key) -> None:
-                progress.finished(*work.finishes[key])
-                advance()
+                def on_done(key: Key) -> None:
+                    held.check()  # a run that lost its lease stops writing
+                    progress.finished(*work.finishes[key])
+                    advance()
 
-            try:
-                run_on.run(work.graph, list(work.graph), on_done)
-            finally:
-                with suppress(OSError):  # a full disk: the error being raised says so
-                    progress.save()
-        seconds = time.perf_counter() - started
-        stage.finish()
+                try:
+                    run_on.run(work.graph, list(work.graph), on_done)
+                finally:
+                    # A full disk, or storage that stopped answering: the error being
+                    # raised says so.
+                    with suppress(OSError, StorageUnavailable):
+                        progress.save()
+            seconds = time.perf_counter() - started
+            held.confirm()
+            stage.finish()
+        except StorageUnavailable as error:
+            raise UserError(
+                f"{stage.what} '{stage.path}': {error}; the store is not marked complete: run "
+                "the same command with --resume to finish it"
+            ) from None
     return StageResult(
         stage.name,
         stage.total,
@@ -173,7 +193,7 @@ def generate(
 
     Frame files are written whole or not at all, so resuming writes only the missing ones.
     """
-    storage = Storage.of(config.storage_options)
+    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
     fmt = config.frame_format
     paths = [synthetic_frame_path(config.frames, fmt, i) for i in range(config.n_frames)]
 
@@ -215,6 +235,7 @@ def generate(
         work=work,
         made=lambda done: len(done["frames"]),
         finish=lambda: None,  # a frame file exists only once whole: nothing to mark
+        storage=storage,
     )
     result = run_stage(stage, config, mode, show_progress, executor)
     files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
@@ -234,7 +255,7 @@ def ingest(
     executor: Executor | None = None,
 ) -> StageResult:
     """Read the frame files into the zarr frames store, then mark it complete."""
-    storage = Storage.of(config.storage_options)
+    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
     files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
     path = config.frames_store
 
@@ -256,6 +277,8 @@ def ingest(
         ),
         made=lambda done: len(done.get("frames", ())),
         finish=lambda: mark_complete(path, storage, frames=len(files)),
+        storage=storage,
+        inputs=(("frame file", files[0].path),),
     )
     return run_stage(stage, config, mode, show_progress, executor)
 
@@ -300,6 +323,8 @@ def sample(
         work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
         finish=lambda: mark_complete(config.out, job.storage, cubes=plan.n_cubes),
+        storage=job.storage,
+        inputs=(("frames store", config.frames_store),),
     )
     return run_stage(stage, config, mode, show_progress, executor)
 

@@ -113,7 +113,7 @@ def sample_job(config: Config, worker_memory: int | None = None, threads: int = 
     """The sampling job for ``config``: the plan checked against the frames store, the
     source laid out for workers of ``worker_memory`` bytes (default: this machine's
     available memory) and ``threads`` threads."""
-    storage = Storage.of(config.storage_options)
+    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
     frames = frames_store_info(config.frames_store, storage)
     n_frames, n_rows, n_cols = frames.shape
     if config.height is config.width is None and not 1 <= config.dim <= min(n_rows, n_cols):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import selectors
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,90 @@ def s3_server(**env: str) -> Iterator[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _reset(connection: socket.socket) -> None:
+    """Close ``connection`` with a TCP reset, as a server or a network that goes away does."""
+    with suppress(OSError):
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
+
+
+class OutageProxy:
+    """A TCP proxy on loopback to ``target`` (``HOST:PORT``) that can cut every connection.
+
+    While an outage lasts, open connections are reset and new ones are reset as soon as
+    they are accepted; the server behind keeps its state. Use as a context manager; the
+    client connects to :attr:`endpoint`.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._down_until = 0.0
+        self._closed = False
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> OutageProxy:
+        self._acceptor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed = True
+        self._listener.close()
+        self._acceptor.join(timeout=10)
+        self.outage(0)
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def outage(self, seconds: float) -> None:
+        """Cut every connection now and refuse new ones for ``seconds``."""
+        with self._lock:
+            self._down_until = time.monotonic() + seconds
+            cut, self._open = self._open, set()
+        for connection in cut:
+            _reset(connection)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # the listener was closed
+            if self.down:
+                _reset(client)
+                continue
+            try:
+                server = socket.create_connection(self._target)
+            except OSError:
+                _reset(client)
+                continue
+            with self._lock:
+                self._open |= {client, server}
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        """Copy bytes both ways until either side closes or an outage cuts them."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ, server)
+            selector.register(server, selectors.EVENT_READ, client)
+            try:
+                while True:
+                    for key, _ in selector.select():
+                        data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
+                        if not data:
+                            return
+                        key.data.sendall(data)
+            except (OSError, ValueError):  # cut by an outage (a closed socket's fd is -1)
+                return
+            finally:
+                with self._lock:
+                    self._open -= {client, server}
+                for connection in (client, server):
+                    connection.close()  # after an outage's reset, closing again is harmless
