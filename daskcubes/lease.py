@@ -8,11 +8,12 @@ local or shared filesystem (a hard link, which fails where the name exists), and
 conditional on its ETag on S3) while it runs; a run that dies leaves it to expire.
 
 A second run is refused while the lease is alive; once it has expired (or at once, with
-``break_lease``) the lease is taken over, again by a conditional write. Where the local
-``flock`` of :func:`daskcubes.store.store_lock` works, holding it proves that no process
-of this host holds the lease, so a lease left by a killed process of this host is taken
-over at once. Expiry is judged by the clocks of the two machines, which must agree to
-well within ``lease_seconds``.
+``break_lease``) the lease is taken over, again by a conditional write. A lease left by a
+process of this machine that is gone (killed, or ended by an outage that kept it from
+deleting its lease) is taken over at once: the lease names the machine by host name,
+boot and process namespace, so that its process id means the same here. Expiry is judged
+by the clocks of the two machines, which must agree to well within ``lease_seconds``.
+A local store is also guarded by the ``flock`` of :func:`daskcubes.store.store_lock`.
 
 Storage without conditional writes (``memory://``, ``gs://`` through fsspec, ...) is
 refused for writing unless ``write_without_lease`` is set.
@@ -33,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
 from fsspec.asyn import sync
 
 from daskcubes.errors import UserError
@@ -53,6 +55,24 @@ def _clock(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
+def this_machine() -> str:
+    """This machine and process namespace: where a process id names one process."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: the host name alone
+        return socket.gethostname()
+    return f"{socket.gethostname()}/{boot}/{namespace}"
+
+
+def _process_started(pid: int) -> float:
+    """When process ``pid`` of this machine started; 0 if there is none."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return 0.0
+
+
 @dataclass(frozen=True)
 class Holder:
     """Who holds a lease, and until when (``expires``, seconds since the epoch)."""
@@ -62,6 +82,9 @@ class Holder:
     run: str
     started: str
     expires: float
+    machine: str = ""
+    #: When its process started, as this machine's process table says.
+    process_started: float = 0.0
 
     def to_bytes(self) -> bytes:
         return json.dumps({**asdict(self), "expires at": _clock(self.expires)}).encode()
@@ -77,12 +100,20 @@ class Holder:
                 str(fields["run"]),
                 str(fields["started"]),
                 float(fields["expires"]),
+                str(fields.get("machine", "")),
+                float(fields.get("process_started", 0.0)),
             )
         except (ValueError, KeyError, TypeError):
             return cls("?", 0, "", "?", 0.0)
 
     def describe(self) -> str:
         return f"host {self.host}, process {self.pid}, started {self.started}"
+
+    def gone(self) -> bool:
+        """Whether this holder was a process of this machine that no longer runs."""
+        if self.machine != this_machine():
+            return False
+        return _process_started(self.pid) != self.process_started
 
 
 #: What a lease file was when read: its content (local) or its ETag (S3).
@@ -220,7 +251,13 @@ class Lease:
     def __init__(self, url: str, what: str, file: LeaseFile | None, seconds: float) -> None:
         self.url, self.what, self.file, self.seconds = url, what, file, seconds
         self.holder = Holder(
-            socket.gethostname(), os.getpid(), uuid.uuid4().hex, now(), time.time() + seconds
+            socket.gethostname(),
+            os.getpid(),
+            uuid.uuid4().hex,
+            now(),
+            time.time() + seconds,
+            this_machine(),
+            _process_started(os.getpid()),
         )
         self._data = self.holder.to_bytes()
         self._token: Token = None
@@ -229,9 +266,9 @@ class Lease:
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_stopped, daemon=True)
 
-    def acquire(self, break_lease: bool, flocked: bool) -> None:
-        """Create the lease, or take over one that has expired (at once with
-        ``break_lease``, or one of a process of this host where ``flocked``)."""
+    def acquire(self, break_lease: bool) -> None:
+        """Create the lease, or take over one that has expired, whose process is gone, or
+        (with ``break_lease``) any."""
         assert self.file is not None
         for _ in range(5):  # only as many tries as other runs racing for it need
             try:
@@ -247,8 +284,7 @@ class Lease:
                 self._token = token
                 break
             other = Holder.from_bytes(data)
-            stale = time.time() > other.expires or (flocked and other.host == self.holder.host)
-            if not (stale or break_lease):
+            if not (time.time() > other.expires or other.gone() or break_lease):
                 raise UserError(self._refusal(other))
             self._token = self.file.replace(self._data, token)
             if self._token is not None:
@@ -359,11 +395,10 @@ def hold_lease(
         )
     lease = Lease(url, what, file, seconds)
     with ExitStack() as stack:
-        flocked = local_path(url) is not None
-        if flocked:
+        if local_path(url) is not None:
             stack.enter_context(store_lock(url, what))
         if file is not None:
-            lease.acquire(break_lease, flocked)
+            lease.acquire(break_lease)
             stack.callback(lease.release)
         yield lease
 

@@ -202,8 +202,7 @@ def _quiet_unretrieved(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
         loop.default_exception_handler(context)
 
 
-def _quiet_fsspec_loop() -> None:
-    loop = fsspec.asyn.get_loop()
+def _quiet(loop: asyncio.AbstractEventLoop) -> None:
     if loop.get_exception_handler() is not _quiet_unretrieved:
         loop.set_exception_handler(_quiet_unretrieved)
 
@@ -272,7 +271,7 @@ class Storage:
             fs, inner = fsspec.core.url_to_fs(url, **self.fsspec_options(url))
         except (ImportError, ValueError) as exc:
             raise UserError(f"'{url}': cannot reach this location ({exc})") from None
-        _quiet_fsspec_loop()
+        _quiet(fsspec.asyn.get_loop())  # where the filesystem's requests run
         return fs, inner
 
     def zarr_store(self, url: str, read_only: bool) -> LocalStore | RetryingStore:
@@ -283,7 +282,6 @@ class Storage:
         store = FsspecStore.from_url(
             url, storage_options=self.fsspec_options(url), read_only=read_only
         )
-        _quiet_fsspec_loop()
         return RetryingStore(store, self, url)
 
     # zarr_format=3 and no consolidated metadata: zarr then looks for one metadata file
@@ -385,6 +383,7 @@ class RetryingStore(WrapperStore[FsspecStore]):
         return type(self)(store, self._storage, self._url)
 
     async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T:
+        _quiet(asyncio.get_running_loop())  # zarr's own event loop, where the requests run
         retry = _Retry(self._storage, self._url)
         while True:
             try:
