@@ -18,17 +18,23 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import s3fs
+from dask.typing import Key
 from distributed import Client
 
 from daskcubes import pipeline
 from daskcubes.config import Config
-from daskcubes.executors import DistributedExecutor
+from daskcubes.errors import UserError
+from daskcubes.executors import DistributedExecutor, LocalExecutor, OnDone
+from daskcubes.lease import Holder, lease_url
+from daskcubes.storage import Storage
+from daskcubes.store import open_group, store_attrs
 from daskcubes.testing import OutageProxy, s3_server, store_files
 from daskcubes.workflow import main
 from tests.conftest import small_config
@@ -321,3 +327,48 @@ def test_workers_that_cannot_see_a_store_are_refused_before_any_task(
     assert error.startswith(f"daskcubes: error: cube store '{hidden / 'c.zarr'}':")
     error = sample_on_cluster(unseen, tmp_path / "c2.zarr")
     assert error.startswith(f"daskcubes: error: frames store '{unseen}':")
+
+
+# -- the lease, locally -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BreaksTheLease(LocalExecutor):
+    """The single-threaded executor, which writes another run's lease over this run's as
+    its first task ends, as ``--break-lease`` elsewhere would."""
+
+    lease: Path = Path()
+
+    def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
+        def break_then_report(key: Key) -> None:
+            if b"elsewhere" not in self.lease.read_bytes():
+                other = Holder("elsewhere", 1, "other-run", "now", time.time() + 60)
+                self.lease.write_bytes(other.to_bytes())
+            on_done(key)
+
+        super().run(dsk, keys, break_then_report)
+
+
+def test_a_run_that_lost_its_lease_never_marks_the_store_complete(config: Config) -> None:
+    pipeline.generate(config, show_progress=False)
+    pipeline.ingest(config, show_progress=False)
+    breaking = BreaksTheLease("sync", lease=Path(lease_url(config.out)))
+    with pytest.raises(UserError, match="this run lost its lease"):
+        pipeline.sample(config, show_progress=False, executor=breaking)
+    assert not store_attrs(open_group(config.out, "cube store", Storage()))["complete"]
+
+
+def test_storage_without_conditional_writes_is_refused_unless_asked(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline.generate(config, show_progress=False)
+    pipeline.ingest(config, show_progress=False)
+    args = ["sample", "--frames-store", config.frames_store, "--dim", "6", "--quiet"]
+    assert main([*args, "--out", "memory://refused.zarr"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "daskcubes: error: cube store 'memory://refused.zarr': memory:// offers no conditional "
+        "write, so nothing would stop a second run from writing this store at the same time "
+        "and corrupting it; write to a local path or s3://, or pass --write-without-lease if "
+        "no other run can write it"
+    )
+    assert main([*args, "--out", "memory://asked.zarr", "--write-without-lease"]) == 0
