@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import selectors
 import socket
 import struct
 import subprocess
@@ -90,9 +89,11 @@ def s3_server(**env: str) -> Iterator[str]:
 
 
 def _reset(connection: socket.socket) -> None:
-    """Close ``connection`` with a TCP reset, as a server or a network that goes away does."""
+    """Close ``connection`` with a TCP reset, as a server or a network that goes away does
+    (shut for reading first, which wakes a thread blocked reading it)."""
     with suppress(OSError):
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.shutdown(socket.SHUT_RD)
     connection.close()
 
 
@@ -112,7 +113,6 @@ class OutageProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._down_until = 0.0
-        self._closed = False
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
 
     def __enter__(self) -> OutageProxy:
@@ -120,17 +120,12 @@ class OutageProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._closed = True
-        self._listener.close()
+        _reset(self._listener)  # wakes the acceptor
         self._acceptor.join(timeout=10)
         self.outage(0)
 
-    @property
-    def down(self) -> bool:
-        return time.monotonic() < self._down_until
-
     def outage(self, seconds: float) -> None:
-        """Cut every connection now and refuse new ones for ``seconds``."""
+        """Reset every open connection now, and each new one for ``seconds``."""
         with self._lock:
             self._down_until = time.monotonic() + seconds
             cut, self._open = self._open, set()
@@ -138,12 +133,12 @@ class OutageProxy:
             _reset(connection)
 
     def _accept(self) -> None:
-        while not self._closed:
+        while True:
             try:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # the listener was closed
-            if self.down:
+            if time.monotonic() < self._down_until:
                 _reset(client)
                 continue
             try:
@@ -153,24 +148,23 @@ class OutageProxy:
                 continue
             with self._lock:
                 self._open |= {client, server}
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            ends = [2]  # directions still open; the last to end closes both sockets
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(
+                    target=self._forward, args=(source, sink, ends), daemon=True
+                ).start()
 
-    def _pump(self, client: socket.socket, server: socket.socket) -> None:
-        """Copy bytes both ways until either side closes or an outage cuts them."""
-        with selectors.DefaultSelector() as selector:
-            selector.register(client, selectors.EVENT_READ, server)
-            selector.register(server, selectors.EVENT_READ, client)
-            try:
-                while True:
-                    for key, _ in selector.select():
-                        data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
-                        if not data:
-                            return
-                        key.data.sendall(data)
-            except (OSError, ValueError):  # cut by an outage (a closed socket's fd is -1)
-                return
-            finally:
-                with self._lock:
-                    self._open -= {client, server}
-                for connection in (client, server):
-                    connection.close()  # after an outage's reset, closing again is harmless
+    def _forward(self, source: socket.socket, sink: socket.socket, ends: list[int]) -> None:
+        """Copy bytes from ``source`` to ``sink`` until ``source`` ends or is cut."""
+        with suppress(OSError):  # cut by an outage: the sockets are closed already
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        with self._lock:
+            ends[0] -= 1
+            last = ends[0] == 0
+            if last:
+                self._open -= {source, sink}
+        if last:
+            source.close()
+            sink.close()

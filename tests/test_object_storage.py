@@ -186,7 +186,7 @@ def test_the_lease_of_a_killed_run_expires_and_resume_then_completes(
 # -- outages ------------------------------------------------------------------------------
 
 
-def test_a_short_outage_is_survived_without_a_traceback(
+def test_a_short_outage_and_a_flapping_link_are_survived_without_a_traceback(
     endpoint: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     out = out_url(request)
@@ -195,6 +195,10 @@ def test_a_short_outage_is_survived_without_a_traceback(
         process = start(workflow(args), tmp_path / "a")
         wait_for_progress(endpoint, out, process)
         proxy.outage(3)
+        time.sleep(4)
+        for _ in range(5):  # then a flapping link: every connection reset as it is used
+            proxy.outage(0)
+            time.sleep(0.3)
         output, errors = process.communicate(timeout=240)
     assert process.returncode == 0, errors
     assert errors == ""  # not a line of the retries, nor of aiohttp's unretrieved tasks
