@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -81,7 +81,9 @@ class Stage:
     pairs), which the workers must see. The callables, in the order they are called:
 
     - ``prepare(executor)``: check what the tasks need of the workers before anything
-      is written, and load it there (counted as start-up);
+      is written (the stage's lease is taken next, and the workers' view of the stores
+      checked);
+    - ``load(executor)``: load on the workers what every task needs (start-up);
     - ``open(mode)``: create the output, or reopen it to resume (checking that it was
       started with the same settings); return its progress, or None if it is complete;
     - ``work(done)``: the tasks not yet done, given the finished units by kind;
@@ -102,6 +104,7 @@ class Stage:
     finish: Callable[[], None]
     storage: Storage
     inputs: tuple[tuple[str, str], ...] = ()
+    load: Callable[[Executor], None] = lambda executor: None
 
 
 @contextmanager
@@ -127,19 +130,23 @@ def run_stage(
     only what did not finish.
     """
     entered = time.perf_counter()
-    lease = hold_lease(
-        stage.path,
-        stage.what,
-        stage.storage,
-        config.lease_seconds,
-        config.break_lease,
-        config.write_without_lease,
-    )
-    with open_executor(config, executor) as run_on, lease as held:
+    with ExitStack() as stack:
+        run_on = stack.enter_context(open_executor(config, executor))
+        stage.prepare(run_on)
+        held = stack.enter_context(
+            hold_lease(
+                stage.path,
+                stage.what,
+                stage.storage,
+                config.lease_seconds,
+                config.break_lease,
+                config.write_without_lease,
+            )
+        )
         try:
             cluster = config.cluster_address or f"this {config.scheduler} run"
             check_workers_see(run_on, held, stage.inputs, stage.storage, cluster)
-            stage.prepare(run_on)
+            stage.load(run_on)
             progress = stage.open(mode)
             if progress is None:
                 return StageResult(
@@ -294,10 +301,9 @@ def sample(
 
     def prepare(executor: Executor) -> None:
         # The source budget depends on the workers: known once the executor is open. A
-        # source kept whole is loaded on every worker now: start-up, not cutting.
+        # source kept whole is loaded on every worker (load): start-up, not cutting.
         nonlocal job
         job = sample_job(config, executor.worker_memory(), executor.worker_threads())
-        executor.on_each_worker(warm_worker, job)
 
     plan = job.plan
     schema = CubeSchema(plan, config.dtype, config.compressor, job.frames.fingerprint)
@@ -319,6 +325,7 @@ def sample(
         plan.n_cubes,
         plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(config.dtype).itemsize,
         prepare=prepare,
+        load=lambda executor: executor.on_each_worker(warm_worker, job),
         open=open_store,
         work=lambda done: sample_tasks(job, done.get("shards", set()), done.get("recipes", set())),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
