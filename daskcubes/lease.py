@@ -231,7 +231,7 @@ class S3LeaseFile:
     def replace(self, data: bytes, token: Token) -> Token | None:
         try:
             return self._call("put_object", Body=data, IfMatch=token)["ETag"]
-        except (OSError, FileNotFoundError) as error:
+        except OSError as error:  # gone (FileNotFoundError), or changed since ``token``
             if isinstance(error, FileNotFoundError) or _precondition_failed(error):
                 return None
             raise
@@ -318,7 +318,7 @@ class Lease:
                         self._lost = "another run took it over"
                         return
                     self.holder, self._data, self._token = holder, data, token
-            except (OSError, UserError) as error:
+            except Exception as error:  # a thread's error reaches no one: the check reports it
                 if time.time() > self.holder.expires:
                     self._lost = f"it expired while it could not be renewed: {error}"
                     return

@@ -174,7 +174,8 @@ def run_stage(
             stage.finish()
         except StorageUnavailable as error:
             raise UserError(
-                f"{stage.what} '{stage.path}': {error}; the store is not marked complete: run "
+                f"{stage.what} '{stage.path}': storage {error.endpoint} did not answer for "
+                f"{error.seconds:.0f} s ({error.reason}); the store is not marked complete: run "
                 "the same command with --resume to finish it"
             ) from None
     return StageResult(
