@@ -86,6 +86,29 @@ class Config(BaseModel):
     compressor: Compressor = Field(
         "none", description="codec of the cube store (random floats compress ~1.14x)"
     )
+    storage_retry_seconds: int = Field(
+        60,
+        ge=0,
+        description="seconds a request to remote storage is tried again through transient "
+        "faults (connections refused or reset, timeouts, 5xx, throttling) before the run stops "
+        "(--resume then finishes it)",
+    )
+    lease_seconds: int = Field(
+        60,
+        ge=2,
+        description="seconds the lease a run holds on the store it writes lasts unless renewed "
+        "(it renews it while alive): a run that dies blocks others this long",
+    )
+    break_lease: bool = Field(
+        False,
+        description="take over the lease of another run at once, expired or not: only when "
+        "that run is known dead, since two runs writing one store corrupt it",
+    )
+    write_without_lease: bool = Field(
+        False,
+        description="write stores on storage without conditional writes (memory://, gs://, "
+        "...), where nothing stops a second run from writing the same store",
+    )
     # -- cubes -------------------------------------------------------------------
     cubes: int = Field(100, ge=1, description="number of cubes to cut")
     dim: int = Field(

@@ -129,7 +129,7 @@ def cut_job(config: Config, worker_memory: int | None = None, threads: int = 1) 
     """The cut of ``config``: its plan checked against the frames store, the source laid
     out for workers of ``worker_memory`` bytes (default: this machine's available
     memory) and ``threads`` threads."""
-    storage = Storage.of(config.storage_options)
+    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
     frames = frames_store_info(config.frames_store, storage)
     n_frames, n_rows, n_cols = frames.shape
     check_cube_fits(config.cube_sizes(n_frames), config.definition, frames.shape)

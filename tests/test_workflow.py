@@ -117,6 +117,10 @@ CHANGED: dict[str, Any] = {
     "connect_timeout": 5,
     "report": "r.html",
     "max_slab_bytes": 10**6,
+    "storage_retry_seconds": 5,
+    "lease_seconds": 10,
+    "break_lease": True,
+    "write_without_lease": True,
 }
 
 
