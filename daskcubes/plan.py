@@ -15,7 +15,12 @@ recipes of any set of cubes are computed at once in array arithmetic. The cube's
   at a random start, or a random ``subset`` of ``depth`` frames in increasing order;
 - rows (``row_mode``): the ``first`` ``height`` rows, or a ``window`` at a random start;
 - columns (``column_mode``): ``width`` distinct ``random`` columns, in drawn order or
-  ``sorted_columns``, or a ``window`` of consecutive columns at a random start.
+  ``sorted_columns``, or a ``window`` of consecutive columns at a random start;
+- any axis may be ``grid``: windows at the starts of a grid along it (every
+  ``*_stride`` positions, with the edge policy ``grid_edge``; see
+  :mod:`daskcubes.windows`). The grid axes together make a grid of windows, and cube
+  ``i`` is window ``i`` of it in C order (frames slowest, columns fastest); the other
+  axes are chosen for each cube as above.
 
 The article's definition is the default: all frames, the first rows, random columns in
 drawn order.
@@ -31,14 +36,17 @@ from typing import Any, Literal
 import numpy as np
 
 from daskcubes.errors import UserError
+from daskcubes.windows import GridEdge, grid_starts
 
 #: What a store's ``semantics`` attribute says: the article's definition, or another one
 #: that the store's plan attributes spell out (:class:`Definition`).
 SEMANTICS = "article"
 DEFINED_SEMANTICS = "defined"
-FrameMode = Literal["all", "window", "subset"]
-RowMode = Literal["first", "window"]
-ColumnMode = Literal["random", "window"]
+FrameMode = Literal["all", "window", "subset", "grid"]
+RowMode = Literal["first", "window", "grid"]
+ColumnMode = Literal["random", "window", "grid"]
+#: The axes of a cube as the settings name them (``frame_mode``, ``row_stride``, ...).
+AXES = ("frame", "row", "column")
 #: Cubes per chunk of the recipe arrays (``columns``, ``rows``, ``frames``) in a cube
 #: store: small arrays, so few, larger files.
 RECIPE_BLOCK = 65536
@@ -98,10 +106,42 @@ class Definition:
     row_mode: RowMode = "first"
     column_mode: ColumnMode = "random"
     sorted_columns: bool = False
+    #: Grid axes: the step between windows (None: the window's size, no overlap).
+    frame_stride: int | None = None
+    row_stride: int | None = None
+    column_stride: int | None = None
+    grid_edge: GridEdge = "drop"
 
     @property
     def is_article(self) -> bool:
         return self == Definition()
+
+    @property
+    def modes(self) -> tuple[str, str, str]:
+        """The mode of each axis (frames, rows, columns)."""
+        return (self.frame_mode, self.row_mode, self.column_mode)
+
+    @property
+    def strides(self) -> tuple[int | None, int | None, int | None]:
+        return (self.frame_stride, self.row_stride, self.column_stride)
+
+    @property
+    def has_grid(self) -> bool:
+        return "grid" in self.modes
+
+    def grid(
+        self, cube_shape: tuple[int, int, int], frames_shape: tuple[int, int, int]
+    ) -> tuple[np.ndarray, ...]:
+        """The window starts along each axis: the grid's for a grid axis, else ``[0]``
+        (an axis not in the grid counts once)."""
+        return tuple(
+            grid_starts(n, size, stride or size, self.grid_edge)
+            if mode == "grid"
+            else np.zeros(1, dtype=np.int32)
+            for mode, stride, size, n in zip(
+                self.modes, self.strides, cube_shape, frames_shape, strict=True
+            )
+        )
 
 
 #: A cube's depth, height and width, each with the name of the setting that gave it.
@@ -134,6 +174,35 @@ def check_cube_fits(
         raise UserError(
             f"depth: {depth}; frame_mode all stacks every frame, so depth must be "
             f"{n_frames} (the frame count); use frame_mode window or subset for fewer frames"
+        )
+    for axis, mode, stride in zip(AXES, definition.modes, definition.strides, strict=True):
+        if stride is not None and mode != "grid":
+            raise UserError(f"{axis}_stride: {stride} needs {axis}_mode grid ({axis}_mode is {mode})")
+        if stride is not None and stride < 1:
+            raise UserError(f"{axis}_stride: {stride}; expected at least 1")
+    if definition.grid_edge != "drop" and not definition.has_grid:
+        raise UserError(f"grid_edge: {definition.grid_edge} needs an axis in grid mode")
+
+
+def check_grid_count(
+    n_cubes: int,
+    cube_shape: tuple[int, int, int],
+    definition: Definition,
+    frames_shape: tuple[int, int, int],
+) -> None:
+    """Refuse more cubes than a grid has windows, in one line giving the count."""
+    if not definition.has_grid:
+        return
+    counts = [len(starts) for starts in definition.grid(cube_shape, frames_shape)]
+    total = int(np.prod(counts))
+    if n_cubes > total:
+        along = " x ".join(
+            f"{count} {axis}s" for axis, mode, count in zip(AXES, definition.modes, counts)
+            if mode == "grid"
+        )
+        raise UserError(
+            f"cubes: {n_cubes}; the grid has {total} windows ({along}), so expected 1 to "
+            f"{total} (cube i is window i of the grid in C order)"
         )
 
 
@@ -185,12 +254,24 @@ class CubePlan:
         """Refuse a shape that does not fit the frames, naming the setting."""
         mode = self.definition
         sizes = (("depth", self.depth), ("height", self.height), ("width", self.width))
-        check_cube_fits(sizes, mode, (self.n_frames, self.n_rows, self.n_cols))
+        frames_shape = (self.n_frames, self.n_rows, self.n_cols)
+        check_cube_fits(sizes, mode, frames_shape)
+        check_grid_count(self.n_cubes, self.cube_shape, mode, frames_shape)
         if mode.sorted_columns and mode.column_mode != "random":
             raise UserError(
                 f"sorted_columns: true needs column_mode random (column_mode is "
                 f"{mode.column_mode}, whose columns are in order already)"
             )
+
+    @property
+    def grid_starts(self) -> tuple[np.ndarray, ...]:
+        """Window starts along each axis of the grid (``[0]`` for an axis not in it)."""
+        return self.definition.grid(self.cube_shape, (self.n_frames, self.n_rows, self.n_cols))
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Windows of the grid along each axis (1 for an axis not in it)."""
+        return tuple(len(starts) for starts in self.grid_starts)
 
     @property
     def n_batches(self) -> int:
@@ -386,8 +467,16 @@ def _windows(starts: np.ndarray, size: int) -> np.ndarray:
     return starts[:, None] + np.arange(size, dtype=np.int32)
 
 
+def _grid_window_starts(plan: CubePlan, cubes: np.ndarray, axis: int) -> np.ndarray:
+    """(len(cubes),) int32 start along ``axis`` of each cube's window of the grid."""
+    position = np.unravel_index(cubes, plan.grid_shape)[axis]
+    return plan.grid_starts[axis][position]
+
+
 def _counter_frames(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
     mode, n, depth = plan.definition.frame_mode, len(cubes), plan.depth
+    if mode == "grid":
+        return _windows(_grid_window_starts(plan, cubes, 0), depth)
     if mode == "all":
         return np.broadcast_to(np.arange(depth, dtype=np.int32), (n, depth))
     keys = cube_keys(plan.seed, FRAME_STREAM, cubes)
@@ -399,10 +488,14 @@ def _counter_frames(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
 def _counter_rows(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
     if plan.definition.row_mode == "first":
         return np.zeros(len(cubes), dtype=np.int32)
+    if plan.definition.row_mode == "grid":
+        return _grid_window_starts(plan, cubes, 1)
     return _window_starts(cube_keys(plan.seed, ROW_STREAM, cubes), plan.n_rows, plan.height)
 
 
 def _counter_columns(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
+    if plan.definition.column_mode == "grid":
+        return _windows(_grid_window_starts(plan, cubes, 2), plan.width)
     keys = cube_keys(plan.seed, COLUMN_STREAM, cubes)
     if plan.definition.column_mode == "window":
         return _windows(_window_starts(keys, plan.n_cols, plan.width), plan.width)

@@ -105,6 +105,10 @@ class CubeSchema:
             "row_mode": definition.row_mode,
             "column_mode": definition.column_mode,
             "sorted_columns": definition.sorted_columns,
+            "frame_stride": definition.frame_stride,
+            "row_stride": definition.row_stride,
+            "column_stride": definition.column_stride,
+            "grid_edge": definition.grid_edge,
             "n_frames": plan.n_frames,
             "n_rows": plan.n_rows,
             "n_cols": plan.n_cols,
@@ -147,6 +151,10 @@ class CubeSchema:
                 row_mode=attrs.get("row_mode", article.row_mode),
                 column_mode=attrs.get("column_mode", article.column_mode),
                 sorted_columns=attrs.get("sorted_columns", article.sorted_columns),
+                frame_stride=attrs.get("frame_stride"),
+                row_stride=attrs.get("row_stride"),
+                column_stride=attrs.get("column_stride"),
+                grid_edge=attrs.get("grid_edge", article.grid_edge),
             ),
         )
         return cls(plan, attrs["dtype"], attrs["compressor"], attrs["frames_fingerprint"])
