@@ -177,7 +177,9 @@ def check_cube_fits(
         )
     for axis, mode, stride in zip(AXES, definition.modes, definition.strides, strict=True):
         if stride is not None and mode != "grid":
-            raise UserError(f"{axis}_stride: {stride} needs {axis}_mode grid ({axis}_mode is {mode})")
+            raise UserError(
+                f"{axis}_stride: {stride} needs {axis}_mode grid ({axis}_mode is {mode})"
+            )
         if stride is not None and stride < 1:
             raise UserError(f"{axis}_stride: {stride}; expected at least 1")
     if definition.grid_edge != "drop" and not definition.has_grid:
@@ -197,7 +199,8 @@ def check_grid_count(
     total = int(np.prod(counts))
     if n_cubes > total:
         along = " x ".join(
-            f"{count} {axis}s" for axis, mode, count in zip(AXES, definition.modes, counts)
+            f"{count} {axis}s"
+            for axis, mode, count in zip(AXES, definition.modes, counts, strict=True)
             if mode == "grid"
         )
         raise UserError(
