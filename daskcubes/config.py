@@ -132,6 +132,28 @@ class Config(BaseModel):
         description="grid axes: drop the positions past the last whole window, or snap (add "
         "a last window that ends at the edge)",
     )
+    weights: str | None = Field(
+        None,
+        description="a weight map (any array ingest reads) over frames x rows x columns, or "
+        "over the window starts: windows are drawn with probability proportional to their "
+        "mean weight (or their start's)",
+    )
+    labels: str | None = Field(
+        None,
+        description="a label volume of whole-number classes, of the frames' shape: windows "
+        "are drawn so that classes come in the shares of label_ratios",
+    )
+    label_ratios: dict[int, float] = Field(
+        default_factory=dict,
+        description='labels: the share of windows of each class, such as {"0": 1, "1": 3}',
+    )
+    label_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="labels: the least fraction of a window's voxels of a class for the "
+        "window to count for it",
+    )
     seed: int = Field(0, ge=0, description="root seed: cube i depends only on (seed, i)")
     dtype: DType = Field("float64", description="dtype of the cubes")
     shard_size: int = Field(16, ge=1, description="cubes per shard file of the cube store")
@@ -223,6 +245,10 @@ class Config(BaseModel):
             self.row_stride,
             self.column_stride,
             self.grid_edge,
+            self.weights,
+            self.labels,
+            tuple(sorted(self.label_ratios.items())),
+            self.label_fraction,
         )
 
     def cube_sizes(self, n_frames: int) -> CubeSizes:

@@ -20,7 +20,11 @@ recipes of any set of cubes are computed at once in array arithmetic. The cube's
   ``*_stride`` positions, with the edge policy ``grid_edge``; see
   :mod:`daskcubes.windows`). The grid axes together make a grid of windows, and cube
   ``i`` is window ``i`` of it in C order (frames slowest, columns fastest); the other
-  axes are chosen for each cube as above.
+  axes are chosen for each cube as above;
+- or the window starts are drawn from a map (``weights`` or ``labels``, with windows
+  along every axis that is not ``all`` frames or the ``first`` rows): window ``i``'s
+  start is the table's (:mod:`daskcubes.maps`) for two counter-based uniforms of
+  ``(seed, i)``.
 
 The article's definition is the default: all frames, the first rows, random columns in
 drawn order.
@@ -29,13 +33,15 @@ drawn order.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
 
 from daskcubes.errors import UserError
+from daskcubes.maps import WindowMaps, WindowTable, window_table
+from daskcubes.storage import Storage
 from daskcubes.windows import GridEdge, grid_starts
 
 #: What a store's ``semantics`` attribute says: the article's definition, or another one
@@ -111,6 +117,12 @@ class Definition:
     row_stride: int | None = None
     column_stride: int | None = None
     grid_edge: GridEdge = "drop"
+    #: Window starts drawn from a map: a weight map, or a label volume with the share of
+    #: each class and the least fraction of a window's voxels that counts for a class.
+    weights: str | None = None
+    labels: str | None = None
+    label_ratios: tuple[tuple[int, float], ...] = ()
+    label_fraction: float = 0.5
 
     @property
     def is_article(self) -> bool:
@@ -128,6 +140,21 @@ class Definition:
     @property
     def has_grid(self) -> bool:
         return "grid" in self.modes
+
+    def window_maps(self, storage: Storage, fingerprint: str | None = None) -> WindowMaps | None:
+        """The map the windows are drawn from, reached through ``storage``; None if none."""
+        if self.weights is not None:
+            return WindowMaps("weights", self.weights, storage, fingerprint=fingerprint)
+        if self.labels is not None:
+            return WindowMaps(
+                "labels",
+                self.labels,
+                storage,
+                self.label_ratios,
+                self.label_fraction,
+                fingerprint,
+            )
+        return None
 
     def grid(
         self, cube_shape: tuple[int, int, int], frames_shape: tuple[int, int, int]
@@ -184,6 +211,38 @@ def check_cube_fits(
             raise UserError(f"{axis}_stride: {stride}; expected at least 1")
     if definition.grid_edge != "drop" and not definition.has_grid:
         raise UserError(f"grid_edge: {definition.grid_edge} needs an axis in grid mode")
+    _check_map_settings(definition)
+
+
+#: Modes whose windows a map may choose: a window, all frames, the first rows.
+MAP_MODES = (("all", "window"), ("first", "window"), ("window",))
+
+
+def _check_map_settings(definition: Definition) -> None:
+    if definition.labels is None and definition.label_ratios:
+        raise UserError("label_ratios needs labels (the label volume)")
+    if definition.labels is not None and not definition.label_ratios:
+        raise UserError(
+            'labels needs label_ratios: the share of each class, such as {"0": 1, "1": 1}'
+        )
+    if definition.labels is not None and definition.weights is not None:
+        raise UserError("weights and labels: windows are drawn from one map; give one of them")
+    if definition.labels is None and definition.weights is None:
+        return
+    if not 0 < definition.label_fraction <= 1:
+        raise UserError(
+            f"label_fraction: {definition.label_fraction}; expected more than 0, at most 1"
+        )
+    shares = [share for _, share in definition.label_ratios]
+    if any(share < 0 for share in shares) or (shares and sum(shares) <= 0):
+        raise UserError(f"label_ratios: shares {shares}; expected shares of 0 or more, not all 0")
+    setting = "weights" if definition.weights is not None else "labels"
+    for axis, mode, allowed in zip(AXES, definition.modes, MAP_MODES, strict=True):
+        if mode not in allowed:
+            raise UserError(
+                f"{setting} chooses where windows start: {axis}_mode must be "
+                f"{' or '.join(allowed)} (it is {mode})"
+            )
 
 
 def check_grid_count(
@@ -232,6 +291,9 @@ class CubePlan:
     shard_size: int
     recipe: str = RECIPE
     definition: Definition = Definition()
+    #: Where the map of ``definition.weights`` or ``labels`` is, and the digest of its
+    #: values (a new plan reads the map and records the digest; a stored plan checks it).
+    maps: WindowMaps | None = None
 
     def __post_init__(self) -> None:
         if self.recipe not in _RECIPE_FUNCTIONS:
@@ -252,6 +314,21 @@ class CubePlan:
                 f"({self.shard_size}), so that each task writes whole shards"
             )
         self._check_definition()
+        if (self.maps is None) != (self.definition.window_maps(Storage()) is None):
+            raise ValueError("a plan has maps exactly when its definition names a map")
+        if self.maps is not None and self.maps.fingerprint is None:
+            # A new plan: the map is read and checked now, before anything is written,
+            # and its digest is what every copy of the plan (each task's) checks.
+            digest = self.window_table.fingerprint
+            object.__setattr__(self, "maps", replace(self.maps, fingerprint=digest))
+
+    @property
+    def window_table(self) -> WindowTable:
+        """The table of window starts of the plan's map (read once per process)."""
+        if self.maps is None:
+            raise ValueError("this plan draws no windows from a map")
+        frames_shape = (self.n_frames, self.n_rows, self.n_cols)
+        return window_table(self.maps, self.definition.modes, self.cube_shape, frames_shape)
 
     def _check_definition(self) -> None:
         """Refuse a shape that does not fit the frames, naming the setting."""
@@ -345,6 +422,9 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 COLUMN_STREAM = 0
 FRAME_STREAM = 1
 ROW_STREAM = 2
+#: Maps: the uniform that picks a window, and the low-discrepancy one that picks a class.
+WINDOW_STREAM = 3
+CLASS_STREAM = 4
 #: Draws computed at once, bounding the memory of a call (~60 MB of temporaries).
 _DRAWS_PER_CHUNK = 1 << 21
 
@@ -506,7 +586,31 @@ def _counter_columns(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
     return np.sort(columns, axis=1) if plan.definition.sorted_columns else columns
 
 
+def _unit_floats(hashes: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1) from the top 53 bits of uint64 ``hashes``."""
+    return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _map_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
+    """Windows whose starts the plan's map draws: a uniform of each cube's own stream
+    picks the start; classes come from a Weyl sequence over the cube index (golden-ratio
+    steps), whose shares of any run of cubes stay within a few cubes of the asked ones."""
+    table = plan.window_table
+    window_u = _unit_floats(_mix64(cube_keys(plan.seed, WINDOW_STREAM, cubes)))
+    steps = np.asarray(cubes, dtype=np.uint64) * np.uint64(_GOLDEN)
+    class_u = _unit_floats(steps + np.uint64(stream_key(plan.seed, CLASS_STREAM)))
+    flat = table.draw(window_u, class_u)
+    frame, row, column = np.unravel_index(flat, table.starts_shape)
+    return Recipes(
+        _windows(frame.astype(np.int32), plan.depth),
+        row.astype(np.int32),
+        _windows(column.astype(np.int32), plan.width),
+    )
+
+
 def _counter_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
+    if plan.maps is not None:
+        return _map_recipes(plan, cubes)
     # One stream per kind of choice, so that changing how one is made leaves the others
     # as they were (the article's columns are the same under any frame or row mode).
     return Recipes(

@@ -169,8 +169,10 @@ def _describe_plan(schema: CubeSchema) -> list[str]:
     definition = ", ".join(
         f"{name} {str(value).lower()}"
         for name, value in asdict(plan.definition).items()
-        # Grid settings only where a grid is: elsewhere they mean nothing.
-        if value is not None and (grid or name != "grid_edge")
+        # Settings only where they mean something: a grid's edge, a label volume's shares.
+        if value not in (None, ())
+        and (grid or name != "grid_edge")
+        and (plan.definition.labels or name != "label_fraction")
     )
     article = " (the article's cubes)" if plan.definition.is_article else ""
     lines = [
