@@ -26,7 +26,6 @@ import hashlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -104,24 +103,42 @@ def starts_shape(modes: tuple[str, str, str], cube_shape: Shape, frames_shape: S
 
 
 def window_table(
-    maps: WindowMaps, modes: tuple[str, str, str], cube_shape: Shape, frames_shape: Shape
+    maps: WindowMaps,
+    modes: tuple[str, str, str],
+    cube_shape: Shape,
+    frames_shape: Shape,
+    fresh: bool = False,
 ) -> WindowTable:
     """The table of ``maps`` for windows of ``cube_shape``; refuses a map whose values
-    are not those ``maps.fingerprint`` names."""
-    table = _summary(replace(maps, fingerprint=None), modes, cube_shape, frames_shape)
+    are not those ``maps.fingerprint`` names.
+
+    A table is read once per process and kept by its digest; ``fresh`` (and a map of no
+    digest yet) reads the map again, so that one rewritten since is noticed.
+    """
+    key = (maps, modes, cube_shape, frames_shape)
+    if not fresh and maps.fingerprint is not None and key in _tables:
+        return _tables[key]
+    table = _summary(maps, modes, cube_shape, frames_shape)
     if maps.fingerprint is not None and table.fingerprint != maps.fingerprint:
         raise UserError(
             f"{maps.what}: not the map these cubes were drawn with (its values differ from "
             "those the cube store recorded)"
         )
+    while len(_tables) >= _KEPT_TABLES:
+        del _tables[next(iter(_tables))]
+    _tables[(replace(maps, fingerprint=table.fingerprint), *key[1:])] = table
     return table
 
 
-# One table per process and map: summarising reads the whole map.
-@lru_cache(maxsize=4)
+#: Tables read in this process, oldest first, by their map (with its digest) and window.
+_tables: dict[tuple[WindowMaps, tuple[str, str, str], Shape, Shape], WindowTable] = {}
+_KEPT_TABLES = 4
+
+
 def _summary(
     maps: WindowMaps, modes: tuple[str, str, str], cube_shape: Shape, frames_shape: Shape
 ) -> WindowTable:
+    """Read the map frame by frame and summarise it over the window starts."""
     try:
         source = location_source(maps.path, None, maps.storage, allow_nonfinite=True)
     except UserError as exc:

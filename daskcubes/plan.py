@@ -325,10 +325,15 @@ class CubePlan:
     @property
     def window_table(self) -> WindowTable:
         """The table of window starts of the plan's map (read once per process)."""
+        return self.read_window_table()
+
+    def read_window_table(self, fresh: bool = False) -> WindowTable:
+        """The table of the plan's map; ``fresh`` reads the map again to check it."""
         if self.maps is None:
             raise ValueError("this plan draws no windows from a map")
         frames_shape = (self.n_frames, self.n_rows, self.n_cols)
-        return window_table(self.maps, self.definition.modes, self.cube_shape, frames_shape)
+        definition = self.definition
+        return window_table(self.maps, definition.modes, self.cube_shape, frames_shape, fresh)
 
     def _check_definition(self) -> None:
         """Refuse a shape that does not fit the frames, naming the setting."""
