@@ -175,7 +175,7 @@ def test_a_class_no_window_can_meet_is_refused(tmp_path: Path) -> None:
     labels = label_volume()
     labels[2:] = 0  # class 2 in one frame only: at most half of a window 2 frames deep
     path = save(tmp_path / "l.zarr", labels)
-    with pytest.raises(UserError, match="class 2 cannot be met: .* \\(at most 0.5 of a window"):
+    with pytest.raises(UserError, match=r"class 2 cannot be met: .* \(at most 0.5 of a window"):
         map_plan(10, labels=path, label_ratios=((0, 1.0), (2, 1.0)), label_fraction=0.6)
     assert map_plan(10, labels=path, label_ratios=((0, 1.0), (2, 1.0)), label_fraction=0.5)
 

@@ -18,7 +18,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench import anchors, ceilings, daskcubes_rows, definitions, distributed, probes, reading
+from bench import (
+    anchors,
+    ceilings,
+    daskcubes_rows,
+    definitions,
+    distributed,
+    patches,
+    probes,
+    reading,
+)
 from bench.data import Setup, article_array, prepare, read_frames
 from bench.report import charts, machine, table
 from bench.rows import Key, Row, Workload
@@ -39,6 +48,7 @@ MEASUREMENTS: list[Measurement] = [
     daskcubes_rows.measure_ingest,
     daskcubes_rows.measure_daskcubes,
     definitions.measure,
+    patches.measure,
     daskcubes_rows.measure_write_paths,
     ceilings.measure_ceilings,
     probes.measure_planning_and_memory,
