@@ -147,6 +147,7 @@ def cut_job(config: Config, worker_memory: int | None = None, threads: int = 1) 
         batch_size=batch_size_for(config.batch_size, config.cubes, config.shard_size, cube_nbytes),
         shard_size=config.shard_size,
         definition=config.definition,
+        maps=config.definition.window_maps(storage),
     )
     return _laid_out(
         frames, plan, config.dtype, storage, config.max_slab_bytes, worker_memory, threads

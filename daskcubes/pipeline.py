@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from daskcubes.config import Config
 from daskcubes.cut import warm_worker
-from daskcubes.executors import Executor, open_executor
 from daskcubes.errors import UserError
+from daskcubes.executors import Executor, open_executor
 from daskcubes.ingest import ingest_tasks
 from daskcubes.lease import check_workers_see, hold_lease
 from daskcubes.progress import Progress, ProgressRecord, Work

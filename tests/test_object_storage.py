@@ -38,7 +38,7 @@ from daskcubes.store import open_group, store_attrs
 from daskcubes.testing import OutageProxy, s3_server, store_files
 from daskcubes.workflow import main
 from tests.conftest import small_config
-from tests.test_distributed import OnFirstDone, _stop
+from tests.test_distributed import ActOnDone, _stop
 from tests.test_s3 import KEY, SECRET, _with_bucket, recorded_shards, remote_files
 
 pytestmark = pytest.mark.slow
@@ -249,7 +249,7 @@ def test_a_worker_killed_while_writing_to_s3_leaves_the_same_bytes(
         killed.append(next(iter(client.run(os.getpid).values())))
         os.kill(killed[0], signal.SIGKILL)
 
-    pipeline.sample(config, show_progress=False, executor=OnFirstDone(local_cluster, kill_a_worker))
+    pipeline.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
     assert killed
     clean = Config.model_validate({**config.model_dump(), "out": str(tmp_path / "clean.zarr")})
     pipeline.sample(clean, show_progress=False)

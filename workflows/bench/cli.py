@@ -25,6 +25,7 @@ from bench import (
     daskcubes_rows,
     definitions,
     distributed,
+    patches,
     probes,
     reading,
 )
@@ -59,6 +60,7 @@ MEASUREMENTS: list[Measurement] = [
     daskcubes_rows.measure_ingest,
     daskcubes_rows.measure_daskcubes,
     definitions.measure,
+    patches.measure,
     daskcubes_rows.measure_write_paths,
     ceilings.measure_ceilings,
     probes.measure_planning_and_memory,

@@ -61,12 +61,27 @@ class Key(StrEnum):
     WINDOWS = "daskcubes generation, windows in every axis"
     XBATCHER = "xbatcher.BatchGenerator over xarray.open_zarr, same windows"
     OUT_OF_CORE_PEAK = "out of core: peak memory / (budget + one batch)"
+    PATCH_UNIFORM = "patches: daskcubes uniform windows (stream, Batches)"
+    PATCH_GRID = "patches: daskcubes grid windows (stream, Batches)"
+    PATCH_WEIGHTED = "patches: daskcubes weighted windows (stream, Batches)"
+    PATCH_LABELS = "patches: daskcubes label-balanced windows (stream, Batches)"
+    PLAN_WEIGHTED = "patches: planning weighted windows, one core"
+    TORCHIO_UNIFORM = "patches: TorchIO UniformSampler"
+    TORCHIO_QUEUE = "patches: TorchIO Queue + SubjectsLoader"
+    TORCHIO_GRID = "patches: TorchIO GridSampler, uncollated"
+    TORCHIO_WEIGHTED = "patches: TorchIO WeightedSampler"
+    TORCHIO_LABELS = "patches: TorchIO LabelSampler"
+    MONAI_UNIFORM = "patches: MONAI RandSpatialCropSamplesd"
+    MONAI_GRID = "patches: MONAI GridPatchDataset"
+    MONAI_WEIGHTED = "patches: MONAI RandWeightedCropd"
+    MONAI_LABELS = "patches: MONAI RandCropByPosNegLabeld"
 
 
 ARTICLE = "the article's ladder"
 BASELINE = "other baselines"
 DASKCUBES = "daskcubes"
 CEILING = "the machine's ceilings"
+PATCH_LIBRARIES = "3-D patch libraries"
 
 GROUP: dict[Key, str] = {
     **dict.fromkeys(
@@ -86,8 +101,19 @@ GROUP: dict[Key, str] = {
         [Key.PLAIN_DASK, Key.WRITE_ZARR, Key.WRITE_ZARRS, Key.FROMFILE, Key.XBATCHER], BASELINE
     ),
     **dict.fromkeys([Key.IO_CEILING, Key.MEMORY_CEILING, Key.CUT_CEILING], CEILING),
+    **dict.fromkeys(
+        [key for key in Key if key.name.startswith(("TORCHIO_", "MONAI_"))], PATCH_LIBRARIES
+    ),
 }
 GROUP.update({key: DASKCUBES for key in Key if key not in GROUP})
+
+#: The module a row needs beyond the README's test line: without it the row is skipped.
+NEEDS: dict[Key, str] = {
+    Key.TORCH_STORE: "torch",
+    Key.TORCH_STREAM: "torch",
+    **{key: "torchio" for key in Key if key.name.startswith("TORCHIO_")},
+    **{key: "monai" for key in Key if key.name.startswith("MONAI_")},
+}
 
 
 class Row(NamedTuple):

@@ -100,6 +100,37 @@ TARGETS: list[Target] = [
         at_most=True,
     ),
     Target("planning <= 10 s", Key.PLAN_TIME, None, 10, at_most=True),
+    Target(
+        "grid windows >= 2x TorchIO GridSampler",
+        Key.PATCH_GRID,
+        Key.TORCHIO_GRID,
+        2,
+        needs="torchio",
+    ),
+    Target("grid windows >= 20x xbatcher", Key.PATCH_GRID, Key.XBATCHER, 20, needs="xbatcher"),
+    *(
+        Target(f"{what} windows >= {bound}x {theirs}", ours, reference, bound, needs=module)
+        for what, ours, rows in (
+            ("weighted", Key.PATCH_WEIGHTED, (Key.TORCHIO_WEIGHTED, Key.MONAI_WEIGHTED)),
+            ("label-balanced", Key.PATCH_LABELS, (Key.TORCHIO_LABELS, Key.MONAI_LABELS)),
+        )
+        for reference, theirs, bound, module in (
+            (rows[0], rows[0].value.removeprefix("patches: "), 2, "torchio"),
+            (rows[1], rows[1].value.removeprefix("patches: "), 2, "monai"),
+            (Key.TORCHIO_QUEUE, "TorchIO Queue", 10, "torchio"),
+        )
+    ),
+    Target("weighted windows >= 0.8x uniform windows", Key.PATCH_WEIGHTED, Key.PATCH_UNIFORM, 0.8),
+    Target(
+        "label-balanced windows >= 0.8x uniform windows", Key.PATCH_LABELS, Key.PATCH_UNIFORM, 0.8
+    ),
+    Target(
+        "planning a million weighted windows <= 10 s",
+        Key.PLAN_WEIGHTED,
+        None,
+        10,
+        at_most=True,
+    ),
     Target("planning peak memory <= 1 GiB", Key.PLAN_MEMORY, None, 1024, at_most=True),
     Target(
         "peak memory, larger run <= 1.2x smaller run",
