@@ -290,7 +290,8 @@ def _row(key: Key, rate_and_peak: tuple[float, float], n: int) -> Row:
 def measure(setup: Setup) -> list[Row]:
     """The patch libraries' rows, and daskcubes' beside them on the same volume."""
     maps = write_maps(setup)
-    n, few = setup.cubes, max(setup.few * BATCH // 4, BATCH)
+    # Whole batches: the libraries' samplers hand patches out 16 at a time.
+    n, few = -(-setup.cubes // BATCH) * BATCH, max(setup.few * BATCH // 4, BATCH)
     rows = [
         _row(key, in_fresh_process(daskcubes_run, setup, kind, maps, n), n)
         for kind, key in DASKCUBES_ROWS.items()
