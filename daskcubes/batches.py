@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -46,11 +46,29 @@ class CubeSource(Protocol):
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
+class PendingCubes(Protocol):
+    """A batch a device source has started; ``ready()`` gives it to the training loop."""
+
+    def ready(self) -> Any: ...
+
+
+@runtime_checkable
+class DeviceCubeSource(Protocol):
+    """A source that hands batches out on a torch device (:mod:`daskcubes.device`):
+    ``start`` begins a batch in the thread that reads ahead, and the loop's thread gets
+    it from the pending batch's ``ready``. ``fresh`` asks for memory of its own."""
+
+    def __len__(self) -> int: ...
+
+    def start(self, positions: np.ndarray, fresh: bool = False) -> PendingCubes: ...
+
+
 class Batch(NamedTuple):
-    """``cubes[k]`` is cube ``indices[k]``: ``(n,)`` indices, ``(n, depth, dim, dim)`` cubes."""
+    """``cubes[k]`` is cube ``indices[k]``: ``(n,)`` indices, ``(n, depth, dim, dim)`` cubes
+    (a numpy array, or a torch tensor for a source on a device)."""
 
     indices: np.ndarray
-    cubes: np.ndarray
+    cubes: Any
 
 
 def epoch_order(n_cubes: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -308,6 +326,11 @@ class Batches:
     prefetch : batches read ahead in a background thread (0 reads in the loop).
     threads : threads each batch is split across (default: every core).
     copy : hand out every batch in fresh memory of its own instead of a ring buffer.
+    device : a torch device (``"cuda"``, ``"cpu"``, a ``torch.device``) to hand batches
+        out on, as tensors: a host source's batches are read on the host and copied
+        there through pinned staging buffers (:class:`~daskcubes.device.OnDevice`). A
+        stream opened on a device (``open_stream(config, device=...)``) needs none:
+        it cuts every batch on its device.
 
     Iterating yields :class:`Batch` ``(indices, cubes)``: a ``for`` loop gives the rest
     of the current epoch, so consecutive loops give epochs 0, 1, ... and a loop left
@@ -324,7 +347,7 @@ class Batches:
 
     def __init__(
         self,
-        source: CubeSource,
+        source: CubeSource | DeviceCubeSource,
         batch_size: int,
         *,
         shuffle: bool = False,
@@ -335,12 +358,22 @@ class Batches:
         prefetch: int = 2,
         threads: int | None = None,
         copy: bool = False,
+        device: Any = None,
     ) -> None:
+        self.threads = threads or default_threads()
+        if device is not None and not isinstance(source, DeviceCubeSource):
+            from daskcubes.device import OnDevice  # torch only when a device is asked for
+
+            source = OnDevice(source, device, self.threads)
+        elif device is not None:
+            raise UserError(
+                f"device: {device!r}, but {source!r} is on a device already; "
+                "leave device out (the source hands its batches out where it is)"
+            )
         self.source = source
         self.plan = BatchPlan(len(source), batch_size, shuffle, seed, drop_last, rank, world_size)
         self.cursor = EpochCursor(self.plan)
         self.prefetch = prefetch
-        self.threads = threads or default_threads()
         self.copy = copy
         # In use at once: one batch being read, ``prefetch`` queued, the one the loop
         # holds and, for a moment, the one before it.
@@ -373,6 +406,10 @@ class Batches:
         self.cursor.load_state_dict(state)
 
     def _read(self, indices: list[np.ndarray]) -> Iterator[Batch]:
+        if isinstance(self.source, DeviceCubeSource):  # cut or copied on the device
+            for ids in indices:
+                yield Batch(ids, self.source.start(ids, self.copy))
+            return
         name = "daskcubes-cut"
         with ThreadPoolExecutor(self.threads, thread_name_prefix=name) as pool:
             for ids in indices:
@@ -386,6 +423,7 @@ class Batches:
         rest = self.cursor.rest()
         reads = prefetched(self._read([ids for ids, _ in rest]), self.prefetch)
         with closing(reads):
+            on_device = isinstance(self.source, DeviceCubeSource)
             for batch, (_, after) in zip(reads, rest, strict=True):
                 self.cursor.position = after  # handed out: counted before the caller sees it
-                yield batch
+                yield Batch(batch.indices, batch.cubes.ready()) if on_device else batch
