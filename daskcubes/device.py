@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from contextlib import nullcontext
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -230,7 +231,7 @@ class DeviceSource:
         """The layers ``held`` (n, depth) marks, from ``block`` (frames from ``start``,
         rows from ``first``): whole cubes in one gather, other layers one layer at a time."""
         height = self.job.plan.height
-        whole = held.all(axis=1)
+        whole = np.asarray(held.all(axis=1))
         local = recipes.frames - start, recipes.rows - first
         if whole.all():
             index = cube_index(*local, recipes.columns, height, self.device)
@@ -364,33 +365,21 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
         return cubes if out is None else out.copy_(cubes)
 
 
-class OnDevice(DeviceBatches, CubeIndexing[torch.Tensor]):
-    """The batches of a host ``source`` handed out on ``device``.
+class Staging(DeviceBatches):
+    """Batches filled on the host and handed out on a device.
 
-    Each batch is read on ``threads`` threads into a staging buffer: on CUDA one of a
-    few pinned buffers, copied to the device with ``non_blocking`` on a stream of its
-    own (a buffer is written again once its copy is done); on the CPU the buffer is the
-    batch, as a tensor (no copy).
+    On CUDA a batch is filled into one of a few pinned host buffers (taken in turn; a
+    buffer is filled again once its last copy is done) and copied to the device with
+    ``non_blocking`` on a stream of its own. On the CPU the buffer is the batch, as a
+    tensor: no copy.
     """
 
-    def __init__(self, source: CubeSource, device: DeviceLike, threads: int | None = None) -> None:
-        found = usable_device(device)
-        super().__init__(found, len(source), source.cube_shape, source.dtype)
-        self.host = source
-        self.threads = threads or default_threads()
-        self._pool: ThreadPoolExecutor | None = None
+    def __init__(
+        self, device: torch.device, n_cubes: int, cube_shape: tuple[int, int, int], dtype: Any
+    ) -> None:
+        super().__init__(device, n_cubes, cube_shape, dtype)
         self._staging: list[tuple[np.ndarray, torch.cuda.Event | None]] = []
         self._turn = 0
-
-    def __repr__(self) -> str:
-        return f"<OnDevice {self.device}: {self.host!r}>"
-
-    @property
-    def pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="daskcubes-read")
-            weakref.finalize(self, self._pool.shutdown, wait=False)
-        return self._pool
 
     def _staged(self, n: int) -> tuple[int, np.ndarray]:
         """A pinned host buffer whose last copy to the device is done, taken in turn."""
@@ -407,22 +396,51 @@ class OnDevice(DeviceBatches, CubeIndexing[torch.Tensor]):
             copied.synchronize()
         return slot, host[:n]
 
-    def start(self, positions: np.ndarray, fresh: bool = False) -> Pending:
-        """Begin handing the cubes at ``positions`` to the device."""
-        positions = np.asarray(positions, dtype=np.int64)
+    def upload(self, n: int, fill: Callable[[np.ndarray], object], fresh: bool) -> Pending:
+        """A batch of ``n`` cubes that ``fill`` writes into a host array, on the device."""
         with self._lock:
             if self.device.type == "cpu":
-                out = self.output(len(positions), fresh)
-                read_in_parts(self.host, positions, out.numpy(), self.pool, self.threads)
+                out = self.output(n, fresh)
+                fill(out.numpy())
                 return Pending(out)
-            slot, host = self._staged(len(positions))
-            read_in_parts(self.host, positions, host, self.pool, self.threads)
+            slot, host = self._staged(n)
+            fill(host)
             with _on(self.stream):
-                out = self.output(len(positions), fresh)
+                out = self.output(n, fresh)
                 out.copy_(torch.from_numpy(host), non_blocking=True)
                 done = self.done()
             self._staging[slot] = (self._staging[slot][0], done)
             return Pending(out, done)
+
+
+class OnDevice(Staging, CubeIndexing[torch.Tensor]):
+    """The batches of a host ``source`` (a cube store, the host stream), read on
+    ``threads`` threads and handed out on ``device`` through :class:`Staging`."""
+
+    def __init__(self, source: CubeSource, device: DeviceLike, threads: int | None = None) -> None:
+        super().__init__(usable_device(device), len(source), source.cube_shape, source.dtype)
+        self.host = source
+        self.threads = threads or default_threads()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:
+        return f"<OnDevice {self.device}: {self.host!r}>"
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="daskcubes-read")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+        return self._pool
+
+    def start(self, positions: np.ndarray, fresh: bool = False) -> Pending:
+        """Begin handing the cubes at ``positions`` to the device."""
+        positions = np.asarray(positions, dtype=np.int64)
+
+        def fill(host: np.ndarray) -> None:
+            read_in_parts(self.host, positions, host, self.pool, self.threads)
+
+        return self.upload(len(positions), fill, fresh)
 
     def read(self, positions: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """Cubes at ``positions`` as a tensor on the device, into ``out`` if given."""

@@ -10,19 +10,19 @@ threads that read). Imports nothing from the executors.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from daskcubes.batches import default_threads
 from daskcubes.config import Config
-from daskcubes.errors import UserError
 from daskcubes.cut import available_memory, cut_cubes, cut_job
+from daskcubes.errors import UserError
 from daskcubes.plan import recipes_of
 from daskcubes.reader import CubeIndexing
 
 if TYPE_CHECKING:
-    from daskcubes.device import DeviceStream, OnDevice
+    from daskcubes.device import DeviceLike, DeviceStream, OnDevice
 
 
 class CubeStream(CubeIndexing[np.ndarray]):
@@ -67,8 +67,23 @@ class CubeStream(CubeIndexing[np.ndarray]):
         return cut_cubes(self.job, recipes_of(self.job.plan, positions), out)
 
 
+Gather = Literal["device", "host"]
+
+
+@overload
 def open_stream(
-    config: Config, device: Any = None, gather: Literal["device", "host"] | None = None
+    config: Config, device: None = None, gather: Gather | None = None
+) -> CubeStream: ...
+
+
+@overload
+def open_stream(
+    config: Config, device: DeviceLike, gather: Gather | None = None
+) -> DeviceStream | OnDevice: ...
+
+
+def open_stream(
+    config: Config, device: Any = None, gather: Gather | None = None
 ) -> CubeStream | DeviceStream | OnDevice:
     """The cubes ``config`` would store, computed on demand from its frames store.
 
