@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "workflows"))  # the benchmark package, as the scr
 
 import bench.targets  # noqa: E402
 from bench.anchors import article_step3  # noqa: E402
-from bench.rows import CUBES_PER_S, Key, Row, importable  # noqa: E402
+from bench.rows import CUBES_PER_S, TORCH_ROWS, Key, Row, importable  # noqa: E402
 from bench.targets import TARGETS, MissingRow, target_lines  # noqa: E402
 
 
@@ -38,11 +38,12 @@ def test_a_target_whose_row_is_missing_is_an_error(monkeypatch: pytest.MonkeyPat
 
 def test_targets_on_missing_torch_read_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
-    torch_rows = {Key.TORCH_STORE, Key.TORCH_STREAM}
-    rows = [row for row in every_row() if row.key not in torch_rows]
+    rows = [row for row in every_row() if row.key not in TORCH_ROWS]
     lines = target_lines(TARGETS, rows)
     assert len(lines) == len(TARGETS)
-    assert sum(line.endswith("not measured (torch missing)") for line in lines) == 2
+    needing_torch = sum(target.needs == "torch" for target in TARGETS)
+    assert needing_torch == 3
+    assert sum(line.endswith("not measured (torch missing)") for line in lines) == needing_torch
 
 
 def test_article_step3_keeps_no_cubes() -> None:
@@ -84,7 +85,7 @@ def test_tiny_run_measures_every_row_and_decides_every_target(tmp_path: Path) ->
     report = json.loads((out / "benchmark.json").read_text())
     # Every row, but torch's where torch is not installed (the README's test line does not
     # install it): those are said to be not measured.
-    without = set() if importable("torch") else {Key.TORCH_STORE, Key.TORCH_STREAM}
+    without = set() if importable("torch") else set(TORCH_ROWS)
     assert {row["key"] for row in report["rows"]} == set(Key) - without
     assert ("not measured (torch missing)" in done.stdout) == bool(without)
     assert all(row["rate"] > 0 for row in report["rows"])

@@ -5,6 +5,9 @@ Measured side by side in one run, everything in tmpfs:
 - random-order batches read from a cube store (``Batches``, no prefetch) against reading
   the same bytes of the same shard files with ``numpy.fromfile``;
 - stream mode: the same batches cut on demand from the frames store;
+- stream mode on ``device="cpu"``: the same batches handed out as torch tensors (the
+  host's cutter, no copy), against stream mode; and, for the record, torch's device
+  gather (what cuts on a GPU) run on the CPU, on fewer cubes;
 - torch ``DataLoader`` over ``CubeDataset`` (2 worker processes), for the store and the
   stream, against the same ``Batches`` read directly (skipped, and said so, without torch).
 
@@ -36,6 +39,9 @@ from daskcubes.schema import CubeSchema
 from daskcubes.stream import open_stream
 
 BATCH = 16
+#: Cubes the device gather runs on the CPU: it is about ten times slower than the host's
+#: cutter there (it is made for a GPU), so a few batches tell its rate.
+DEVICE_GATHER_CUBES = 64
 REPEATS = 2  # best of: the machine is shared, the best run is the least disturbed
 TORCH_WORKERS = 2
 
@@ -112,6 +118,27 @@ def torch_rate(source: str | Config, cubes: int) -> float:
     return best_rate(cubes, drain(loader))
 
 
+def device_rows(config: Config, cubes: int) -> list[Row]:
+    """Stream mode on ``device="cpu"`` through ``Batches``, and the device gather on the
+    CPU (its first ``DEVICE_GATHER_CUBES`` cubes of an epoch's batches)."""
+    on_cpu = open_stream(config, "cpu")
+    on_cpu.read(np.arange(1))  # the slab, outside the timing
+    batches = Batches(on_cpu, BATCH, shuffle=True, seed=1, prefetch=0)
+    gather = open_stream(config, "cpu", gather="device")
+    gather.read(np.arange(1))
+    few = Batches(gather, BATCH, shuffle=True, seed=1, prefetch=0).plan.batches(0)
+    few = few[: max(1, DEVICE_GATHER_CUBES // BATCH)]
+
+    def cut_few() -> None:
+        for ids in few:
+            gather.read(ids)
+
+    return [
+        Row(Key.DEVICE_CPU_STREAM, best_rate(cubes, drain(batches)), CUBES_PER_S),
+        Row(Key.DEVICE_GATHER_CPU, best_rate(sum(map(len, few)), cut_few), CUBES_PER_S),
+    ]
+
+
 def measure(work: Workload) -> list[Row]:
     """Rows of reading and streaming ``work.cubes`` cubes of edge ``work.dim``.
 
@@ -143,10 +170,11 @@ def measure(work: Workload) -> list[Row]:
             ),
         ]
         if importable("torch"):
+            rows.extend(device_rows(config, work.cubes))
             rows.append(Row(Key.TORCH_STORE, torch_rate(config.out, work.cubes), CUBES_PER_S))
             rows.append(Row(Key.TORCH_STREAM, torch_rate(config, work.cubes), CUBES_PER_S))
         else:
-            note = "note: torch is not importable: the torch DataLoader rows are skipped"
+            note = "note: torch is not importable: the device and DataLoader rows are skipped"
             print(note, file=sys.stderr)
     finally:
         shutil.rmtree(config.out, ignore_errors=True)

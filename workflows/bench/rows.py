@@ -48,6 +48,8 @@ class Key(StrEnum):
     STORE_BATCHES = "cube store, random-order batches"
     FROMFILE = "numpy.fromfile, same bytes"
     STREAM_BATCHES = "stream mode, random-order batches"
+    DEVICE_CPU_STREAM = 'stream mode on device="cpu" (torch tensors), random-order batches'
+    DEVICE_GATHER_CPU = "stream mode, torch's device gather run on the CPU"
     TORCH_STORE = "torch DataLoader, cube store (2 workers)"
     TORCH_STREAM = "torch DataLoader, stream mode (2 workers)"
     ROW_WINDOWS = "daskcubes generation, random row windows"
@@ -111,6 +113,12 @@ class Workload(NamedTuple):
     threads: int
     dtype: str
     dim: int
+
+
+#: Rows measured only where torch is installed.
+TORCH_ROWS = frozenset(
+    {Key.DEVICE_CPU_STREAM, Key.DEVICE_GATHER_CPU, Key.TORCH_STORE, Key.TORCH_STREAM}
+)
 
 
 def importable(module: str) -> bool:
