@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -29,7 +30,7 @@ import numpy as np
 import zarr
 
 from bench.anchors import article_step3
-from bench.rows import CUBES_PER_S, Key, Row, Workload, importable
+from bench.rows import CUBES_PER_S, RATIO, Key, Row, Workload, importable
 from bench.targets import TARGETS, target_lines
 from daskcubes import open_cubes, pipeline
 from daskcubes.batches import Batches
@@ -42,6 +43,8 @@ BATCH = 16
 #: Cubes the device gather runs on the CPU: it is about ten times slower than the host's
 #: cutter there (it is made for a GPU), so a few batches tell its rate.
 DEVICE_GATHER_CUBES = 64
+#: Alternating pairs of epochs that compare stream mode on device="cpu" with stream mode.
+DEVICE_PAIRS = 5
 REPEATS = 2  # best of: the machine is shared, the best run is the least disturbed
 TORCH_WORKERS = 2
 
@@ -119,24 +122,38 @@ def torch_rate(source: str | Config, cubes: int) -> float:
 
 
 def device_rows(config: Config, cubes: int) -> list[Row]:
-    """Stream mode on ``device="cpu"`` through ``Batches``, and the device gather on the
-    CPU (its first ``DEVICE_GATHER_CUBES`` cubes of an epoch's batches)."""
-    on_cpu = open_stream(config, "cpu")
-    on_cpu.read(np.arange(1))  # the slab, outside the timing
-    batches = Batches(on_cpu, BATCH, shuffle=True, seed=1, prefetch=0)
+    """Stream mode on ``device="cpu"`` against stream mode, epochs of ``Batches`` taking
+    turns (``DEVICE_PAIRS`` pairs, so that both see the same load of a shared machine),
+    and the device gather on the CPU over its first ``DEVICE_GATHER_CUBES`` cubes."""
+    host = Batches(open_stream(config), BATCH, shuffle=True, seed=1, prefetch=0)
+    on_cpu = Batches(open_stream(config, "cpu"), BATCH, shuffle=True, seed=1, prefetch=0)
+    on_cpu.source.read(np.arange(1))  # the slab, outside the timing
+    rates, ratios = [], []
+    for _ in range(DEVICE_PAIRS):
+        host_rate = cubes / timed(drain(host))
+        rates.append(cubes / timed(drain(on_cpu)))
+        ratios.append(rates[-1] / host_rate)
     gather = open_stream(config, "cpu", gather="device")
     gather.read(np.arange(1))
-    few = Batches(gather, BATCH, shuffle=True, seed=1, prefetch=0).plan.batches(0)
+    few = Batches(gather, BATCH, shuffle=True, seed=1).plan.batches(0)
     few = few[: max(1, DEVICE_GATHER_CUBES // BATCH)]
 
     def cut_few() -> None:
         for ids in few:
             gather.read(ids)
 
+    pairs = f"({DEVICE_PAIRS} pairs)"
     return [
-        Row(Key.DEVICE_CPU_STREAM, best_rate(cubes, drain(batches)), CUBES_PER_S),
+        Row(Key.DEVICE_CPU_STREAM, statistics.median(rates), CUBES_PER_S),
+        Row(Key.DEVICE_CPU_RATIO, statistics.median(ratios), RATIO, note=pairs),
         Row(Key.DEVICE_GATHER_CPU, best_rate(sum(map(len, few)), cut_few), CUBES_PER_S),
     ]
+
+
+def timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
 
 
 def measure(work: Workload) -> list[Row]:
