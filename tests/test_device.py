@@ -5,6 +5,8 @@ the torch loader behave as on the host."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +344,22 @@ def test_batches_on_a_gpu_overlap_and_keep_their_bytes(tmp_path: Path) -> None:
         for _ in range(4):
             busy = busy @ busy / 512
         assert host(cubes).tobytes() == stored[ids].tobytes()
+
+
+@pytest.mark.slow
+def test_the_multi_gpu_example_runs_two_ranks_on_the_cpu(tmp_path: Path) -> None:
+    """workflows/multi_gpu.py under torchrun, one process per rank (gloo on the CPU)."""
+    script = Path(__file__).resolve().parent.parent / "workflows" / "multi_gpu.py"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+            *("--nproc-per-node", "2", str(script)),
+            *("--device", "cpu", "--config", "small", "--make-frames"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 ranks on cpu: 200 cubes in epoch 0 of 200, every cube once: True" in done.stdout

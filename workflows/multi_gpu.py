@@ -1,8 +1,9 @@
 """Several GPUs: one process per GPU, each cutting its own share of every epoch on its
 own device, the ranks together seeing every cube once per epoch.
 
-    torchrun --nproc-per-node 8 workflows/multi_gpu.py --config default --cubes 1000000
-    torchrun --nproc-per-node 2 workflows/multi_gpu.py --device cpu --config small  # gloo
+    torchrun --standalone --nproc-per-node 8 workflows/multi_gpu.py --config default
+    torchrun --standalone --nproc-per-node 2 workflows/multi_gpu.py --device cpu \
+        --config small --make-frames   # anywhere: two ranks on the CPU, over gloo
 
 Each rank opens the stream on its device (``cuda:LOCAL_RANK``, or the CPU), so that it
 holds the slab there, and reads ``Batches(..., rank=RANK, world_size=WORLD_SIZE)``: the
