@@ -6,6 +6,9 @@ from the same recipes (:func:`daskcubes.plan.recipes_of`) and the same cut
 (:func:`daskcubes.cut.cut_cubes`), which holds source values within the same budget
 (``max_slab_bytes``, by default half this machine's available memory, shared by the
 threads that read). Imports nothing from the executors.
+
+``open_stream(config, device=...)`` hands the cubes out as torch tensors on a device, cut
+there (:mod:`daskcubes.device`, imported only then: torch stays optional).
 """
 
 from __future__ import annotations
