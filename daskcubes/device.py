@@ -378,15 +378,15 @@ class Staging(DeviceBatches):
         self, device: torch.device, n_cubes: int, cube_shape: tuple[int, int, int], dtype: Any
     ) -> None:
         super().__init__(device, n_cubes, cube_shape, dtype)
-        self._staging: list[tuple[np.ndarray, torch.cuda.Event | None]] = []
+        self._staging: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
         self._turn = 0
 
-    def _staged(self, n: int) -> tuple[int, np.ndarray]:
+    def _staged(self, n: int) -> tuple[int, torch.Tensor]:
         """A pinned host buffer whose last copy to the device is done, taken in turn."""
-        if not self._staging or self._staging[0][0].shape[0] < n:
+        if not self._staging or len(self._staging[0][0]) < n:
             shape = (n, *self.cube_shape)
             self._staging = [
-                (torch.empty(shape, dtype=self.torch_dtype).pin_memory().numpy(), None)
+                (torch.empty(shape, dtype=self.torch_dtype).pin_memory(), None)
                 for _ in range(STAGING_BUFFERS)
             ]
         slot = self._turn % len(self._staging)
@@ -404,10 +404,10 @@ class Staging(DeviceBatches):
                 fill(out.numpy())
                 return Pending(out)
             slot, host = self._staged(n)
-            fill(host)
+            fill(host.numpy())
             with _on(self.stream):
                 out = self.output(n, fresh)
-                out.copy_(torch.from_numpy(host), non_blocking=True)
+                out.copy_(host, non_blocking=True)
                 done = self.done()
             self._staging[slot] = (self._staging[slot][0], done)
             return Pending(out, done)
