@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(stream)}, every cube once: {every_cube_once}; "
             f"{args.epochs * len(together) / seconds:,.0f} cubes/s together"
         )
+    dist.barrier()  # every rank done before any tears the group down
     dist.destroy_process_group()
     return 0
 
