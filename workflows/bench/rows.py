@@ -118,7 +118,13 @@ class Workload(NamedTuple):
 
 #: Rows measured only where torch is installed.
 TORCH_ROWS = frozenset(
-    {Key.DEVICE_CPU_STREAM, Key.DEVICE_GATHER_CPU, Key.TORCH_STORE, Key.TORCH_STREAM}
+    {
+        Key.DEVICE_CPU_STREAM,
+        Key.DEVICE_CPU_RATIO,
+        Key.DEVICE_GATHER_CPU,
+        Key.TORCH_STORE,
+        Key.TORCH_STREAM,
+    }
 )
 
 
