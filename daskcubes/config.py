@@ -32,7 +32,9 @@ from daskcubes.plan import (
     FrameMode,
     RowMode,
     check_cube_fits,
+    check_grid_count,
 )
+from daskcubes.windows import GridEdge
 
 #: The presets shipped with the package: ``NAME.yaml`` is ``--config NAME``.
 PRESETS: Traversable = files("daskcubes") / "conf"
@@ -86,6 +88,29 @@ class Config(BaseModel):
     compressor: Compressor = Field(
         "none", description="codec of the cube store (random floats compress ~1.14x)"
     )
+    storage_retry_seconds: int = Field(
+        60,
+        ge=0,
+        description="seconds a request to remote storage is tried again through transient "
+        "faults (connections refused or reset, timeouts, 5xx, throttling) before the run stops "
+        "(--resume then finishes it)",
+    )
+    lease_seconds: int = Field(
+        60,
+        ge=2,
+        description="seconds the lease a run holds on the store it writes lasts unless renewed "
+        "(it renews it while alive): a run that dies blocks others this long",
+    )
+    break_lease: bool = Field(
+        False,
+        description="take over the lease of another run at once, expired or not: only when "
+        "that run is known dead, since two runs writing one store corrupt it",
+    )
+    write_without_lease: bool = Field(
+        False,
+        description="write stores on storage without conditional writes (memory://, gs://, "
+        "...), where nothing stops a second run from writing the same store",
+    )
     # -- cubes -------------------------------------------------------------------
     cubes: int = Field(100, ge=1, description="number of cubes to cut")
     dim: int = Field(
@@ -99,20 +124,58 @@ class Config(BaseModel):
     frame_mode: FrameMode = Field(
         "all",
         description="a cube's frames: all (in order), window (depth consecutive frames at a "
-        "random start) or subset (depth random frames, in order)",
+        "random start), subset (depth random frames, in order) or grid (windows every "
+        "frame_stride frames)",
     )
     row_mode: RowMode = Field(
         "first",
-        description="a cube's rows: first (the first height rows) or window (height "
-        "consecutive rows at a random start)",
+        description="a cube's rows: first (the first height rows), window (height "
+        "consecutive rows at a random start) or grid (windows every row_stride rows)",
     )
     column_mode: ColumnMode = Field(
         "random",
-        description="a cube's columns: random (width distinct random columns) or window "
-        "(width consecutive columns at a random start)",
+        description="a cube's columns: random (width distinct random columns), window "
+        "(width consecutive columns at a random start) or grid (windows every column_stride "
+        "columns)",
     )
     sorted_columns: bool = Field(
         False, description="column_mode random: columns in increasing order, not as drawn"
+    )
+    frame_stride: int | None = Field(
+        None, ge=1, description="frame_mode grid: frames between windows (default: depth)"
+    )
+    row_stride: int | None = Field(
+        None, ge=1, description="row_mode grid: rows between windows (default: height)"
+    )
+    column_stride: int | None = Field(
+        None, ge=1, description="column_mode grid: columns between windows (default: width)"
+    )
+    grid_edge: GridEdge = Field(
+        "drop",
+        description="grid axes: drop the positions past the last whole window, or snap (add "
+        "a last window that ends at the edge)",
+    )
+    weights: str | None = Field(
+        None,
+        description="a weight map (any array ingest reads) over frames x rows x columns, or "
+        "over the window starts: windows are drawn with probability proportional to their "
+        "mean weight (or their start's)",
+    )
+    labels: str | None = Field(
+        None,
+        description="a label volume of whole-number classes, of the frames' shape: windows "
+        "are drawn so that classes come in the shares of label_ratios",
+    )
+    label_ratios: dict[int, float] = Field(
+        default_factory=dict,
+        description='labels: the share of windows of each class, such as {"0": 1, "1": 3}',
+    )
+    label_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="labels: the least fraction of a window's voxels of a class for the "
+        "window to count for it",
     )
     seed: int = Field(0, ge=0, description="root seed: cube i depends only on (seed, i)")
     dtype: DType = Field("float64", description="dtype of the cubes")
@@ -196,7 +259,20 @@ class Config(BaseModel):
     @property
     def definition(self) -> Definition:
         """How a cube's frames, rows and columns are chosen."""
-        return Definition(self.frame_mode, self.row_mode, self.column_mode, self.sorted_columns)
+        return Definition(
+            self.frame_mode,
+            self.row_mode,
+            self.column_mode,
+            self.sorted_columns,
+            self.frame_stride,
+            self.row_stride,
+            self.column_stride,
+            self.grid_edge,
+            self.weights,
+            self.labels,
+            tuple(sorted(self.label_ratios.items())),
+            self.label_fraction,
+        )
 
     def cube_sizes(self, n_frames: int) -> CubeSizes:
         """The cube's depth, height and width for ``n_frames`` frames, each named by the
@@ -215,6 +291,8 @@ class Config(BaseModel):
             try:
                 sizes = self.cube_sizes(self.n_frames)
                 check_cube_fits(sizes, self.definition, shape, "the synthetic frames are")
+                cube_shape = (sizes[0][1], sizes[1][1], sizes[2][1])
+                check_grid_count(self.cubes, cube_shape, self.definition, shape)
             except UserError as exc:
                 raise ValueError(str(exc)) from None
         return self

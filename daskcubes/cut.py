@@ -19,7 +19,7 @@ import psutil
 
 from daskcubes.config import Config
 from daskcubes.errors import UserError
-from daskcubes.kernels import gather_cubes, slab_layer
+from daskcubes.kernels import compile_kernel, empty_slab, gather_cubes
 from daskcubes.plan import CubePlan, Recipes, batch_size_for, check_cube_fits, recipes
 from daskcubes.schema import CubeSchema
 from daskcubes.storage import Storage
@@ -39,6 +39,10 @@ class SourceLayout:
     holds one block at a time: ``frame_block`` consecutive frames by one *row band*.
     Band ``k`` holds rows ``k * row_step .. k * row_step + row_step + height - 1``, so
     the rows of a cube whose first row is ``r`` lie in band ``r // row_step``.
+
+    ``rows_contiguous``: the slab's memory layout (see :mod:`daskcubes.kernels`), row-major
+    when the cubes of a batch share their source rows (all frames, the first rows) or
+    read runs of them (column windows), else each source column's rows contiguous.
     """
 
     budget: int
@@ -47,6 +51,7 @@ class SourceLayout:
     rows_needed: int
     frame_block: int
     row_step: int
+    rows_contiguous: bool
 
 
 def source_layout(
@@ -54,16 +59,17 @@ def source_layout(
 ) -> SourceLayout:
     """The layout of source values for ``plan`` within ``budget`` bytes per worker."""
     row_bytes = plan.n_cols * np.dtype(dtype).itemsize
-    height, n_frames = plan.height, plan.n_frames
-    rows_needed = height if plan.definition.row_mode == "first" else plan.n_rows
+    height, n_frames, mode = plan.height, plan.n_frames, plan.definition
+    rows_needed = height if mode.row_mode == "first" else plan.n_rows
     starts = rows_needed - height + 1  # first rows a cube may have
+    shared = mode.column_mode == "window" or (mode.frame_mode, mode.row_mode) == ("all", "first")
     if n_frames * rows_needed * row_bytes <= budget:
-        return SourceLayout(budget, threads, True, rows_needed, n_frames, starts)
+        return SourceLayout(budget, threads, True, rows_needed, n_frames, starts, shared)
     share = budget // max(threads, 1)
     band_rows = share // (n_frames * row_bytes)
     if band_rows >= height:  # bands of whole frames
         step = min(band_rows - height + 1, starts)
-        return SourceLayout(budget, threads, False, rows_needed, n_frames, step)
+        return SourceLayout(budget, threads, False, rows_needed, n_frames, step, shared)
     frame_block = share // (height * row_bytes)
     if frame_block < 1:
         raise UserError(
@@ -74,7 +80,7 @@ def source_layout(
             "use a larger max_slab_bytes, workers with more memory, fewer threads per "
             "worker, or a smaller height"
         )
-    return SourceLayout(budget, threads, False, rows_needed, frame_block, 1)
+    return SourceLayout(budget, threads, False, rows_needed, frame_block, 1, shared)
 
 
 def _size(nbytes: int) -> str:
@@ -123,7 +129,7 @@ def cut_job(config: Config, worker_memory: int | None = None, threads: int = 1) 
     """The cut of ``config``: its plan checked against the frames store, the source laid
     out for workers of ``worker_memory`` bytes (default: this machine's available
     memory) and ``threads`` threads."""
-    storage = Storage.of(config.storage_options)
+    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
     frames = frames_store_info(config.frames_store, storage)
     n_frames, n_rows, n_cols = frames.shape
     check_cube_fits(config.cube_sizes(n_frames), config.definition, frames.shape)
@@ -141,6 +147,7 @@ def cut_job(config: Config, worker_memory: int | None = None, threads: int = 1) 
         batch_size=batch_size_for(config.batch_size, config.cubes, config.shard_size, cube_nbytes),
         shard_size=config.shard_size,
         definition=config.definition,
+        maps=config.definition.window_maps(storage),
     )
     return _laid_out(
         frames, plan, config.dtype, storage, config.max_slab_bytes, worker_memory, threads
@@ -156,14 +163,20 @@ def store_cut_job(
 
 
 def load_slab(
-    source: FramesStoreInfo, storage: Storage, dtype: str, frames: range, rows: range
+    source: FramesStoreInfo,
+    storage: Storage,
+    dtype: str,
+    frames: range,
+    rows: range,
+    rows_contiguous: bool = True,
 ) -> np.ndarray:
-    """``(len(frames), n_cols, len(rows))`` source values as ``dtype``, read one frame at
-    a time so that only the slab and one frame's rows are held at once."""
+    """``(len(frames), len(rows), n_cols)`` source values as ``dtype``, in the layout
+    :func:`~daskcubes.kernels.empty_slab` makes, read one frame at a time so that only
+    the slab and one frame's rows are held at once."""
     array = storage.open_array(source.path, "frames", mode="r")
-    slab = np.empty((len(frames), source.shape[2], len(rows)), dtype=dtype)
+    slab = empty_slab(len(frames), len(rows), source.shape[2], dtype, rows_contiguous)
     for layer, frame in enumerate(frames):
-        slab_layer(np.asarray(array[frame, rows.start : rows.stop, :]), slab[layer])
+        slab[layer] = array[frame, rows.start : rows.stop, :]  # cast once, here
     return slab
 
 
@@ -172,19 +185,25 @@ _slab_lock = threading.Lock()
 
 # One slab per process: a job on other frames replaces it rather than holding two.
 @lru_cache(maxsize=1)
-def _cached_slab(frames: FramesStoreInfo, storage: Storage, dtype: str, rows: int) -> np.ndarray:
-    return load_slab(frames, storage, dtype, range(frames.shape[0]), range(rows))
+def _cached_slab(
+    frames: FramesStoreInfo, storage: Storage, dtype: str, rows: int, rows_contiguous: bool
+) -> np.ndarray:
+    return load_slab(frames, storage, dtype, range(frames.shape[0]), range(rows), rows_contiguous)
 
 
 def worker_slab(job: CutJob) -> np.ndarray:
     """The whole slab of a ``whole`` layout, loaded once per process."""
     with _slab_lock:  # threads of one worker wait for the first load rather than repeat it
-        return _cached_slab(job.frames, job.storage, job.dtype, job.source.rows_needed)
+        layout = job.source
+        return _cached_slab(
+            job.frames, job.storage, job.dtype, layout.rows_needed, layout.rows_contiguous
+        )
 
 
 def warm_worker(job: CutJob) -> None:
-    """Load the job's slab into this process if its layout keeps the source whole
-    (returns nothing, so that the slab stays where it is)."""
+    """Compile the cut for the job, and load its slab into this process if its layout
+    keeps the source whole (returns nothing, so that the slab stays where it is)."""
+    compile_kernel(job.dtype, job.source.rows_contiguous)
     if job.source.whole:
         worker_slab(job)
 
@@ -194,10 +213,11 @@ _blocks = threading.local()
 
 def _block_slab(job: CutJob, frames: range, rows: range) -> np.ndarray:
     """One block of source, kept by the thread until it needs another one."""
-    key = (job.frames, job.dtype, frames, rows)
+    key = (job.frames, job.dtype, frames, rows, job.source.rows_contiguous)
     if getattr(_blocks, "key", None) != key:
         _blocks.key = _blocks.slab = None  # let go of the last block before loading
-        _blocks.slab = load_slab(job.frames, job.storage, job.dtype, frames, rows)
+        layout = job.source.rows_contiguous
+        _blocks.slab = load_slab(job.frames, job.storage, job.dtype, frames, rows, layout)
         _blocks.key = key
     slab: np.ndarray = _blocks.slab
     return slab

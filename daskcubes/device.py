@@ -28,16 +28,14 @@ Imported only when a device is asked for: ``import daskcubes`` does not import t
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from daskcubes.batches import BufferRing, CubeSource, default_threads, read_in_parts
+from daskcubes.batches import BufferRing, CubeSource
 from daskcubes.config import Config
 from daskcubes.cut import CutJob, available_memory, cut_job
 from daskcubes.errors import UserError
@@ -414,33 +412,32 @@ class Staging(DeviceBatches):
 
 
 class OnDevice(Staging, CubeIndexing[torch.Tensor]):
-    """The batches of a host ``source`` (a cube store, the host stream), read on
-    ``threads`` threads and handed out on ``device`` through :class:`Staging`."""
+    """The batches of a host ``source`` (a cube store, the host stream), handed out on
+    ``device`` through :class:`Staging`.
 
-    def __init__(self, source: CubeSource, device: DeviceLike, threads: int | None = None) -> None:
+    :class:`~daskcubes.batches.Batches` reads them on the host's threads, whole batches
+    at once, and hands each over (:meth:`hand`); :meth:`start` and :meth:`read` read one
+    batch on the calling thread, straight into a staging buffer.
+    """
+
+    def __init__(self, source: CubeSource, device: DeviceLike) -> None:
         super().__init__(usable_device(device), len(source), source.cube_shape, source.dtype)
         self.host = source
-        self.threads = threads or default_threads()
-        self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return f"<OnDevice {self.device}: {self.host!r}>"
 
-    @property
-    def pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="daskcubes-read")
-            weakref.finalize(self, self._pool.shutdown, wait=False)
-        return self._pool
+    def hand(self, cubes: np.ndarray) -> Pending:
+        """A batch read on the host, onto the device: on the CPU as it is (a tensor over
+        the same memory), else copied through a staging buffer."""
+        if self.device.type == "cpu":
+            return Pending(torch.from_numpy(cubes))
+        return self.upload(len(cubes), lambda host: np.copyto(host, cubes), fresh=False)
 
     def start(self, positions: np.ndarray, fresh: bool = False) -> Pending:
         """Begin handing the cubes at ``positions`` to the device."""
         positions = np.asarray(positions, dtype=np.int64)
-
-        def fill(host: np.ndarray) -> None:
-            read_in_parts(self.host, positions, host, self.pool, self.threads)
-
-        return self.upload(len(positions), fill, fresh)
+        return self.upload(len(positions), lambda host: self.host.read(positions, host), fresh)
 
     def read(self, positions: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """Cubes at ``positions`` as a tensor on the device, into ``out`` if given."""

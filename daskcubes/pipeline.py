@@ -1,10 +1,11 @@
 """The stages of a run, wired from a :class:`Config`: generate → ingest → sample.
 
-Each stage validates its inputs before writing anything, holds a lock on the store it
-writes, runs only the tasks whose work is not yet recorded as finished, records each
-finished task in the store (see :mod:`daskcubes.progress`), and marks the store
-complete at the end. ``mode`` says what to do with existing output: refuse it
-(``new``), replace it (``overwrite``) or finish it (``resume``).
+Each stage validates its inputs before writing anything, holds the lease of the store
+it writes (see :mod:`daskcubes.lease`), runs only the tasks whose work is not yet
+recorded as finished, records each finished task in the store (see
+:mod:`daskcubes.progress`), and marks the store complete at the end. ``mode`` says
+what to do with existing output: refuse it (``new``), replace it (``overwrite``) or
+finish it (``resume``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
@@ -22,20 +23,16 @@ from tqdm import tqdm
 
 from daskcubes.config import Config
 from daskcubes.cut import warm_worker
+from daskcubes.errors import UserError
 from daskcubes.executors import Executor, open_executor
 from daskcubes.ingest import ingest_tasks
+from daskcubes.lease import check_workers_see, hold_lease
 from daskcubes.progress import Progress, ProgressRecord, Work
 from daskcubes.sampling import SampleJob, sample_job, sample_tasks
 from daskcubes.schema import CubeSchema
 from daskcubes.sources import FrameSource, location_source
-from daskcubes.storage import Storage
-from daskcubes.store import (
-    WriteMode,
-    create_cube_store,
-    create_frames_store,
-    mark_complete,
-    store_lock,
-)
+from daskcubes.storage import Storage, StorageUnavailable
+from daskcubes.store import WriteMode, create_cube_store, create_frames_store, mark_complete
 from daskcubes.synthetic import (
     check_synthetic_frames,
     prepare_frame_directory,
@@ -143,10 +140,13 @@ class Stage(Generic[Prepared]):
     """One stage, as its lifecycle (:func:`run_stage`) needs it.
 
     ``name`` makes ``total`` things of ``unit`` (``nbytes`` bytes) at ``path``, which
-    errors call ``what``. The callables, in the order they are called:
+    errors call ``what``, on ``storage``; the tasks read ``inputs`` (``(what, path)``
+    pairs), which the workers must see. The callables, in the order they are called:
 
     - ``prepare(executor)``: check what the tasks need of the workers before anything
-      is written, and load it there (counted as start-up); returns what ``work`` needs;
+      is written; returns what ``load`` and ``work`` need (the stage's lease is taken
+      next, and the workers' view of the stores checked);
+    - ``load(executor, prepared)``: load on the workers what every task needs (start-up);
     - ``open(mode)``: create the output, or reopen it to resume (checking that it was
       started with the same settings); return its progress, or None if it is complete;
     - ``work(prepared, done)``: the tasks not yet done, given what ``prepare`` returned
@@ -166,6 +166,9 @@ class Stage(Generic[Prepared]):
     work: Callable[[Prepared, dict[str, set[int]]], Work]
     made: Callable[[dict[str, set[int]]], int]
     finish: Callable[[], None]
+    storage: Storage
+    inputs: tuple[tuple[str, str], ...] = ()
+    load: Callable[[Executor, Prepared], None] = lambda executor, prepared: None
 
 
 #: Least seconds between two publications of a stage's progress to the executor.
@@ -221,48 +224,74 @@ def run_stage(
     show_progress: bool,
     executor: Executor | None,
 ) -> StageResult:
-    """The lifecycle every stage shares: lock the output, create or resume it, run the
-    tasks whose work is not yet recorded as finished, recording each as it ends, and mark
-    the output complete.
+    """The lifecycle every stage shares: take the output's lease, check that the workers
+    see the output and the inputs, create or resume the output, run the tasks whose work
+    is not yet recorded as finished, recording each as it ends, and mark the output
+    complete if the lease is still this run's.
 
     Runs on ``executor``, or on one opened from ``config`` for this stage alone. The
     record is saved however the run ends (an error, Ctrl-C), so that ``--resume`` redoes
     only what did not finish.
     """
     entered = time.perf_counter()
-    with open_executor(config, executor) as run_on, store_lock(stage.path, stage.what):
+    with ExitStack() as stack:
+        run_on = stack.enter_context(open_executor(config, executor))
         prepared = stage.prepare(run_on)
-        progress = stage.open(mode)
-        if progress is None:
-            return StageResult(
-                stage.name,
-                stage.total,
-                stage.unit,
-                stage.nbytes,
-                0.0,
+        held = stack.enter_context(
+            hold_lease(
                 stage.path,
-                stage.total,
-                already_complete=True,
+                stage.what,
+                stage.storage,
+                config.lease_seconds,
+                config.break_lease,
+                config.write_without_lease,
             )
-        resumed = stage.made(progress.done)
-        work = stage.work(prepared, progress.done)
-        started = time.perf_counter()
-        watch = _Watch(stage, run_on, progress, len(work.finishes), resumed)
-        with _progress_bar(len(work.finishes), stage.name, show_progress) as advance:
+        )
+        try:
+            cluster = config.cluster_address or f"this {config.scheduler} run"
+            check_workers_see(run_on, held, stage.inputs, stage.storage, cluster)
+            stage.load(run_on, prepared)
+            progress = stage.open(mode)
+            if progress is None:
+                return StageResult(
+                    stage.name,
+                    stage.total,
+                    stage.unit,
+                    stage.nbytes,
+                    0.0,
+                    stage.path,
+                    stage.total,
+                    already_complete=True,
+                )
+            resumed = stage.made(progress.done)
+            work = stage.work(prepared, progress.done)
+            started = time.perf_counter()
+            watch = _Watch(stage, run_on, progress, len(work.finishes), resumed)
+            with _progress_bar(len(work.finishes), stage.name, show_progress) as advance:
 
-            def on_done(key: Key) -> None:
-                progress.finished(*work.finishes[key])
-                advance()
-                watch.task_done()
+                def on_done(key: Key) -> None:
+                    held.check()  # a run that lost its lease stops writing
+                    progress.finished(*work.finishes[key])
+                    advance()
+                    watch.task_done()
 
-            try:
-                run_on.run(work.graph, list(work.finishes), on_done)
-            finally:
-                with suppress(OSError):  # a full disk: the error being raised says so
-                    progress.save()
-        watch.publish(finished=True)
-        seconds = time.perf_counter() - started
-        stage.finish()
+                try:
+                    run_on.run(work.graph, list(work.finishes), on_done)
+                finally:
+                    # A full disk, or storage that stopped answering: the error being
+                    # raised says so.
+                    with suppress(OSError, StorageUnavailable):
+                        progress.save()
+            watch.publish(finished=True)
+            seconds = time.perf_counter() - started
+            held.confirm()
+            stage.finish()
+        except StorageUnavailable as error:
+            raise UserError(
+                f"{stage.what} '{stage.path}': storage {error.endpoint} did not answer for "
+                f"{error.seconds:.0f} s ({error.reason}); the store is not marked complete: run "
+                "the same command with --resume to finish it"
+            ) from None
     return StageResult(
         stage.name,
         stage.total,
@@ -286,7 +315,7 @@ def generate(
 
     Frame files are written whole or not at all, so resuming writes only the missing ones.
     """
-    storage = Storage.of(config.storage_options)
+    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
 
     def open_frames(mode: WriteMode) -> Progress:
         prepare_frame_directory(config.frames, mode, storage)
@@ -304,6 +333,7 @@ def generate(
         work=lambda _, done: synthetic_tasks(config, storage, done["frames"]),
         made=lambda done: len(done["frames"]),
         finish=lambda: None,  # a frame file exists only once whole: nothing to mark
+        storage=storage,
     )
     result = run_stage(stage, config, mode, show_progress, executor)
     return replace(result, nbytes=check_synthetic_frames(config, storage))
@@ -318,7 +348,7 @@ def ingest(
 ) -> StageResult:
     """Write the frames (``source``, by default those ``config.frames`` names) into the zarr
     frames store, then mark it complete."""
-    storage = Storage.of(config.storage_options)
+    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
     if source is None:
         source = location_source(
             config.frames, config.frames_variable, storage, config.allow_nonfinite
@@ -342,6 +372,8 @@ def ingest(
         work=lambda _, done: ingest_tasks(source, path, storage, done.get("frames", set())),
         made=lambda done: len(done.get("frames", ())),
         finish=lambda: mark_complete(path, storage, frames=n_frames),
+        storage=storage,
+        inputs=(("frames", source.location),) if source.location else (),
     )
     return run_stage(stage, config, mode, show_progress, executor)
 
@@ -356,11 +388,12 @@ def sample(
     checked = sample_job(config)  # the frames store and the plan, before any worker starts
 
     def prepare(executor: Executor) -> SampleJob:
-        # The source budget depends on the workers: known once the executor is open. A
-        # source kept whole is loaded on every worker now: start-up, not cutting.
-        job = sample_job(config, executor.worker_memory(), executor.worker_threads())
+        # The source budget depends on the workers: known once the executor is open.
+        return sample_job(config, executor.worker_memory(), executor.worker_threads())
+
+    def load(executor: Executor, job: SampleJob) -> None:
+        # A source kept whole is loaded on every worker now: start-up, not cutting.
         executor.on_each_worker(warm_worker, job.cut)
-        return job
 
     plan, frames, storage = checked.cut.plan, checked.cut.frames, checked.cut.storage
     schema = CubeSchema(plan, config.dtype, config.compressor, frames.fingerprint)
@@ -382,12 +415,15 @@ def sample(
         plan.n_cubes,
         plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(config.dtype).itemsize,
         prepare=prepare,
+        load=load,
         open=open_store,
         work=lambda job, done: sample_tasks(
             job, done.get("shards", set()), done.get("recipes", set())
         ),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
         finish=lambda: mark_complete(config.out, storage, cubes=plan.n_cubes),
+        storage=storage,
+        inputs=(("frames store", config.frames_store),),
     )
     return run_stage(stage, config, mode, show_progress, executor)
 

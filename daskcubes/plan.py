@@ -15,7 +15,16 @@ recipes of any set of cubes are computed at once in array arithmetic. The cube's
   at a random start, or a random ``subset`` of ``depth`` frames in increasing order;
 - rows (``row_mode``): the ``first`` ``height`` rows, or a ``window`` at a random start;
 - columns (``column_mode``): ``width`` distinct ``random`` columns, in drawn order or
-  ``sorted_columns``, or a ``window`` of consecutive columns at a random start.
+  ``sorted_columns``, or a ``window`` of consecutive columns at a random start;
+- any axis may be ``grid``: windows at the starts of a grid along it (every
+  ``*_stride`` positions, with the edge policy ``grid_edge``; see
+  :mod:`daskcubes.windows`). The grid axes together make a grid of windows, and cube
+  ``i`` is window ``i`` of it in C order (frames slowest, columns fastest); the other
+  axes are chosen for each cube as above;
+- or the window starts are drawn from a map (``weights`` or ``labels``, with windows
+  along every axis that is not ``all`` frames or the ``first`` rows): window ``i``'s
+  start is the table's (:mod:`daskcubes.maps`) for two counter-based uniforms of
+  ``(seed, i)``.
 
 The article's definition is the default: all frames, the first rows, random columns in
 drawn order.
@@ -24,21 +33,26 @@ drawn order.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
 import numpy as np
 
 from daskcubes.errors import UserError
+from daskcubes.maps import WindowMaps, WindowTable, window_table
+from daskcubes.storage import Storage
+from daskcubes.windows import GridEdge, grid_starts
 
 #: What a store's ``semantics`` attribute says: the article's definition, or another one
 #: that the store's plan attributes spell out (:class:`Definition`).
 SEMANTICS = "article"
 DEFINED_SEMANTICS = "defined"
-FrameMode = Literal["all", "window", "subset"]
-RowMode = Literal["first", "window"]
-ColumnMode = Literal["random", "window"]
+FrameMode = Literal["all", "window", "subset", "grid"]
+RowMode = Literal["first", "window", "grid"]
+ColumnMode = Literal["random", "window", "grid"]
+#: The axes of a cube as the settings name them (``frame_mode``, ``row_stride``, ...).
+AXES = ("frame", "row", "column")
 #: Cubes per chunk of the recipe arrays (``columns``, ``rows``, ``frames``) in a cube
 #: store: small arrays, so few, larger files.
 RECIPE_BLOCK = 65536
@@ -98,10 +112,63 @@ class Definition:
     row_mode: RowMode = "first"
     column_mode: ColumnMode = "random"
     sorted_columns: bool = False
+    #: Grid axes: the step between windows (None: the window's size, no overlap).
+    frame_stride: int | None = None
+    row_stride: int | None = None
+    column_stride: int | None = None
+    grid_edge: GridEdge = "drop"
+    #: Window starts drawn from a map: a weight map, or a label volume with the share of
+    #: each class and the least fraction of a window's voxels that counts for a class.
+    weights: str | None = None
+    labels: str | None = None
+    label_ratios: tuple[tuple[int, float], ...] = ()
+    label_fraction: float = 0.5
 
     @property
     def is_article(self) -> bool:
         return self == Definition()
+
+    @property
+    def modes(self) -> tuple[str, str, str]:
+        """The mode of each axis (frames, rows, columns)."""
+        return (self.frame_mode, self.row_mode, self.column_mode)
+
+    @property
+    def strides(self) -> tuple[int | None, int | None, int | None]:
+        return (self.frame_stride, self.row_stride, self.column_stride)
+
+    @property
+    def has_grid(self) -> bool:
+        return "grid" in self.modes
+
+    def window_maps(self, storage: Storage, fingerprint: str | None = None) -> WindowMaps | None:
+        """The map the windows are drawn from, reached through ``storage``; None if none."""
+        if self.weights is not None:
+            return WindowMaps("weights", self.weights, storage, fingerprint=fingerprint)
+        if self.labels is not None:
+            return WindowMaps(
+                "labels",
+                self.labels,
+                storage,
+                self.label_ratios,
+                self.label_fraction,
+                fingerprint,
+            )
+        return None
+
+    def grid(
+        self, cube_shape: tuple[int, int, int], frames_shape: tuple[int, int, int]
+    ) -> tuple[np.ndarray, ...]:
+        """The window starts along each axis: the grid's for a grid axis, else ``[0]``
+        (an axis not in the grid counts once)."""
+        return tuple(
+            grid_starts(n, size, stride or size, self.grid_edge)
+            if mode == "grid"
+            else np.zeros(1, dtype=np.int32)
+            for mode, stride, size, n in zip(
+                self.modes, self.strides, cube_shape, frames_shape, strict=True
+            )
+        )
 
 
 #: A cube's depth, height and width, each with the name of the setting that gave it.
@@ -135,6 +202,70 @@ def check_cube_fits(
             f"depth: {depth}; frame_mode all stacks every frame, so depth must be "
             f"{n_frames} (the frame count); use frame_mode window or subset for fewer frames"
         )
+    for axis, mode, stride in zip(AXES, definition.modes, definition.strides, strict=True):
+        if stride is not None and mode != "grid":
+            raise UserError(
+                f"{axis}_stride: {stride} needs {axis}_mode grid ({axis}_mode is {mode})"
+            )
+        if stride is not None and stride < 1:
+            raise UserError(f"{axis}_stride: {stride}; expected at least 1")
+    if definition.grid_edge != "drop" and not definition.has_grid:
+        raise UserError(f"grid_edge: {definition.grid_edge} needs an axis in grid mode")
+    _check_map_settings(definition)
+
+
+#: Modes whose windows a map may choose: a window, all frames, the first rows.
+MAP_MODES = (("all", "window"), ("first", "window"), ("window",))
+
+
+def _check_map_settings(definition: Definition) -> None:
+    if definition.labels is None and definition.label_ratios:
+        raise UserError("label_ratios needs labels (the label volume)")
+    if definition.labels is not None and not definition.label_ratios:
+        raise UserError(
+            'labels needs label_ratios: the share of each class, such as {"0": 1, "1": 1}'
+        )
+    if definition.labels is not None and definition.weights is not None:
+        raise UserError("weights and labels: windows are drawn from one map; give one of them")
+    if definition.labels is None and definition.weights is None:
+        return
+    if not 0 < definition.label_fraction <= 1:
+        raise UserError(
+            f"label_fraction: {definition.label_fraction}; expected more than 0, at most 1"
+        )
+    shares = [share for _, share in definition.label_ratios]
+    if any(share < 0 for share in shares) or (shares and sum(shares) <= 0):
+        raise UserError(f"label_ratios: shares {shares}; expected shares of 0 or more, not all 0")
+    setting = "weights" if definition.weights is not None else "labels"
+    for axis, mode, allowed in zip(AXES, definition.modes, MAP_MODES, strict=True):
+        if mode not in allowed:
+            raise UserError(
+                f"{setting} chooses where windows start: {axis}_mode must be "
+                f"{' or '.join(allowed)} (it is {mode})"
+            )
+
+
+def check_grid_count(
+    n_cubes: int,
+    cube_shape: tuple[int, int, int],
+    definition: Definition,
+    frames_shape: tuple[int, int, int],
+) -> None:
+    """Refuse more cubes than a grid has windows, in one line giving the count."""
+    if not definition.has_grid:
+        return
+    counts = [len(starts) for starts in definition.grid(cube_shape, frames_shape)]
+    total = int(np.prod(counts))
+    if n_cubes > total:
+        along = " x ".join(
+            f"{count} {axis}s"
+            for axis, mode, count in zip(AXES, definition.modes, counts, strict=True)
+            if mode == "grid"
+        )
+        raise UserError(
+            f"cubes: {n_cubes}; the grid has {total} windows ({along}), so expected 1 to "
+            f"{total} (cube i is window i of the grid in C order)"
+        )
 
 
 @dataclass(frozen=True)
@@ -160,6 +291,9 @@ class CubePlan:
     shard_size: int
     recipe: str = RECIPE
     definition: Definition = Definition()
+    #: Where the map of ``definition.weights`` or ``labels`` is, and the digest of its
+    #: values (a new plan reads the map and records the digest; a stored plan checks it).
+    maps: WindowMaps | None = None
 
     def __post_init__(self) -> None:
         if self.recipe not in _RECIPE_FUNCTIONS:
@@ -180,17 +314,49 @@ class CubePlan:
                 f"({self.shard_size}), so that each task writes whole shards"
             )
         self._check_definition()
+        if (self.maps is None) != (self.definition.window_maps(Storage()) is None):
+            raise ValueError("a plan has maps exactly when its definition names a map")
+        if self.maps is not None and self.maps.fingerprint is None:
+            # A new plan: the map is read and checked now, before anything is written,
+            # and its digest is what every copy of the plan (each task's) checks.
+            digest = self.window_table.fingerprint
+            object.__setattr__(self, "maps", replace(self.maps, fingerprint=digest))
+
+    @property
+    def window_table(self) -> WindowTable:
+        """The table of window starts of the plan's map (read once per process)."""
+        return self.read_window_table()
+
+    def read_window_table(self, fresh: bool = False) -> WindowTable:
+        """The table of the plan's map; ``fresh`` reads the map again to check it."""
+        if self.maps is None:
+            raise ValueError("this plan draws no windows from a map")
+        frames_shape = (self.n_frames, self.n_rows, self.n_cols)
+        definition = self.definition
+        return window_table(self.maps, definition.modes, self.cube_shape, frames_shape, fresh)
 
     def _check_definition(self) -> None:
         """Refuse a shape that does not fit the frames, naming the setting."""
         mode = self.definition
         sizes = (("depth", self.depth), ("height", self.height), ("width", self.width))
-        check_cube_fits(sizes, mode, (self.n_frames, self.n_rows, self.n_cols))
+        frames_shape = (self.n_frames, self.n_rows, self.n_cols)
+        check_cube_fits(sizes, mode, frames_shape)
+        check_grid_count(self.n_cubes, self.cube_shape, mode, frames_shape)
         if mode.sorted_columns and mode.column_mode != "random":
             raise UserError(
                 f"sorted_columns: true needs column_mode random (column_mode is "
                 f"{mode.column_mode}, whose columns are in order already)"
             )
+
+    @property
+    def grid_starts(self) -> tuple[np.ndarray, ...]:
+        """Window starts along each axis of the grid (``[0]`` for an axis not in it)."""
+        return self.definition.grid(self.cube_shape, (self.n_frames, self.n_rows, self.n_cols))
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Windows of the grid along each axis (1 for an axis not in it)."""
+        return tuple(len(starts) for starts in self.grid_starts)
 
     @property
     def n_batches(self) -> int:
@@ -261,6 +427,9 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 COLUMN_STREAM = 0
 FRAME_STREAM = 1
 ROW_STREAM = 2
+#: Maps: the uniform that picks a window, and the low-discrepancy one that picks a class.
+WINDOW_STREAM = 3
+CLASS_STREAM = 4
 #: Draws computed at once, bounding the memory of a call (~60 MB of temporaries).
 _DRAWS_PER_CHUNK = 1 << 21
 
@@ -386,8 +555,16 @@ def _windows(starts: np.ndarray, size: int) -> np.ndarray:
     return starts[:, None] + np.arange(size, dtype=np.int32)
 
 
+def _grid_window_starts(plan: CubePlan, cubes: np.ndarray, axis: int) -> np.ndarray:
+    """(len(cubes),) int32 start along ``axis`` of each cube's window of the grid."""
+    position = np.unravel_index(cubes, plan.grid_shape)[axis]
+    return plan.grid_starts[axis][position]
+
+
 def _counter_frames(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
     mode, n, depth = plan.definition.frame_mode, len(cubes), plan.depth
+    if mode == "grid":
+        return _windows(_grid_window_starts(plan, cubes, 0), depth)
     if mode == "all":
         return np.broadcast_to(np.arange(depth, dtype=np.int32), (n, depth))
     keys = cube_keys(plan.seed, FRAME_STREAM, cubes)
@@ -399,10 +576,14 @@ def _counter_frames(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
 def _counter_rows(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
     if plan.definition.row_mode == "first":
         return np.zeros(len(cubes), dtype=np.int32)
+    if plan.definition.row_mode == "grid":
+        return _grid_window_starts(plan, cubes, 1)
     return _window_starts(cube_keys(plan.seed, ROW_STREAM, cubes), plan.n_rows, plan.height)
 
 
 def _counter_columns(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
+    if plan.definition.column_mode == "grid":
+        return _windows(_grid_window_starts(plan, cubes, 2), plan.width)
     keys = cube_keys(plan.seed, COLUMN_STREAM, cubes)
     if plan.definition.column_mode == "window":
         return _windows(_window_starts(keys, plan.n_cols, plan.width), plan.width)
@@ -410,7 +591,31 @@ def _counter_columns(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
     return np.sort(columns, axis=1) if plan.definition.sorted_columns else columns
 
 
+def _unit_floats(hashes: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1) from the top 53 bits of uint64 ``hashes``."""
+    return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _map_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
+    """Windows whose starts the plan's map draws: a uniform of each cube's own stream
+    picks the start; classes come from a Weyl sequence over the cube index (golden-ratio
+    steps), whose shares of any run of cubes stay within a few cubes of the asked ones."""
+    table = plan.window_table
+    window_u = _unit_floats(_mix64(cube_keys(plan.seed, WINDOW_STREAM, cubes)))
+    steps = np.asarray(cubes, dtype=np.uint64) * np.uint64(_GOLDEN)
+    class_u = _unit_floats(steps + np.uint64(stream_key(plan.seed, CLASS_STREAM)))
+    flat = table.draw(window_u, class_u)
+    frame, row, column = np.unravel_index(flat, table.starts_shape)
+    return Recipes(
+        _windows(frame.astype(np.int32), plan.depth),
+        row.astype(np.int32),
+        _windows(column.astype(np.int32), plan.width),
+    )
+
+
 def _counter_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
+    if plan.maps is not None:
+        return _map_recipes(plan, cubes)
     # One stream per kind of choice, so that changing how one is made leaves the others
     # as they were (the article's columns are the same under any frame or row mode).
     return Recipes(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dask.array as da
@@ -56,6 +56,7 @@ class FrameSource:
     identity : what defines the values, compared when an ingest is resumed.
     fingerprint : a digest of the identity, recorded in every cube store cut from it.
     sources : what the frames store records of where the frames came from.
+    location : a path the tasks read (that the workers must see), if any.
     """
 
     array: da.Array
@@ -64,6 +65,7 @@ class FrameSource:
     identity: dict[str, Any]
     fingerprint: str
     sources: list[dict[str, Any]]
+    location: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -113,6 +115,7 @@ def files_source(paths: list[str], storage: Storage, allow_nonfinite: bool = Fal
         identity,
         digest,
         [{"path": f.path, "size": f.size, "fingerprint": f.fingerprint} for f in files],
+        files[0].path,
     )
 
 
@@ -267,9 +270,10 @@ def location_source(
             raise UserError(f"{what}: not a readable NetCDF or HDF5 file ({exc})") from None
         data, variable = _variable(dataset, variable, location)
         identity.update(variable=variable, size=size, fingerprint=digest_of_file)
-        return _data_array_source(
+        source = _data_array_source(
             data, f"frames '{location}' variable '{variable}'", identity, allow_nonfinite, None
         )
+        return replace(source, location=location)
     try:
         found = zarr.open(store=storage.zarr_store(location, read_only=True), mode="r")
     except (OSError, ValueError) as exc:
@@ -278,7 +282,8 @@ def location_source(
         if variable is not None:
             raise UserError(f"frames_variable: '{variable}'; frames '{location}' is one array")
         identity["metadata"] = _digest(found.metadata.to_dict())
-        return array_source(da.from_zarr(found), what, identity, [identity], allow_nonfinite)
+        source = array_source(da.from_zarr(found), what, identity, [identity], allow_nonfinite)
+        return replace(source, location=location)
     if "daskcubes" in found.attrs:
         raise UserError(
             f"frames '{location}': a daskcubes store; sample reads a frames store as "
@@ -288,9 +293,10 @@ def location_source(
     dataset = xr.open_zarr(storage.zarr_store(location, read_only=True), consolidated=False)
     data, variable = _variable(dataset, variable, location)
     identity.update(variable=variable, metadata=_digest(found[variable].metadata.to_dict()))
-    return _data_array_source(
+    source = _data_array_source(
         data, f"frames '{location}' variable '{variable}'", identity, allow_nonfinite, None
     )
+    return replace(source, location=location)
 
 
 def in_memory_source(frames: Any, allow_nonfinite: bool = False) -> FrameSource:

@@ -4,26 +4,58 @@
 Credentials come from the options or from the usual environment variables (for S3:
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ...); they are
 never written into store attributes or printed.
+
+Requests to remote storage that fail for a transient reason (a connection refused or
+reset, a timeout, a 5xx answer, throttling) are tried again with backoff, for at most
+:attr:`Storage.retry_seconds` from the first failure; then :class:`StorageUnavailable`
+says which endpoint did not answer. Every request a zarr store makes goes through
+:class:`RetryingStore`, and the file operations of :class:`Storage` retry alike. The
+layers below (botocore) are left one attempt each, so that the budget bounds a request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import posixpath
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import fsspec
+import fsspec.asyn
 import zarr
 from fsspec import AbstractFileSystem
-from zarr.storage import FsspecStore, LocalStore
+from zarr.abc.store import ByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from daskcubes.errors import UserError
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+#: Seconds a failing storage request is tried again before the run gives up (default).
+RETRY_SECONDS = 60.0
+#: Longest wait between two tries of a request, in seconds.
+MAX_BACKOFF = 2.0
+#: S3 error codes that mean "try again later".
+TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+}
 
 #: fsspec protocols whose paths start with a bucket that must exist before writing.
 BUCKET_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
@@ -61,23 +93,174 @@ def basename(url: str) -> str:
     return posixpath.basename(url.rstrip("/"))
 
 
+def protocol(url: str) -> str:
+    """The fsspec protocol of ``url``: ``file`` for a local path."""
+    return "file" if local_path(url) is not None else url.split("://", 1)[0]
+
+
+class StorageUnavailable(UserError):
+    """Remote storage kept failing for a transient reason for the whole retry budget.
+
+    Made of plain values (``endpoint``, ``url``, ``seconds``, ``reason``), so that it
+    travels from a worker to the driver as it was raised.
+    """
+
+    def __init__(self, endpoint: str, url: str, seconds: float, reason: str) -> None:
+        super().__init__(endpoint, url, seconds, reason)
+        self.endpoint, self.url, self.seconds, self.reason = endpoint, url, seconds, reason
+
+    def __str__(self) -> str:
+        return (
+            f"storage {self.endpoint} did not answer for {self.seconds:.0f} s ({self.reason}) "
+            f"at '{self.url}'"
+        )
+
+
+def _causes(error: BaseException) -> Iterable[BaseException]:
+    """``error`` and the exceptions it was raised from (s3fs wraps botocore's errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _is_transient_one(error: BaseException) -> bool:
+    if isinstance(error, ConnectionError | TimeoutError):  # refused, reset, timed out
+        return True
+    response = getattr(error, "response", None)  # botocore's ClientError
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = response.get("Error", {}).get("Code", "")
+        return status >= 500 or status == 429 or code in TRANSIENT_CODES
+    # botocore's and aiohttp's connection errors (endpoint unreachable, connection closed,
+    # a response cut short), named so that neither library needs to be installed.
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(
+        names
+        & {
+            "HTTPClientError",
+            "ConnectionError",
+            "IncompleteReadError",
+            "ResponseStreamingError",
+            "ClientConnectionError",
+            "ClientPayloadError",
+            "ServerTimeoutError",
+        }
+    )
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` (or what it was raised from) may pass if the request is tried again."""
+    return any(_is_transient_one(cause) for cause in _causes(error))
+
+
+def _reason(error: BaseException) -> str:
+    cause = next((c for c in _causes(error) if _is_transient_one(c)), error)
+    text = str(cause).splitlines()[0] if str(cause) else ""
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+class _Retry:
+    """The tries of one request: how long to wait after each transient failure."""
+
+    def __init__(self, storage: Storage, url: str) -> None:
+        self._storage, self._url = storage, url
+        self._deadline: float | None = None
+        self._wait = 0.05
+
+    def wait_after(self, error: BaseException) -> float:
+        """Seconds to wait before trying again; raises :class:`StorageUnavailable` once
+        the budget is spent."""
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self._storage.retry_seconds
+        if now >= self._deadline:
+            raise StorageUnavailable(
+                self._storage.endpoint(self._url),
+                self._url,
+                self._storage.retry_seconds,
+                _reason(error),
+            ) from error
+        log.debug("retrying %s after %s", self._url, _reason(error))
+        self._wait = min(2 * self._wait, MAX_BACKOFF)
+        return min(self._wait, self._deadline - now)
+
+
+def _quiet_unretrieved(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """fsspec's event loop: transient errors of tasks that nobody awaits, logged at debug.
+
+    aiohttp starts a task that writes each request's body; when the connection is reset
+    under it, the request fails (and is retried), but that task's own error is never
+    retrieved, and asyncio's default handler would print its traceback.
+    """
+    error = context.get("exception")
+    if error is not None and is_transient(error):
+        log.debug("%s: %s", context.get("message"), _reason(error))
+    else:
+        loop.default_exception_handler(context)
+
+
+def _quiet(loop: asyncio.AbstractEventLoop) -> None:
+    if loop.get_exception_handler() is not _quiet_unretrieved:
+        loop.set_exception_handler(_quiet_unretrieved)
+
+
 @dataclass(frozen=True)
 class Storage:
-    """fsspec options for every URL of a run: small, hashable, and sent with each task.
+    """fsspec options for every URL of a run, and how long a failing request is retried:
+    small, hashable, and sent with each task.
 
     Build it with :meth:`of`; the options are kept as sorted JSON so that a storage is
     hashable and compares by value.
     """
 
     options_json: str = "{}"
+    retry_seconds: float = RETRY_SECONDS
 
     @classmethod
-    def of(cls, options: Mapping[str, Any] | None = None) -> Storage:
-        return cls(json.dumps(dict(options or {}), sort_keys=True))
+    def of(
+        cls, options: Mapping[str, Any] | None = None, retry_seconds: float = RETRY_SECONDS
+    ) -> Storage:
+        return cls(json.dumps(dict(options or {}), sort_keys=True), retry_seconds)
 
     @cached_property
     def options(self) -> dict[str, Any]:
         return dict(json.loads(self.options_json))
+
+    def fsspec_options(self, url: str) -> dict[str, Any]:
+        """The options fsspec gets for ``url``: for S3, botocore tries each request once
+        (unless the options say otherwise), so that :attr:`retry_seconds` bounds it, and
+        gives up connecting after 10 s."""
+        options = dict(self.options)
+        if protocol(url) in ("s3", "s3a"):
+            config = {"retries": {"total_max_attempts": 1}, "connect_timeout": 10}
+            options["config_kwargs"] = {**config, **options.get("config_kwargs", {})}
+        return options
+
+    def endpoint(self, url: str) -> str:
+        """Where requests for ``url`` go, as the user would name it."""
+        if protocol(url) not in ("s3", "s3a"):
+            return f"{protocol(url)}://{url.split('://', 1)[-1].split('/', 1)[0]}"
+        given = self.options.get("endpoint_url") or self.options.get("client_kwargs", {}).get(
+            "endpoint_url"
+        )
+        env = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        return str(given or env or "https://s3.amazonaws.com")
+
+    def retrying(self, url: str, request: Callable[[], T]) -> T:
+        """``request()``, tried again through transient failures of the storage of ``url``."""
+        if local_path(url) is not None:
+            return request()  # a local disk's errors are not network weather
+        retry = _Retry(self, url)
+        while True:
+            try:
+                return request()
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                time.sleep(retry.wait_after(error))
 
     def filesystem(self, url: str) -> tuple[AbstractFileSystem, str]:
         """The fsspec filesystem of ``url``, and the path within it."""
@@ -85,17 +268,21 @@ class Storage:
         if path is not None:
             return fsspec.filesystem("file"), os.path.abspath(path)
         try:
-            fs, inner = fsspec.core.url_to_fs(url, **self.options)
+            fs, inner = fsspec.core.url_to_fs(url, **self.fsspec_options(url))
         except (ImportError, ValueError) as exc:
             raise UserError(f"'{url}': cannot reach this location ({exc})") from None
+        _quiet(fsspec.asyn.get_loop())  # where the filesystem's requests run
         return fs, inner
 
-    def zarr_store(self, url: str, read_only: bool) -> LocalStore | FsspecStore:
+    def zarr_store(self, url: str, read_only: bool) -> LocalStore | RetryingStore:
         """A zarr store object for the store at ``url``."""
         path = local_path(url)
         if path is not None:
             return LocalStore(path, read_only=read_only)
-        return FsspecStore.from_url(url, storage_options=self.options, read_only=read_only)
+        store = FsspecStore.from_url(
+            url, storage_options=self.fsspec_options(url), read_only=read_only
+        )
+        return RetryingStore(store, self, url)
 
     # zarr_format=3 and no consolidated metadata: zarr then looks for one metadata file
     # instead of probing for several (each probe is a request to an object store).
@@ -135,16 +322,16 @@ class Storage:
 
     def exists(self, url: str) -> bool:
         fs, path = self.filesystem(url)
-        return bool(fs.exists(path))
+        return bool(self.retrying(url, lambda: fs.exists(path)))
 
     def isdir(self, url: str) -> bool:
         fs, path = self.filesystem(url)
-        return bool(fs.isdir(path))
+        return bool(self.retrying(url, lambda: fs.isdir(path)))
 
     def remove(self, url: str) -> None:
         fs, path = self.filesystem(url)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        if self.exists(url):
+            self.retrying(url, lambda: fs.rm(path, recursive=True))
 
     def makedirs(self, url: str) -> None:
         fs, path = self.filesystem(url)
@@ -152,11 +339,11 @@ class Storage:
 
     def size(self, url: str) -> int:
         fs, path = self.filesystem(url)
-        return int(fs.size(path))
+        return int(self.retrying(url, lambda: fs.size(path)))
 
     def read_bytes(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
         fs, path = self.filesystem(url)
-        return bytes(fs.cat_file(path, start=start, end=end))
+        return bytes(self.retrying(url, lambda: fs.cat_file(path, start=start, end=end)))
 
     def write_whole(self, url: str, data: bytes) -> None:
         """Write a file whole or not at all: a local file is written beside its name, then
@@ -164,17 +351,95 @@ class Storage:
         path = local_path(url)
         if path is None:
             fs, inner = self.filesystem(url)
-            fs.pipe_file(inner, data)
+            self.retrying(url, lambda: fs.pipe_file(inner, data))
             return
         write_atomically(path, [data])
 
     def list_files(self, url_or_glob: str) -> list[str]:
         """Files in a directory, or matching a glob, as URLs of the same kind as given."""
         fs, path = self.filesystem(url_or_glob)
-        if self.isdir(url_or_glob):
-            found = [entry["name"] for entry in fs.ls(path, detail=True) if entry["type"] == "file"]
-        else:
-            found = [name for name in fs.glob(path) if fs.isfile(name)]
+
+        def listed() -> list[str]:
+            if fs.isdir(path):
+                entries = fs.ls(path, detail=True)
+                return [entry["name"] for entry in entries if entry["type"] == "file"]
+            return [name for name in fs.glob(path) if fs.isfile(name)]
+
+        found = self.retrying(url_or_glob, listed)
         if local_path(url_or_glob) is not None:
             return found
         return [fs.unstrip_protocol(name) for name in found]
+
+
+class RetryingStore(WrapperStore[FsspecStore]):
+    """A zarr store on remote storage whose every request is retried as
+    :meth:`Storage.retrying` retries (``url`` is the store's, for the message)."""
+
+    def __init__(self, store: FsspecStore, storage: Storage, url: str) -> None:
+        super().__init__(store)
+        self._storage, self._url = storage, url
+
+    def _with_store(self, store: FsspecStore) -> RetryingStore:
+        return type(self)(store, self._storage, self._url)
+
+    async def _retrying(self, request: Callable[[], Awaitable[T]]) -> T:
+        _quiet(asyncio.get_running_loop())  # zarr's own event loop, where the requests run
+        retry = _Retry(self._storage, self._url)
+        while True:
+            try:
+                return await request()
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                await asyncio.sleep(retry.wait_after(error))
+
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        return await self._retrying(lambda: self._store.get(key, prototype, byte_range))
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        key_ranges = list(key_ranges)
+        return await self._retrying(lambda: self._store.get_partial_values(prototype, key_ranges))
+
+    async def exists(self, key: str) -> bool:
+        return await self._retrying(lambda: self._store.exists(key))
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await self._retrying(lambda: self._store.set(key, value))
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        await self._retrying(lambda: self._store.set_if_not_exists(key, value))
+
+    async def delete(self, key: str) -> None:
+        await self._retrying(lambda: self._store.delete(key))
+
+    async def delete_dir(self, prefix: str) -> None:
+        await self._retrying(lambda: self._store.delete_dir(prefix))
+
+    async def is_empty(self, prefix: str) -> bool:
+        return await self._retrying(lambda: self._store.is_empty(prefix))
+
+    # The wrapped store's many-key requests would call its own get and set, not these.
+    _get_many = Store._get_many
+    _set_many = Store._set_many
+
+    def list(self) -> AsyncIterator[str]:
+        return self._listed(self._store.list)
+
+    def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        return self._listed(lambda: self._store.list_prefix(prefix))
+
+    def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        return self._listed(lambda: self._store.list_dir(prefix))
+
+    async def _listed(self, listing: Callable[[], AsyncIterator[str]]) -> AsyncIterator[str]:
+        """A listing read whole (and read again whole if it fails), then handed out."""
+
+        async def whole() -> list[str]:
+            return [key async for key in listing()]
+
+        for key in await self._retrying(whole):
+            yield key

@@ -112,8 +112,8 @@ def store_lock(url: str, what: str) -> Iterator[None]:
     """Hold an exclusive lock on writing the local store at ``url`` (``STORE.lock`` beside it).
 
     The operating system releases the lock when the process ends, however it ends, so a
-    killed run never leaves a stale lock behind. Object stores offer no such lock: there,
-    keep to one writer per store.
+    killed run never leaves a stale lock behind. It stands beside the store's lease
+    (:mod:`daskcubes.lease`), which object storage and other machines see too.
     """
     path = local_path(url)
     if path is None:

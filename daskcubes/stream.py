@@ -36,8 +36,8 @@ class CubeStream(CubeIndexing[np.ndarray]):
     indexing and :meth:`read`, so :class:`~daskcubes.batches.Batches` takes either. The source
     rows the cubes need are loaded once per process, on the first read, if they fit the
     budget; else each read works through them block by block.
-    :meth:`read` may run in several threads at once (``Batches`` splits each batch
-    across its threads so that the cut uses every core): the gather releases the GIL.
+    :meth:`read` may run in several threads at once (``Batches`` reads a batch on each
+    of its threads, so that the cut uses every core): the cut releases the GIL.
     """
 
     def __init__(self, config: Config) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 
 from daskcubes.cut import cut_range, store_cut_job
+from daskcubes.errors import UserError
 from daskcubes.plan import CubePlan, recipes
 from daskcubes.progress import recorded_progress
 from daskcubes.schema import CubeSchema
@@ -174,7 +175,7 @@ def verify_cube_store(
     if attrs.get("kind") != "cubes":
         report.problems.append(f"holds {attrs.get('kind')}, not cubes")
         return report
-    schema = CubeSchema.from_attrs(attrs["plan"])
+    schema = CubeSchema.from_attrs(attrs["plan"], storage=storage)
     plan, dtype = schema.plan, schema.dtype
     report.facts.append(
         f"{plan.n_cubes} cubes of {plan.cube_shape} {dtype} in {plan.n_shards} shards, "
@@ -208,6 +209,12 @@ def verify_cube_store(
             )
         else:
             job = store_cut_job(schema, frames, storage)  # on this one thread
+    if plan.maps is not None:
+        try:  # the map the windows were drawn from: still there, with the same values
+            plan.read_window_table(fresh=True)
+        except UserError as exc:
+            report.problems.append(f"windows cannot be drawn again: {exc}")
+            return report
     for index in chosen.tolist():
         try:
             stored = np.asarray(cubes[index])

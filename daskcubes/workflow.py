@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import sys
 import tempfile
 import types
@@ -164,14 +165,29 @@ def _describe_plan(schema: CubeSchema) -> list[str]:
     """The plan of a cube store as a person reads it."""
     plan = schema.plan
     depth, height, width = plan.cube_shape
+    grid = plan.definition.has_grid
     definition = ", ".join(
-        f"{name} {str(value).lower()}" for name, value in asdict(plan.definition).items()
+        f"{name} {str(value).lower()}"
+        for name, value in asdict(plan.definition).items()
+        # Settings only where they mean something: a grid's edge, a label volume's shares.
+        if value not in (None, ())
+        and (grid or name != "grid_edge")
+        and (plan.definition.labels or name != "label_fraction")
     )
     article = " (the article's cubes)" if plan.definition.is_article else ""
-    return [
+    lines = [
         f"  plan: {plan.n_cubes} cubes of {depth} x {height} x {width} (frames x rows x columns), "
         f"{schema.dtype}, seed {plan.seed}",
         f"  definition: {definition}{article}",
+    ]
+    if grid:
+        windows = " x ".join(map(str, plan.grid_shape))
+        lines.append(
+            f"  grid: {windows} windows (frames x rows x columns), {math.prod(plan.grid_shape)} "
+            f"in all; cube i is window i in C order"
+        )
+    return [
+        *lines,
         f"  cut from: {plan.n_frames} frames of {plan.n_rows} x {plan.n_cols}",
         f"  layout: {plan.shard_size} cubes a shard file, compressor {schema.compressor}, "
         f"recipe function {plan.recipe}",

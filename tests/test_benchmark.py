@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "workflows"))  # the benchmark package, as the scr
 
 import bench.targets  # noqa: E402
 from bench.anchors import article_step3  # noqa: E402
-from bench.rows import CUBES_PER_S, TORCH_ROWS, Key, Row, importable  # noqa: E402
+from bench.rows import CUBES_PER_S, NEEDS, Key, Row, importable  # noqa: E402
 from bench.targets import TARGETS, MissingRow, target_lines  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def test_a_target_whose_row_is_missing_is_an_error(monkeypatch: pytest.MonkeyPat
 
 def test_targets_on_missing_torch_read_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
-    rows = [row for row in every_row() if row.key not in TORCH_ROWS]
+    rows = [row for row in every_row() if NEEDS.get(row.key) != "torch"]
     lines = target_lines(TARGETS, rows)
     assert len(lines) == len(TARGETS)
     needing_torch = sum(target.needs == "torch" for target in TARGETS)
@@ -83,19 +83,43 @@ def test_tiny_run_measures_every_row_and_decides_every_target(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "benchmark.json").read_text())
-    # Every row, but torch's where torch is not installed (the README's test line does not
-    # install it): those are said to be not measured.
-    without = set() if importable("torch") else set(TORCH_ROWS)
+    # Every row, but those whose module is not installed (the README's test line installs
+    # neither torch nor the patch libraries): their targets are said to be not measured.
+    without = {key for key, module in NEEDS.items() if not importable(module)}
     assert {row["key"] for row in report["rows"]} == set(Key) - without
-    assert ("not measured (torch missing)" in done.stdout) == bool(without)
     assert all(row["rate"] > 0 for row in report["rows"])
     for row in report["rows"]:
         assert f"| {row['method']} |" in done.stdout
     for target in TARGETS:
-        measured = target.row not in without
-        verdict = r"[\d,.]+ -> (met|MISSED)" if measured else r"not measured \(torch missing\)"
+        missing = target.needs and not importable(target.needs)
+        verdict = (
+            rf"not measured \({target.needs} missing\)" if missing else r"[\d,.]+ -> (met|MISSED)"
+        )
         assert re.search(rf"- {re.escape(target.text)}: {verdict}\n", done.stdout), target
     assert {int(t) for t in report["threads"][Key.STEP3]} == {1, 2}
     for chart in ("ladder.png", "threads.png"):
         assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not scratch.exists()
+
+
+@pytest.mark.slow
+def test_only_some_measurements_decide_only_their_targets(tmp_path: Path) -> None:
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "workflows" / "benchmark.py"),
+            *("--n-frames", "3", "--n-rows", "12", "--n-cols", "20", "--dim", "6"),
+            *("--cubes", "8", "--few", "2", "--threads", "2", "--only", "cut_rows"),
+            *("--scratch", str(scratch), "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    measured = {row["key"] for row in json.loads((out / "benchmark.json").read_text())["rows"]}
+    assert Key.CUT_KERNEL in measured and Key.INGEST not in measured
+    decided = [t for t in TARGETS if t.keys <= measured]
+    assert Key.STREAM_LOOP in {t.row for t in decided}
+    assert done.stdout.count(" -> ") == len(decided)

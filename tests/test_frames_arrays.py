@@ -186,3 +186,23 @@ def test_bad_arrays_get_one_line_and_no_complete_store(
     assert re.search(expected, err), err
     if store.exists():
         assert not frames_attrs(store)["complete"]
+
+
+@pytest.mark.slow
+def test_a_zarr_array_on_object_storage(
+    tmp_path: Path, values: np.ndarray, from_parquet: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("s3fs")
+    from daskcubes.storage import Storage
+    from daskcubes.testing import s3_server
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    with s3_server() as endpoint:
+        options = {"endpoint_url": endpoint}
+        storage = Storage.of(options)
+        storage.filesystem("s3://frames")[0].mkdir("frames")
+        store = storage.zarr_store("s3://frames/t.zarr", read_only=False)
+        zarr.create_array(store, shape=values.shape, chunks=(2, 5, 6), dtype="f8")[:] = values
+        cubes = cut(tmp_path, "s3", frames="s3://frames/t.zarr", storage_options=options)
+    assert same_cubes(cubes, from_parquet)

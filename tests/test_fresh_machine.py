@@ -12,14 +12,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: The tests that use torch where it is installed.
-TORCH_TESTS = ["tests/test_benchmark.py", "tests/test_torch_loader.py", "tests/test_train.py"]
+#: The tests that use torch (and the patch libraries on it) where it is installed.
+TORCH_TESTS = [
+    "tests/test_benchmark.py",
+    "tests/test_torch_loader.py",
+    "tests/test_train.py",
+    "tests/test_windows.py",
+]
 
 
 @pytest.mark.slow
 def test_the_tests_pass_where_torch_is_not_installed(tmp_path: Path) -> None:
     hidden = tmp_path / "hidden"
-    for module in ("torch", "torchdata"):
+    for module in ("torch", "torchdata", "torchio", "monai"):
         (hidden / module).mkdir(parents=True)
         (hidden / module / "__init__.py").write_text(
             # What an import of a module that is not installed raises.

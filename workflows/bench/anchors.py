@@ -64,7 +64,8 @@ def _stack_cube(frames: Sequence[pd.DataFrame], dim: int, columns: np.ndarray) -
 
 
 def measure_steps(setup: Setup) -> list[Row]:
-    """The article's steps 0-3, and step 3 over ``np.stack`` of ``DataFrame.to_numpy()``."""
+    """The article's steps 0-3 (step 3 over ``np.stack`` of ``DataFrame.to_numpy()`` is a
+    row of :mod:`bench.cut_rows`, beside the cut it is compared with)."""
     files, dim = parquet_files(setup), setup.dim
     few = setup.columns(setup.few)
     step0_cubes = few[: max(1, setup.few // 8)]
@@ -76,19 +77,11 @@ def measure_steps(setup: Setup) -> list[Row]:
     arr = article_array(frames)
     step2 = timed(lambda: [arr[:, :dim, c] for c in few])
     many = setup.columns(setup.cubes)
-    # What a user gets by stacking DataFrame.to_numpy(): each frame stays column-major.
-    stacked = np.stack([frame.to_numpy() for frame in frames])
     return [
         Row(Key.STEP0, len(step0_cubes) / step0, CUBES_PER_S),
         Row(Key.STEP1, len(few) / step1, CUBES_PER_S),
         Row(Key.STEP2, len(few) / step2, CUBES_PER_S),
         Row(Key.STEP3, article_step3(arr, dim, many, setup.threads), CUBES_PER_S, Key.CUT_CEILING),
-        Row(
-            Key.STEP3_STACKED,
-            article_step3(stacked, dim, many, setup.threads),
-            CUBES_PER_S,
-            Key.CUT_CEILING,
-        ),
     ]
 
 

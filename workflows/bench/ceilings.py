@@ -80,11 +80,11 @@ def cut_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
 
 
 def measure_ceilings(setup: Setup) -> list[Row]:
-    """The I/O ceiling (tofile into scratch), the memory and the cut ceilings (copying)."""
+    """The I/O ceiling (tofile into scratch) and the memory ceiling (copying); the cut
+    ceiling is a row of :mod:`bench.cut_rows`, beside the cut it bounds."""
     return [
         Row(Key.IO_CEILING, io_ceiling_rate(setup, setup.threads, setup.cubes), CUBES_PER_S),
         Row(
             Key.MEMORY_CEILING, memory_ceiling_rate(setup, setup.threads, setup.cubes), CUBES_PER_S
         ),
-        Row(Key.CUT_CEILING, cut_ceiling_rate(setup, setup.threads, setup.cubes), CUBES_PER_S),
     ]

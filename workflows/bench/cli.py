@@ -18,10 +18,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from bench import anchors, ceilings, daskcubes_rows, definitions, distributed, probes, reading
+from bench import (
+    anchors,
+    ceilings,
+    cut_rows,
+    daskcubes_rows,
+    definitions,
+    distributed,
+    patches,
+    probes,
+    reading,
+)
 from bench.data import Setup, article_array, prepare, read_frames
 from bench.report import charts, machine, table
-from bench.rows import Key, Row, Workload
+from bench.rows import Key, Row, Workload, derived_rows
 from bench.targets import TARGETS, target_lines
 
 Measurement = Callable[[Setup], list[Row]]
@@ -29,16 +39,28 @@ Measurement = Callable[[Setup], list[Row]]
 
 def joined(measure: Callable[[Workload], list[Row]]) -> Measurement:
     """Another workflow's ``measure(workload)`` as a measurement of this run."""
-    return lambda setup: measure(setup.workload)
+
+    def run(setup: Setup) -> list[Row]:
+        return measure(setup.workload)
+
+    run.__module__ = measure.__module__  # named by its module, as --only names it
+    return run
+
+
+def measurement_name(measure: Measurement) -> str:
+    """What ``--only`` calls a measurement: its module, as in ``cut_rows``."""
+    return measure.__module__.rsplit(".", 1)[-1]
 
 
 MEASUREMENTS: list[Measurement] = [
     anchors.measure_reads,
     anchors.measure_steps,
     anchors.measure_plain_dask,
+    cut_rows.measure,
     daskcubes_rows.measure_ingest,
     daskcubes_rows.measure_daskcubes,
     definitions.measure,
+    patches.measure,
     daskcubes_rows.measure_write_paths,
     ceilings.measure_ceilings,
     probes.measure_planning_and_memory,
@@ -58,7 +80,7 @@ def measure_threads(setup: Setup) -> dict[Key, dict[int, float]]:
     for threads in setup.sweep:
         cubes = setup.cubes
         curves[Key.STEP3][threads] = anchors.article_step3(arr, setup.dim, many, threads)
-        curves[Key.GENERATION][threads] = daskcubes_rows.generation_rate(setup, threads, cubes)
+        curves[Key.GENERATION][threads] = cut_rows.generation_rate(setup, threads, cubes)
         curves[Key.END_TO_END][threads] = daskcubes_rows.end_to_end_rate(
             setup, threads, cubes, setup.dtype
         )
@@ -93,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--memory-dir", default=tempfile.gettempdir(), help="where those runs write")
     add("--scratch", default=default_scratch(), help="where data is written (deleted after)")
     add("--out", default="benchmark-results", help="folder for benchmark.json and charts")
+    names = sorted({measurement_name(measure) for measure in MEASUREMENTS})
+    add(
+        "--only",
+        help=f"comma-separated measurements to run, of {', '.join(names)}; the targets "
+        "their rows decide are checked, the threads chart is left out",
+    )
     return parser
 
 
@@ -122,21 +150,28 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
     )
 
 
-def run(setup: Setup, command: str, out: Path) -> list[Row]:
-    """Measure everything, print the table and targets, write JSON and charts into ``out``."""
+def run(setup: Setup, command: str, out: Path, only: set[str] | None = None) -> list[Row]:
+    """Measure everything (or the measurements ``only`` names), print the table and
+    targets, write JSON and charts into ``out``."""
     rows: list[Row] = []
+    chosen = [m for m in MEASUREMENTS if only is None or measurement_name(m) in only]
+    threads: dict[Key, dict[int, float]] = {}
     Path(setup.scratch).mkdir(parents=True, exist_ok=True)
     try:
         prepare(setup)
-        for measure in MEASUREMENTS:
+        for measure in chosen:
             found = measure(setup)
             for row in found:
                 print(f"  {row.method}: {row.rate:,.2f} {row.unit}", file=sys.stderr, flush=True)
             rows.extend(found)
-        threads = measure_threads(replace(setup, cubes=max(setup.cubes // 2, 1)))
+        rows.extend(derived_rows(rows))
+        if only is None:
+            threads = measure_threads(replace(setup, cubes=max(setup.cubes // 2, 1)))
     finally:
         shutil.rmtree(setup.scratch, ignore_errors=True)
     about = machine()
+    measured = {row.key for row in rows}
+    decided = [t for t in TARGETS if only is None or t.keys <= measured]
     report = [
         f"machine: {about['cores']} cores, {about['memory_gib']} GiB",
         f"command: {command}",
@@ -144,7 +179,7 @@ def run(setup: Setup, command: str, out: Path) -> list[Row]:
         *table(rows),
         "",
         "targets:",
-        *target_lines(TARGETS, rows),
+        *target_lines(decided, rows),
     ]
     print("\n".join(report))
     out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +191,8 @@ def run(setup: Setup, command: str, out: Path) -> list[Row]:
         "threads": threads,
     }
     (out / "benchmark.json").write_text(json.dumps(document, indent=2))
-    charts(rows, threads, about["cores"], out)
+    if only is None:
+        charts(rows, threads, about["cores"], out)
     return rows
 
 
@@ -164,5 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     command = " ".join(["python workflows/benchmark.py", *argv])
-    run(setup_from_args(args), command, Path(args.out))
+    only = set(args.only.split(",")) if args.only else None
+    unknown = sorted((only or set()) - {measurement_name(m) for m in MEASUREMENTS})
+    if unknown:
+        build_parser().error(f"--only: unknown measurements {', '.join(unknown)}")
+    run(setup_from_args(args), command, Path(args.out), only)
     return 0

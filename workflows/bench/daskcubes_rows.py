@@ -1,21 +1,17 @@
-"""daskcubes' own rows: ingest, generation, end to end, and its write path against zarr's."""
+"""daskcubes' own rows: ingest, end to end, and its write path against zarr's."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
-from dask.typing import Key as TaskKey
 
-from bench.data import Setup, on_threads, scratch_path, timed
+from bench.data import Setup, on_threads, scratch_path
 from bench.rows import CUBES_PER_S, FILES_PER_S, Key, Row
 from daskcubes import pipeline
 from daskcubes.config import Config
-from daskcubes.cut import cut_job, cut_range, worker_slab
-from daskcubes.executors import LocalExecutor
 from daskcubes.shards import write_shard
 
 
@@ -23,21 +19,6 @@ def measure_ingest(setup: Setup) -> list[Row]:
     """daskcubes ingest: parquet frame files into the frames store (writing included)."""
     result = pipeline.ingest(setup.config(), mode="overwrite", show_progress=False)
     return [Row(Key.INGEST, result.rate, FILES_PER_S)]
-
-
-def generation_rate(setup: Setup, threads: int, cubes: int, **definition: Any) -> float:
-    """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads, of
-    the article's cubes or of the ``definition`` given (settings such as ``row_mode``)."""
-    job = cut_job(setup.config(cubes=cubes, **definition), threads=threads)
-    if job.source.whole:  # loaded once per worker in a real run: not part of the rate
-        worker_slab(job)
-    graph: dict[TaskKey, Any] = {
-        ("generate", b): (cut_range, job, *job.plan.batch_bounds(b))
-        for b in range(job.plan.n_batches)
-    }
-    executor = LocalExecutor("threads", threads)
-    seconds = timed(lambda: executor.run(graph, list(graph), lambda key: None))
-    return cubes / seconds
 
 
 def end_to_end_rate(setup: Setup, threads: int, cubes: int, dtype: str) -> float:
@@ -48,13 +29,10 @@ def end_to_end_rate(setup: Setup, threads: int, cubes: int, dtype: str) -> float
 
 
 def measure_daskcubes(setup: Setup) -> list[Row]:
-    """daskcubes generation (no store), end to end into scratch, and the float32 row."""
-    generation = generation_rate(setup, setup.threads, setup.cubes)
+    """daskcubes end to end into scratch, and its float32 row (generation is a row of
+    :mod:`bench.cut_rows`, beside the cut's other stages)."""
     end_to_end = end_to_end_rate(setup, setup.threads, setup.cubes, setup.dtype)
-    rows = [
-        Row(Key.GENERATION, generation, CUBES_PER_S, Key.CUT_CEILING),
-        Row(Key.END_TO_END, end_to_end, CUBES_PER_S, Key.IO_CEILING),
-    ]
+    rows = [Row(Key.END_TO_END, end_to_end, CUBES_PER_S, Key.END_TO_END_BOUND)]
     if setup.dtype != "float32":
         rate = end_to_end_rate(setup, setup.threads, setup.cubes, "float32")
         rows.append(Row(Key.END_TO_END_FLOAT32, rate, CUBES_PER_S))

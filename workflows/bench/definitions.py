@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.daskcubes_rows import generation_rate
+from bench.cut_rows import generation_rate
 from bench.data import Setup, scratch_path, timed
 from bench.probes import _peak_mib, in_fresh_process
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, importable
@@ -100,13 +100,9 @@ def out_of_core_in_process(setup: Setup, out: str) -> tuple[float, float, float]
 
 
 def measure(setup: Setup) -> list[Row]:
-    """Rows of cube definitions beyond the article's."""
+    """Rows of cube definitions beyond the article's (random row windows are a row of
+    :mod:`bench.cut_rows`, beside the article's cubes)."""
     rows = [
-        Row(
-            Key.ROW_WINDOWS,
-            generation_rate(setup, setup.threads, setup.cubes, row_mode="window"),
-            CUBES_PER_S,
-        ),
         Row(
             Key.WINDOWS,
             windows_rate(setup),

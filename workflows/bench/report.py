@@ -8,9 +8,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.rows import ARTICLE, BASELINE, CEILING, CUBES_PER_S, DASKCUBES, GROUP, Key, Row
+from bench.rows import (
+    ARTICLE,
+    BASELINE,
+    CEILING,
+    CUBES_PER_S,
+    DASKCUBES,
+    GROUP,
+    PATCH_LIBRARIES,
+    Key,
+    Row,
+)
 
-COLOURS = {ARTICLE: "tab:orange", BASELINE: "tab:gray", DASKCUBES: "tab:blue", CEILING: "tab:green"}
+COLOURS = {
+    ARTICLE: "tab:orange",
+    BASELINE: "tab:gray",
+    DASKCUBES: "tab:blue",
+    CEILING: "tab:green",
+    PATCH_LIBRARIES: "tab:purple",
+}
 
 
 def table(rows: Sequence[Row]) -> list[str]:

@@ -27,9 +27,16 @@ class Key(StrEnum):
     STEP2 = "article step 2: numpy arr[:, :dim, cols]"
     STEP3 = "article step 3: numpy + ThreadPool"
     STEP3_STACKED = "article step 3 on np.stack(DataFrame.to_numpy())"
+    STEP3_STACKED_FLOAT32 = "article step 3 on np.stack(DataFrame.to_numpy()), float32"
     PLAIN_DASK = "plain dask.array: slice per cube, to_zarr"
     INGEST = "daskcubes ingest: files -> frames store"
+    CUT_KERNEL = "cut: the kernel alone, recipes computed beforehand"
+    CUTTER = "cut: cut_range on threads (recipes, buffers; no dask)"
     GENERATION = "daskcubes generation (no store)"
+    GENERATION_FLOAT32 = "daskcubes generation, float32"
+    STREAM_READS = "stream mode: CubeStream.read, a batch per thread (no loader)"
+    STREAM_LOOP = "stream mode: an epoch of Batches over CubeStream"
+    END_TO_END_BOUND = "end to end bound: 1/(1/generation + 1/write path)"
     END_TO_END = "daskcubes end to end into the cube store"
     END_TO_END_FLOAT32 = "daskcubes end to end, float32"
     WRITE_DASKCUBES = "write path: daskcubes whole shards"
@@ -57,12 +64,27 @@ class Key(StrEnum):
     WINDOWS = "daskcubes generation, windows in every axis"
     XBATCHER = "xbatcher.BatchGenerator over xarray.open_zarr, same windows"
     OUT_OF_CORE_PEAK = "out of core: peak memory / (budget + one batch)"
+    PATCH_UNIFORM = "patches: daskcubes uniform windows (stream, Batches)"
+    PATCH_GRID = "patches: daskcubes grid windows (stream, Batches)"
+    PATCH_WEIGHTED = "patches: daskcubes weighted windows (stream, Batches)"
+    PATCH_LABELS = "patches: daskcubes label-balanced windows (stream, Batches)"
+    PLAN_WEIGHTED = "patches: planning weighted windows, one core"
+    TORCHIO_UNIFORM = "patches: TorchIO UniformSampler"
+    TORCHIO_QUEUE = "patches: TorchIO Queue + SubjectsLoader"
+    TORCHIO_GRID = "patches: TorchIO GridSampler, uncollated"
+    TORCHIO_WEIGHTED = "patches: TorchIO WeightedSampler"
+    TORCHIO_LABELS = "patches: TorchIO LabelSampler"
+    MONAI_UNIFORM = "patches: MONAI RandSpatialCropSamplesd"
+    MONAI_GRID = "patches: MONAI GridPatchDataset"
+    MONAI_WEIGHTED = "patches: MONAI RandWeightedCropd"
+    MONAI_LABELS = "patches: MONAI RandCropByPosNegLabeld"
 
 
 ARTICLE = "the article's ladder"
 BASELINE = "other baselines"
 DASKCUBES = "daskcubes"
 CEILING = "the machine's ceilings"
+PATCH_LIBRARIES = "3-D patch libraries"
 
 GROUP: dict[Key, str] = {
     **dict.fromkeys(
@@ -74,6 +96,7 @@ GROUP: dict[Key, str] = {
             Key.STEP2,
             Key.STEP3,
             Key.STEP3_STACKED,
+            Key.STEP3_STACKED_FLOAT32,
         ],
         ARTICLE,
     ),
@@ -81,8 +104,22 @@ GROUP: dict[Key, str] = {
         [Key.PLAIN_DASK, Key.WRITE_ZARR, Key.WRITE_ZARRS, Key.FROMFILE, Key.XBATCHER], BASELINE
     ),
     **dict.fromkeys([Key.IO_CEILING, Key.MEMORY_CEILING, Key.CUT_CEILING], CEILING),
+    **dict.fromkeys(
+        [key for key in Key if key.name.startswith(("TORCHIO_", "MONAI_"))], PATCH_LIBRARIES
+    ),
 }
 GROUP.update({key: DASKCUBES for key in Key if key not in GROUP})
+
+#: The module a row needs beyond the README's test line: without it the row is skipped.
+NEEDS: dict[Key, str] = {
+    Key.DEVICE_CPU_STREAM: "torch",
+    Key.DEVICE_CPU_RATIO: "torch",
+    Key.DEVICE_GATHER_CPU: "torch",
+    Key.TORCH_STORE: "torch",
+    Key.TORCH_STREAM: "torch",
+    **{key: "torchio" for key in Key if key.name.startswith("TORCHIO_")},
+    **{key: "monai" for key in Key if key.name.startswith("MONAI_")},
+}
 
 
 class Row(NamedTuple):
@@ -104,6 +141,16 @@ class Row(NamedTuple):
         return f"{self.key} {self.note}".rstrip()
 
 
+def derived_rows(rows: list[Row]) -> list[Row]:
+    """Rows computed from others: the end-to-end bound that cutting and writing on the
+    same cores set, ``1 / (1/generation + 1/write path)``."""
+    rates = {row.key: row.rate for row in rows}
+    if not {Key.GENERATION, Key.WRITE_DASKCUBES} <= rates.keys():
+        return []
+    bound = 1 / (1 / rates[Key.GENERATION] + 1 / rates[Key.WRITE_DASKCUBES])
+    return [Row(Key.END_TO_END_BOUND, bound, CUBES_PER_S)]
+
+
 class Workload(NamedTuple):
     """What a joined workflow's ``measure(workload) -> list[Row]`` gets from the run:
     the frames store, a scratch folder (tmpfs), and the run's cubes, threads, dtype, edge."""
@@ -114,18 +161,6 @@ class Workload(NamedTuple):
     threads: int
     dtype: str
     dim: int
-
-
-#: Rows measured only where torch is installed.
-TORCH_ROWS = frozenset(
-    {
-        Key.DEVICE_CPU_STREAM,
-        Key.DEVICE_CPU_RATIO,
-        Key.DEVICE_GATHER_CPU,
-        Key.TORCH_STORE,
-        Key.TORCH_STREAM,
-    }
-)
 
 
 def importable(module: str) -> bool:

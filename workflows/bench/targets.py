@@ -47,7 +47,29 @@ class Target:
 TARGETS: list[Target] = [
     Target("generation >= 5x article step 3", Key.GENERATION, Key.STEP3, 5),
     Target("generation >= 0.6x the cut ceiling", Key.GENERATION, Key.CUT_CEILING, 0.6),
+    Target("generation >= 1.0x the stacked-numpy peer", Key.GENERATION, Key.STEP3_STACKED, 1.0),
+    Target(
+        "generation, float32 >= 1.0x the stacked-numpy peer, float32",
+        Key.GENERATION_FLOAT32,
+        Key.STEP3_STACKED_FLOAT32,
+        1.0,
+    ),
+    Target("moonshot: generation >= 0.8x the cut ceiling", Key.GENERATION, Key.CUT_CEILING, 0.8),
+    Target("generation >= 0.95x the kernel alone", Key.GENERATION, Key.CUT_KERNEL, 0.95),
+    Target("stream mode >= 0.95x generation", Key.STREAM_LOOP, Key.GENERATION, 0.95),
+    Target(
+        "stream mode: 1,000,000 article cubes in <= 12 min (1,389 cubes/s)",
+        Key.STREAM_LOOP,
+        None,
+        10**6 / (12 * 60),
+    ),
     Target("end to end >= 0.8x I/O ceiling", Key.END_TO_END, Key.IO_CEILING, 0.8),
+    Target(
+        "end to end >= 0.9x 1/(1/generation + 1/write path)",
+        Key.END_TO_END,
+        Key.END_TO_END_BOUND,
+        0.9,
+    ),
     Target("end to end >= 50x plain dask.array", Key.END_TO_END, Key.PLAIN_DASK, 50),
     Target("ingest >= 1.5x pandas.read_parquet loop", Key.INGEST, Key.READ_PARQUET, 1.5),
     Target("LocalCluster >= 0.9x threaded scheduler", Key.CLUSTER_RATIO, None, 0.9),
@@ -75,7 +97,7 @@ TARGETS: list[Target] = [
         0.8,
         needs="torch",
     ),
-    Target("random row windows >= 0.8x the article's cubes", Key.ROW_WINDOWS, Key.GENERATION, 0.8),
+    Target("random row windows >= 0.9x the article's cubes", Key.ROW_WINDOWS, Key.GENERATION, 0.9),
     Target("windows in every axis >= 5x xbatcher", Key.WINDOWS, Key.XBATCHER, 5, needs="xbatcher"),
     Target(
         "out of core: peak memory <= 1.2x (budget + one batch)",
@@ -85,6 +107,37 @@ TARGETS: list[Target] = [
         at_most=True,
     ),
     Target("planning <= 10 s", Key.PLAN_TIME, None, 10, at_most=True),
+    Target(
+        "grid windows >= 2x TorchIO GridSampler",
+        Key.PATCH_GRID,
+        Key.TORCHIO_GRID,
+        2,
+        needs="torchio",
+    ),
+    Target("grid windows >= 20x xbatcher", Key.PATCH_GRID, Key.XBATCHER, 20, needs="xbatcher"),
+    *(
+        Target(f"{what} windows >= {bound}x {theirs}", ours, reference, bound, needs=module)
+        for what, ours, rows in (
+            ("weighted", Key.PATCH_WEIGHTED, (Key.TORCHIO_WEIGHTED, Key.MONAI_WEIGHTED)),
+            ("label-balanced", Key.PATCH_LABELS, (Key.TORCHIO_LABELS, Key.MONAI_LABELS)),
+        )
+        for reference, theirs, bound, module in (
+            (rows[0], rows[0].value.removeprefix("patches: "), 2, "torchio"),
+            (rows[1], rows[1].value.removeprefix("patches: "), 2, "monai"),
+            (Key.TORCHIO_QUEUE, "TorchIO Queue", 10, "torchio"),
+        )
+    ),
+    Target("weighted windows >= 0.8x uniform windows", Key.PATCH_WEIGHTED, Key.PATCH_UNIFORM, 0.8),
+    Target(
+        "label-balanced windows >= 0.8x uniform windows", Key.PATCH_LABELS, Key.PATCH_UNIFORM, 0.8
+    ),
+    Target(
+        "planning a million weighted windows <= 10 s",
+        Key.PLAN_WEIGHTED,
+        None,
+        10,
+        at_most=True,
+    ),
     Target("planning peak memory <= 1 GiB", Key.PLAN_MEMORY, None, 1024, at_most=True),
     Target(
         "peak memory, larger run <= 1.2x smaller run",
