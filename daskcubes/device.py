@@ -13,9 +13,9 @@ memory) it is worked through in the same bands and frame blocks as on the host
 host stream and of a stored store: a gather copies values, and the values are cast alike.
 
 :class:`OnDevice` hands the batches of a host source (a cube store, or the host stream)
-to a device: read on the host's cores into staging buffers (pinned on CUDA, so that the
-copy to the device is asynchronous), then copied with ``non_blocking``. On the CPU the
-batch is the staging buffer itself, as a tensor.
+to a device: read on the host's threads, put through staging buffers (pinned on CUDA, so
+that the copy to the device is asynchronous) and copied with ``non_blocking``. On the CPU
+the batch read is handed out as a tensor over the same memory.
 
 Both start a batch in the thread that reads ahead (:meth:`start`) and give it to the
 training loop in its own thread (:meth:`Pending.ready`). On CUDA the work runs on a
