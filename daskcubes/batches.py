@@ -19,7 +19,7 @@ from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -46,11 +46,37 @@ class CubeSource(Protocol):
     def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
 
 
+class PendingCubes(Protocol):
+    """A batch a device source has started; ``ready()`` gives it to the training loop."""
+
+    def ready(self) -> Any: ...
+
+
+@runtime_checkable
+class DeviceCubeSource(Protocol):
+    """A source that hands batches out on a torch device (:mod:`daskcubes.device`):
+    ``start`` begins a batch in the thread that reads ahead, and the loop's thread gets
+    it from the pending batch's ``ready``. ``fresh`` asks for memory of its own."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def cube_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def start(self, positions: np.ndarray, fresh: bool = False) -> PendingCubes: ...
+
+    def read(self, positions: np.ndarray, out: Any = None) -> Any: ...
+
+
 class Batch(NamedTuple):
-    """``cubes[k]`` is cube ``indices[k]``: ``(n,)`` indices, ``(n, depth, dim, dim)`` cubes."""
+    """``cubes[k]`` is cube ``indices[k]``: ``(n,)`` indices, ``(n, depth, dim, dim)`` cubes
+    (a numpy array, or a torch tensor for a source on a device)."""
 
     indices: np.ndarray
-    cubes: np.ndarray
+    cubes: Any
 
 
 def epoch_order(n_cubes: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -293,6 +319,11 @@ class Batches:
     prefetch : batches read ahead in a background thread (0 reads in the loop).
     threads : batches read at once, each whole on one thread (default: every core).
     copy : hand out every batch in fresh memory of its own instead of a ring buffer.
+    device : a torch device (``"cuda"``, ``"cpu"``, a ``torch.device``) to hand batches
+        out on, as tensors: a host source's batches are read on the host as above and
+        copied there through pinned staging buffers (:class:`~daskcubes.device.OnDevice`);
+        on the CPU the batch read is the tensor. A stream opened on a device
+        (``open_stream(config, device=...)``) needs none: it cuts every batch there.
 
     Iterating yields :class:`Batch` ``(indices, cubes)``: a ``for`` loop gives the rest
     of the current epoch, so consecutive loops give epochs 0, 1, ... and a loop left
@@ -309,7 +340,7 @@ class Batches:
 
     def __init__(
         self,
-        source: CubeSource,
+        source: CubeSource | DeviceCubeSource,
         batch_size: int,
         *,
         shuffle: bool = False,
@@ -320,12 +351,24 @@ class Batches:
         prefetch: int = 2,
         threads: int | None = None,
         copy: bool = False,
+        device: Any = None,
     ) -> None:
+        self.threads = threads or default_threads()
+        if device is not None and not isinstance(source, DeviceCubeSource):
+            from daskcubes.device import OnDevice  # torch only when a device is asked for
+
+            source = OnDevice(source, device)
+        elif device is not None:
+            raise UserError(
+                f"device: {device!r}, but {source!r} is on a device already; "
+                "leave device out (the source hands its batches out where it is)"
+            )
         self.source = source
+        # A host source handed to a device (OnDevice): read here, then handed over.
+        self.host: CubeSource | None = getattr(source, "host", None)
         self.plan = BatchPlan(len(source), batch_size, shuffle, seed, drop_last, rank, world_size)
         self.cursor = EpochCursor(self.plan)
         self.prefetch = prefetch
-        self.threads = threads or default_threads()
         self.copy = copy
         # In use at once: ``threads`` batches being read, ``prefetch`` queued, the one the
         # loop holds and, for a moment, the one before it.
@@ -361,16 +404,30 @@ class Batches:
     def _read(self, indices: list[np.ndarray]) -> Iterator[Batch]:
         """The batches, in order, ``threads`` of them read at once, each whole by one
         thread: split across threads, each part of a stream's batch would read every
-        source row the whole batch shares (measured 5-20% slower)."""
+        source row the whole batch shares (measured 5-20% slower). A source on a device
+        starts each batch there instead; one that only hands a host source's batches
+        over gets them once read."""
+        if isinstance(self.source, DeviceCubeSource) and self.host is None:
+            for ids in indices:  # cut on the device
+                yield Batch(ids, self.source.start(ids, self.copy))
+            return
+        batches = self._read_on_host(self.host or self.source, indices)
+        if self.host is None:
+            yield from batches
+            return
+        for ids, cubes in batches:
+            yield Batch(ids, self.source.hand(cubes))  # type: ignore[union-attr]
+
+    def _read_on_host(self, source: CubeSource, indices: list[np.ndarray]) -> Iterator[Batch]:
         name = "daskcubes-read"
         reading: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
         with ThreadPoolExecutor(self.threads, thread_name_prefix=name) as pool:
             for ids in indices:
                 if self.copy:
-                    out = np.empty((len(ids), *self.source.cube_shape), self.source.dtype)
+                    out = np.empty((len(ids), *source.cube_shape), source.dtype)
                 else:
                     out = self.ring.take(len(ids))
-                reading.append((ids, pool.submit(self.source.read, ids, out)))
+                reading.append((ids, pool.submit(source.read, ids, out)))
                 if len(reading) == self.threads:
                     done, read = reading.popleft()
                     yield Batch(done, read.result())
@@ -382,6 +439,7 @@ class Batches:
         rest = self.cursor.rest()
         reads = prefetched(self._read([ids for ids, _ in rest]), self.prefetch)
         with closing(reads):
+            on_device = isinstance(self.source, DeviceCubeSource)
             for batch, (_, after) in zip(reads, rest, strict=True):
                 self.cursor.position = after  # handed out: counted before the caller sees it
-                yield batch
+                yield Batch(batch.indices, batch.cubes.ready()) if on_device else batch

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import dask.array as da
 import numpy as np
@@ -21,6 +21,8 @@ from daskcubes.storage import Storage
 from daskcubes.store import open_group, store_attrs
 
 Index = int | slice | Sequence[int] | np.ndarray
+#: What a source's reads give: numpy arrays, or tensors on a device.
+Cubes = TypeVar("Cubes")
 
 
 def cube_positions(index: Index, n_cubes: int) -> np.ndarray | int:
@@ -37,25 +39,25 @@ def cube_positions(index: Index, n_cubes: int) -> np.ndarray | int:
     return found % n_cubes
 
 
-class CubeIndexing(ABC):
+class CubeIndexing(ABC, Generic[Cubes]):
     """Indexing for a source of cubes: ``source[i]`` is cube ``i`` as a ``(depth, height,
-    width)`` array, ``source[a:b]`` and ``source[[i, j]]`` a stacked ``(n, depth, height,
-    width)`` one, all through the subclass's ``read(positions)``."""
+    width)`` array (or tensor), ``source[a:b]`` and ``source[[i, j]]`` a stacked ``(n,
+    depth, height, width)`` one, all through the subclass's ``read(positions)``."""
 
     @abstractmethod
     def __len__(self) -> int: ...
 
     @abstractmethod
-    def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+    def read(self, positions: np.ndarray, out: Cubes | None = None) -> Cubes: ...
 
-    def __getitem__(self, index: Index) -> np.ndarray:
+    def __getitem__(self, index: Index) -> Cubes:
         found = cube_positions(index, len(self))
         if isinstance(found, int):
-            return self.read(np.array([found]))[0]
+            return self.read(np.array([found]))[0]  # type: ignore[index]
         return self.read(found)
 
 
-class CubeStore(CubeIndexing):
+class CubeStore(CubeIndexing[np.ndarray]):
     """A complete cube store, opened read-only.
 
     ``len(store)`` is the number of cubes; ``store[i]`` is cube ``i`` as a numpy array

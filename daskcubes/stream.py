@@ -6,20 +6,29 @@ from the same recipes (:func:`daskcubes.plan.recipes_of`) and the same cut
 (:func:`daskcubes.cut.cut_cubes`), which holds source values within the same budget
 (``max_slab_bytes``, by default half this machine's available memory, shared by the
 threads that read). Imports nothing from the executors.
+
+``open_stream(config, device=...)`` hands the cubes out as torch tensors on a device, cut
+there (:mod:`daskcubes.device`, imported only then: torch stays optional).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
 from daskcubes.batches import default_threads
 from daskcubes.config import Config
 from daskcubes.cut import available_memory, cut_cubes, cut_job
+from daskcubes.errors import UserError
 from daskcubes.plan import recipes_of
 from daskcubes.reader import CubeIndexing
 
+if TYPE_CHECKING:
+    from daskcubes.device import DeviceLike, DeviceStream, OnDevice
 
-class CubeStream(CubeIndexing):
+
+class CubeStream(CubeIndexing[np.ndarray]):
     """The cubes of ``config`` (its ``frames_store``, ``cubes``, ``dim``, ``seed``, ``dtype``),
     computed when read.
 
@@ -61,6 +70,43 @@ class CubeStream(CubeIndexing):
         return cut_cubes(self.job, recipes_of(self.job.plan, positions), out)
 
 
-def open_stream(config: Config) -> CubeStream:
-    """The cubes ``config`` would store, computed on demand from its frames store."""
-    return CubeStream(config)
+Gather = Literal["device", "host"]
+
+
+@overload
+def open_stream(
+    config: Config, device: None = None, gather: Gather | None = None
+) -> CubeStream: ...
+
+
+@overload
+def open_stream(
+    config: Config, device: DeviceLike, gather: Gather | None = None
+) -> DeviceStream | OnDevice: ...
+
+
+def open_stream(
+    config: Config, device: Any = None, gather: Gather | None = None
+) -> CubeStream | DeviceStream | OnDevice:
+    """The cubes ``config`` would store, computed on demand from its frames store.
+
+    Parameters
+    ----------
+    config : the run's settings (``frames_store``, ``cubes``, the cube definition, ...).
+    device : ``None`` for numpy arrays on the host; else a torch device (``"cuda"``,
+        ``"cuda:1"``, ``"cpu"``, a ``torch.device``) to hand cubes out on, as tensors.
+    gather : where the cubes are cut: ``"device"`` from source rows uploaded to the
+        device once (:class:`~daskcubes.device.DeviceStream`), ``"host"`` on the host's
+        cores, then copied (:class:`~daskcubes.device.OnDevice`). By default on the device,
+        except for ``device="cpu"``, where the host's cutter is the faster one.
+    """
+    if gather not in (None, "device", "host"):
+        raise UserError(f"gather: {gather!r}; expected 'device' or 'host'")
+    if device is None:
+        return CubeStream(config)
+    from daskcubes import device as on  # torch only when a device is asked for
+
+    found = on.usable_device(device)
+    if (gather or ("host" if found.type == "cpu" else "device")) == "device":
+        return on.DeviceStream(config, found)
+    return on.OnDevice(CubeStream(config), found)

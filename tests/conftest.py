@@ -59,6 +59,21 @@ def cli_args(config: Config) -> list[str]:
     return [*args, "--quiet"]
 
 
+def cuda_available() -> bool:
+    """Whether torch is installed and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` skip where torch sees no CUDA device."""
+    if item.get_closest_marker("gpu") is not None and not cuda_available():
+        pytest.skip("needs a CUDA device")
+
+
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return small_config(tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,22 @@ def test_the_console_script_is_the_command_line() -> None:
     if found:  # installed: the command itself runs
         done = subprocess.run([found, "--help"], capture_output=True, text=True, check=True)
         assert "info" in done.stdout and "sample" in done.stdout
+
+
+def test_importing_daskcubes_imports_no_torch(tmp_path: Path) -> None:
+    """torch is an optional extra: the package, a store, a host stream and its batches
+    load without it (it comes in with the first device asked for)."""
+    config = small_config(tmp_path)
+    daskcubes.run(config, progress=False)
+    script = (
+        "import sys, daskcubes;"
+        f"config = daskcubes.Config.model_validate_json({config.model_dump_json()!r});"
+        "stream = daskcubes.open_stream(config);"
+        "list(daskcubes.Batches(stream, 8)); daskcubes.open_cubes(config.out)[0];"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from daskcubes.errors import UserError
+
 try:
     import torch
     from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
@@ -34,10 +36,11 @@ except ImportError as error:
         "daskcubes.loaders.torch needs PyTorch: pip install 'daskcubes[torch]'"
     ) from error
 
-from daskcubes.batches import BatchPlan, CubeSource, EpochCursor, Position
+from daskcubes.batches import BatchPlan, CubeSource, DeviceCubeSource, EpochCursor, Position
 from daskcubes.config import Config
+from daskcubes.device import OnDevice, Pending, Staging, usable_device
 from daskcubes.reader import open_cubes
-from daskcubes.stream import CubeStream
+from daskcubes.stream import CubeStream, open_stream
 
 # Shared-memory buffers each worker keeps: its batches waiting in the loader's queue
 # (``prefetch_factor``, 2 by default), the one the training loop holds, and the one
@@ -53,28 +56,48 @@ class CubeDataset(Dataset):
     source : path of a cube store, or a :class:`~daskcubes.config.Config` whose cubes
         are streamed from its frames store (nothing stored).
     allow_incomplete : read a cube store whose run did not finish.
+    device : a torch device to hand cubes out on: a config's cubes are then cut on it
+        (``open_stream(config, device=...)``), a store's read on the host and copied
+        there through pinned staging buffers. On a GPU the loader's own process does
+        that work, so a ``DataLoader`` over it has ``num_workers=0`` (CUDA does not
+        survive a fork); for workers, leave ``device`` out and use ``pin_memory``.
 
     ``DataLoader`` fetches whole batches through ``__getitems__``, read in store order,
     into one tensor (in shared memory inside a worker process) that
     :meth:`collate` hands on without copying.
     """
 
-    def __init__(self, source: str | Config, allow_incomplete: bool = False) -> None:
+    def __init__(
+        self, source: str | Config, allow_incomplete: bool = False, device: Any = None
+    ) -> None:
         self.spec = source
         self.allow_incomplete = allow_incomplete
-        self._opened: CubeSource | None = None
+        self.device = None if device is None else str(usable_device(device))
+        self._opened: CubeSource | DeviceCubeSource | None = None
         self._buffers = SharedBuffers(keep=0)
         self._pid = -1
         self._length = len(self.source)
 
     @property
-    def source(self) -> CubeSource:
+    def source(self) -> Any:
         """The store or stream, opened once per process (a forked worker reopens it)."""
         if self._opened is None or self._pid != os.getpid():
+            on_gpu = self.device is not None and torch.device(self.device).type != "cpu"
+            if on_gpu and get_worker_info() is not None:
+                raise UserError(
+                    f"CubeDataset(device={self.device!r}) cuts or copies its cubes in the "
+                    "loader's own process: use num_workers=0, or leave device out and pass "
+                    "collate_fn=CubeDataset.collate (or pin_memory=True) to the DataLoader"
+                )
             if isinstance(self.spec, Config):
-                self._opened = CubeStream(self.spec)
+                self._opened = (
+                    CubeStream(self.spec)
+                    if self.device is None
+                    else open_stream(self.spec, self.device)
+                )
             else:
-                self._opened = open_cubes(self.spec, allow_incomplete=self.allow_incomplete)
+                store = open_cubes(self.spec, allow_incomplete=self.allow_incomplete)
+                self._opened = store if self.device is None else OnDevice(store, self.device)
             self._buffers = SharedBuffers(keep=SHARED_BUFFERS)
             self._pid = os.getpid()
         return self._opened
@@ -95,11 +118,14 @@ class CubeDataset(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         if not -self._length <= index < self._length:
             raise IndexError(f"cube {index} out of range for {self._length} cubes")
-        return torch.from_numpy(self.source.read(np.array([index % self._length]))[0])
+        cube = self.source.read(np.array([index % self._length]))[0]
+        return cube if isinstance(cube, torch.Tensor) else torch.from_numpy(cube)
 
     def __getitems__(self, indices: list[int]) -> CubeRows:
         source = self.source
         positions = np.asarray(indices, dtype=np.int64) % self._length
+        if isinstance(source, DeviceCubeSource):
+            return CubeRows(source.read(positions))
         if get_worker_info() is None:
             return CubeRows(torch.from_numpy(source.read(positions)))
         out, batch = self.buffers.take((len(positions), *source.cube_shape), source.dtype)
@@ -115,6 +141,52 @@ class CubeDataset(Dataset):
         if isinstance(rows, CubeRows):
             return rows.batch
         return default_collate(rows)
+
+    @staticmethod
+    def collate_to(device: Any) -> DeviceCollate:
+        """A ``collate_fn`` like :meth:`collate` that hands batches out on ``device``.
+
+        On ``"cpu"`` the batch read is handed on as it is (shared memory from a worker
+        included). On a GPU it runs where the batches arrive, the loader's own process
+        (``num_workers=0``): each batch crosses through a pinned staging buffer with a
+        ``non_blocking`` copy.
+        """
+        return DeviceCollate(str(usable_device(device)))
+
+
+class DeviceCollate:
+    """:meth:`CubeDataset.collate`, then onto ``device`` (see :meth:`CubeDataset.collate_to`).
+
+    Pickles as the device's name: each process makes its own staging buffers."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._staging: Staging | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"device": self.device, "_staging": None}
+
+    def __call__(self, rows: Any) -> Any:
+        batch = CubeDataset.collate(rows)
+        if not isinstance(batch, torch.Tensor) or batch.device == torch.device(self.device):
+            return batch
+        if get_worker_info() is not None:
+            raise UserError(
+                f"collate_fn=CubeDataset.collate_to({self.device!r}) runs in worker "
+                "processes, where CUDA is not available: use num_workers=0, or "
+                "CubeDataset.collate with pin_memory=True and .to(device, non_blocking=True)"
+            )
+        shape = tuple(batch.shape[1:])
+        dtype = batch.numpy().dtype
+        staging = self._staging
+        if staging is None or (staging.cube_shape, staging.dtype) != (shape, dtype):
+            staging = self._staging = Staging(torch.device(self.device), 0, shape, dtype)  # type: ignore[arg-type]
+
+        def fill(host: np.ndarray) -> None:
+            host[...] = batch.numpy()
+
+        pending: Pending = staging.upload(len(batch), fill, fresh=True)
+        return pending.ready()
 
 
 class CubeRows(list[torch.Tensor]):

@@ -5,6 +5,9 @@ Measured side by side in one run, everything in tmpfs:
 - random-order batches read from a cube store (``Batches``, no prefetch) against reading
   the same bytes of the same shard files with ``numpy.fromfile``;
 - stream mode: the same batches cut on demand from the frames store;
+- stream mode on ``device="cpu"``: the same batches handed out as torch tensors (the
+  host's cutter, no copy), against stream mode; and, for the record, torch's device
+  gather (what cuts on a GPU) run on the CPU, on fewer cubes;
 - torch ``DataLoader`` over ``CubeDataset`` (2 worker processes), for the store and the
   stream, against the same ``Batches`` read directly (skipped, and said so, without torch).
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -26,7 +30,7 @@ import numpy as np
 import zarr
 
 from bench.anchors import article_step3
-from bench.rows import CUBES_PER_S, Key, Row, Workload, importable
+from bench.rows import CUBES_PER_S, RATIO, Key, Row, Workload, importable
 from bench.targets import TARGETS, target_lines
 from daskcubes import open_cubes, pipeline
 from daskcubes.batches import Batches
@@ -36,6 +40,11 @@ from daskcubes.schema import CubeSchema
 from daskcubes.stream import open_stream
 
 BATCH = 16
+#: Cubes the device gather runs on the CPU: it is about ten times slower than the host's
+#: cutter there (it is made for a GPU), so a few batches tell its rate.
+DEVICE_GATHER_CUBES = 64
+#: Alternating pairs of epochs that compare stream mode on device="cpu" with stream mode.
+DEVICE_PAIRS = 5
 REPEATS = 2  # best of: the machine is shared, the best run is the least disturbed
 TORCH_WORKERS = 2
 
@@ -112,6 +121,41 @@ def torch_rate(source: str | Config, cubes: int) -> float:
     return best_rate(cubes, drain(loader))
 
 
+def device_rows(config: Config, cubes: int) -> list[Row]:
+    """Stream mode on ``device="cpu"`` against stream mode, epochs of ``Batches`` taking
+    turns (``DEVICE_PAIRS`` pairs, so that both see the same load of a shared machine),
+    and the device gather on the CPU over its first ``DEVICE_GATHER_CUBES`` cubes."""
+    host = Batches(open_stream(config), BATCH, shuffle=True, seed=1, prefetch=0)
+    on_cpu = Batches(open_stream(config, "cpu"), BATCH, shuffle=True, seed=1, prefetch=0)
+    on_cpu.source.read(np.arange(1))  # the slab, outside the timing
+    rates, ratios = [], []
+    for _ in range(DEVICE_PAIRS):
+        host_rate = cubes / timed(drain(host))
+        rates.append(cubes / timed(drain(on_cpu)))
+        ratios.append(rates[-1] / host_rate)
+    gather = open_stream(config, "cpu", gather="device")
+    gather.read(np.arange(1))
+    few = Batches(gather, BATCH, shuffle=True, seed=1).plan.batches(0)
+    few = few[: max(1, DEVICE_GATHER_CUBES // BATCH)]
+
+    def cut_few() -> None:
+        for ids in few:
+            gather.read(ids)
+
+    pairs = f"({DEVICE_PAIRS} pairs)"
+    return [
+        Row(Key.DEVICE_CPU_STREAM, statistics.median(rates), CUBES_PER_S),
+        Row(Key.DEVICE_CPU_RATIO, statistics.median(ratios), RATIO, note=pairs),
+        Row(Key.DEVICE_GATHER_CPU, best_rate(sum(map(len, few)), cut_few), CUBES_PER_S),
+    ]
+
+
+def timed(run: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
 def measure(work: Workload) -> list[Row]:
     """Rows of reading and streaming ``work.cubes`` cubes of edge ``work.dim``.
 
@@ -143,10 +187,11 @@ def measure(work: Workload) -> list[Row]:
             ),
         ]
         if importable("torch"):
+            rows.extend(device_rows(config, work.cubes))
             rows.append(Row(Key.TORCH_STORE, torch_rate(config.out, work.cubes), CUBES_PER_S))
             rows.append(Row(Key.TORCH_STREAM, torch_rate(config, work.cubes), CUBES_PER_S))
         else:
-            note = "note: torch is not importable: the torch DataLoader rows are skipped"
+            note = "note: torch is not importable: the device and DataLoader rows are skipped"
             print(note, file=sys.stderr)
     finally:
         shutil.rmtree(config.out, ignore_errors=True)

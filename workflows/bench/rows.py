@@ -55,6 +55,9 @@ class Key(StrEnum):
     STORE_BATCHES = "cube store, random-order batches"
     FROMFILE = "numpy.fromfile, same bytes"
     STREAM_BATCHES = "stream mode, random-order batches"
+    DEVICE_CPU_STREAM = 'stream mode on device="cpu" (torch tensors), random-order batches'
+    DEVICE_CPU_RATIO = 'stream mode on device="cpu" / stream mode, median of alternating pairs'
+    DEVICE_GATHER_CPU = "stream mode, torch's device gather run on the CPU"
     TORCH_STORE = "torch DataLoader, cube store (2 workers)"
     TORCH_STREAM = "torch DataLoader, stream mode (2 workers)"
     ROW_WINDOWS = "daskcubes generation, random row windows"
@@ -109,6 +112,9 @@ GROUP.update({key: DASKCUBES for key in Key if key not in GROUP})
 
 #: The module a row needs beyond the README's test line: without it the row is skipped.
 NEEDS: dict[Key, str] = {
+    Key.DEVICE_CPU_STREAM: "torch",
+    Key.DEVICE_CPU_RATIO: "torch",
+    Key.DEVICE_GATHER_CPU: "torch",
     Key.TORCH_STORE: "torch",
     Key.TORCH_STREAM: "torch",
     **{key: "torchio" for key in Key if key.name.startswith("TORCHIO_")},

@@ -77,6 +77,13 @@ TARGETS: list[Target] = [
     Target("stream mode >= 0.9x daskcubes generation", Key.STREAM_BATCHES, Key.GENERATION, 0.9),
     Target("stream mode >= 2x article step 3", Key.STREAM_BATCHES, Key.STEP3, 2),
     Target(
+        'stream mode on device="cpu" >= 0.95x stream mode (alternating pairs)',
+        Key.DEVICE_CPU_RATIO,
+        None,
+        0.95,
+        needs="torch",
+    ),
+    Target(
         "torch DataLoader >= 0.8x Batches, cube store",
         Key.TORCH_STORE,
         Key.STORE_BATCHES,

@@ -1,0 +1,450 @@
+"""Cubes on a torch device: cut there from source rows uploaded once, or read on the host
+and moved there through staging buffers.
+
+:class:`DeviceStream` is stream mode on a device. The source rows a job needs are
+uploaded as a row-major ``(frames, rows, n_cols)`` tensor in the training dtype (cast on
+the host, once, exactly as the host's cut casts them), and a batch is cut by one gather
+on the device from three small index tensors. The recipes stay the host's: computed in
+vectorised blocks by :func:`daskcubes.plan.recipes_of` and checked against the frames
+store on the host, since an out-of-range index on a GPU leaves its CUDA context unusable.
+When the source exceeds the budget (``max_slab_bytes``, by default half the device's free
+memory) it is worked through in the same bands and frame blocks as on the host
+(:class:`daskcubes.cut.SourceLayout`). Cube ``i`` is bit-identical to cube ``i`` of the
+host stream and of a stored store: a gather copies values, and the values are cast alike.
+
+:class:`OnDevice` hands the batches of a host source (a cube store, or the host stream)
+to a device: read on the host's threads, put through staging buffers (pinned on CUDA, so
+that the copy to the device is asynchronous) and copied with ``non_blocking``. On the CPU
+the batch read is handed out as a tensor over the same memory.
+
+Both start a batch in the thread that reads ahead (:meth:`start`) and give it to the
+training loop in its own thread (:meth:`Pending.ready`). On CUDA the work runs on a
+stream of its own and the loop's stream waits for it on the device, never on the host,
+so that the next batch is cut (or copied) while the loop trains on this one.
+
+Imported only when a device is asked for: ``import daskcubes`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from daskcubes.batches import BufferRing, CubeSource
+from daskcubes.config import Config
+from daskcubes.cut import CutJob, available_memory, cut_job
+from daskcubes.errors import UserError
+from daskcubes.plan import CubePlan, Recipes, recipes_of
+from daskcubes.reader import CubeIndexing
+
+#: Batches handed out at once from one source's reused buffers: one being cut, two
+#: read ahead (``Batches``' default prefetch), the one the loop holds and the one before.
+KEEP_BUFFERS = 5
+#: Pinned host buffers a batch crosses to a CUDA device through: one being read into
+#: while the copy of the other runs.
+STAGING_BUFFERS = 2
+#: Bytes of index per cube of a batch: three int64 vectors, the cube's frames (depth),
+#: rows (height) and columns (width). Against the cube's ``depth * height * width``
+#: values that is 0.06% of an article cube in float32, 0.03% in float64.
+INDEX_ITEMSIZE = 8
+
+DeviceLike = str | torch.device
+
+
+def torch_dtype(dtype: np.dtype | str) -> torch.dtype:
+    """The torch dtype of a numpy dtype."""
+    return torch.from_numpy(np.empty(0, np.dtype(dtype))).dtype
+
+
+def usable_device(device: DeviceLike) -> torch.device:
+    """``device`` as a ``torch.device``, refused in one line if torch cannot use it."""
+    found = torch.device(device)
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(
+            f"device {str(device)!r}: torch {torch.__version__} sees no CUDA device; "
+            "use device='cpu', or a machine with a GPU and a CUDA build of torch"
+        )
+    if found.type == "cuda" and found.index is None:
+        found = torch.device("cuda", torch.cuda.current_device())
+    return found
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` (the host's available memory for the CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return available_memory()
+
+
+# -- recipes into index tensors, checked on the host -----------------------------------
+
+
+def check_recipes(recipes: Recipes, plan: CubePlan, positions: np.ndarray, where: str) -> None:
+    """Refuse, in one line, a recipe whose indices fall outside the frames of ``plan``.
+
+    Done on the host before any index reaches a device: an out-of-range index on a GPU
+    is a device-side assertion that leaves its CUDA context unusable.
+    """
+    n = len(positions)
+    checks = [
+        ("frames", recipes.frames, (n, plan.depth), plan.n_frames, "frames"),
+        ("rows", recipes.rows, (n,), plan.n_rows - plan.height + 1, "first rows"),
+        ("columns", recipes.columns, (n, plan.width), plan.n_cols, "columns"),
+    ]
+    for name, values, shape, limit, what in checks:
+        values = np.asarray(values)
+        if values.shape != shape or values.dtype.kind not in "iu":
+            raise UserError(
+                f"{where}: recipe {name} of shape {values.shape} ({values.dtype}); "
+                f"expected {shape} integers"
+            )
+        outside = ((values < 0) | (values >= limit)).reshape(n, -1)
+        if outside.any():
+            cube, at = np.argwhere(outside)[0]
+            raise UserError(
+                f"{where}: cube {positions[cube]} has {name} {values.reshape(n, -1)[cube, at]}; "
+                f"expected {what} 0 to {limit - 1} (frames of {plan.n_frames} x {plan.n_rows} "
+                f"x {plan.n_cols}, cubes of {plan.cube_shape}); a corrupt recipe is refused "
+                "before it reaches the device"
+            )
+
+
+class CubeIndex(NamedTuple):
+    """Where the values of ``n`` cubes are in a block of source, as int64 tensors:
+    ``frames`` (n, depth), ``rows`` (n, height) and ``columns`` (n, width). Cube ``i``
+    is ``block[frames[i, f], rows[i, r], columns[i, c]]``: ``depth + height + width``
+    indices a cube, never one per value."""
+
+    frames: torch.Tensor
+    rows: torch.Tensor
+    columns: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self)
+
+    def gather_into(self, block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out[i, f, r, c] = block[frames[i, f], rows[i, r], columns[i, c]]``: one
+        gather, the three index tensors broadcast against each other (no copy of them)."""
+        index = [
+            self.frames[:, :, None, None],
+            self.rows[:, None, :, None],
+            self.columns[:, None, None, :],
+        ]
+        return torch.ops.aten.index.Tensor_out(block, index, out=out)
+
+    def gathered(self, block: torch.Tensor) -> torch.Tensor:
+        """``block[frames[i], rows[i], columns[i]]`` of one layer per cube:
+        ``frames`` is then (n,), the result (n, height, width)."""
+        return block[self.frames[:, None, None], self.rows[:, :, None], self.columns[:, None, :]]
+
+
+def cube_index(
+    frames: np.ndarray, rows: np.ndarray, columns: np.ndarray, height: int, device: torch.device
+) -> CubeIndex:
+    """The index tensors on ``device`` of cubes whose layers come from ``frames``, whose
+    first rows are ``rows`` and whose columns are ``columns`` (all counted in a block)."""
+    each_row = rows.astype(np.int64)[:, None] + np.arange(height, dtype=np.int64)
+
+    def on_device(values: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
+        return host.to(device, non_blocking=True)
+
+    return CubeIndex(on_device(frames), on_device(each_row), on_device(columns))
+
+
+# -- the source on the device ---------------------------------------------------------
+
+
+def upload_rows(job: CutJob, frames: range, rows: range, device: torch.device) -> torch.Tensor:
+    """``(len(frames), len(rows), n_cols)`` source values in the job's dtype on ``device``,
+    row-major, read and cast on the host one frame at a time (so that the host holds one
+    frame's rows at once, and the values are those the host's cut holds)."""
+    array = job.storage.open_array(job.frames.path, "frames", mode="r")
+    dtype = np.dtype(job.dtype)
+    shape = (len(frames), len(rows), job.frames.shape[2])
+    block = torch.empty(shape, dtype=torch_dtype(dtype), device=device)
+    for layer, frame in enumerate(frames):
+        values = np.asarray(array[frame, rows.start : rows.stop, :]).astype(dtype, copy=False)
+        block[layer].copy_(torch.from_numpy(np.ascontiguousarray(values)))
+    return block
+
+
+class DeviceSource:
+    """The source values of a job on a device, within the job's budget: the whole slab,
+    uploaded on first use and kept, or one block (frames by a band of rows) at a time."""
+
+    def __init__(self, job: CutJob, device: torch.device) -> None:
+        self.job = job
+        self.device = device
+        self._key: tuple[range, range] | None = None
+        self._block: torch.Tensor | None = None
+
+    def block(self, frames: range, rows: range) -> torch.Tensor:
+        """The block of ``frames`` by ``rows``; the block held before is let go first."""
+        if self._key != (frames, rows):
+            self._key = self._block = None
+            self._block = upload_rows(self.job, frames, rows, self.device)
+            self._key = (frames, rows)
+        assert self._block is not None
+        return self._block
+
+    def cut(self, recipes: Recipes, out: torch.Tensor) -> torch.Tensor:
+        """The cubes of ``recipes`` (checked) into ``out``, on the device."""
+        layout, plan = self.job.source, self.job.plan
+        height = plan.height
+        if layout.whole:
+            index = cube_index(recipes.frames, recipes.rows, recipes.columns, height, self.device)
+            block = self.block(range(plan.n_frames), range(layout.rows_needed))
+            return index.gather_into(block, out)
+        # Out of core: the host's bands and frame blocks (see SourceLayout).
+        step, size = layout.row_step, layout.frame_block
+        frames, rows = recipes.frames, recipes.rows
+        bands = rows // step
+        for band in np.unique(bands):
+            first = int(band) * step
+            band_rows = range(first, min(first + step + height - 1, layout.rows_needed))
+            in_band = bands == band
+            for start in np.unique(frames[in_band] // size) * size:
+                held_frames = range(int(start), min(int(start) + size, plan.n_frames))
+                held = in_band[:, None] & (frames >= start) & (frames < held_frames.stop)
+                block = self.block(held_frames, band_rows)
+                self._cut_held(block, held, recipes, int(start), first, out)
+        return out
+
+    def _cut_held(
+        self,
+        block: torch.Tensor,
+        held: np.ndarray,
+        recipes: Recipes,
+        start: int,
+        first: int,
+        out: torch.Tensor,
+    ) -> None:
+        """The layers ``held`` (n, depth) marks, from ``block`` (frames from ``start``,
+        rows from ``first``): whole cubes in one gather, other layers one layer at a time."""
+        height = self.job.plan.height
+        whole = np.asarray(held.all(axis=1))
+        local = recipes.frames - start, recipes.rows - first
+        if whole.all():
+            index = cube_index(*local, recipes.columns, height, self.device)
+            index.gather_into(block, out)
+            return
+        if whole.any():
+            cubes = np.flatnonzero(whole)
+            index = cube_index(
+                local[0][cubes], local[1][cubes], recipes.columns[cubes], height, self.device
+            )
+            values = torch.empty((len(cubes), *out.shape[1:]), dtype=out.dtype, device=out.device)
+            out[torch.from_numpy(cubes).to(out.device)] = index.gather_into(block, values)
+        partial = held & ~whole[:, None]
+        for layer in np.flatnonzero(partial.any(axis=0)):
+            cubes = np.flatnonzero(partial[:, layer])
+            index = cube_index(
+                local[0][cubes, layer],
+                local[1][cubes],
+                recipes.columns[cubes],
+                height,
+                self.device,
+            )
+            out[torch.from_numpy(cubes).to(out.device), int(layer)] = index.gathered(block)
+
+
+# -- batches handed out on a device ---------------------------------------------------
+
+
+class Pending:
+    """A batch started on a device: :meth:`ready` gives it to the caller's thread.
+
+    On CUDA the batch was made on another stream: the caller's current stream waits
+    for it on the device (the host does not wait), and the tensor is marked as used by
+    that stream, so that its memory is reused only once the caller's work on it is done.
+    """
+
+    def __init__(self, cubes: torch.Tensor, done: torch.cuda.Event | None = None) -> None:
+        self.cubes = cubes
+        self.done = done
+
+    def ready(self) -> torch.Tensor:
+        if self.done is not None:
+            stream = torch.cuda.current_stream(self.cubes.device)
+            stream.wait_event(self.done)
+            self.cubes.record_stream(stream)
+        return self.cubes
+
+
+class DeviceBatches:
+    """What both kinds of device source share: the device, the batch shape, and the
+    outputs batches are handed out in.
+
+    On the CPU, outputs come from a :class:`~daskcubes.batches.BufferRing` (as tensors
+    sharing its memory, so that a batch someone still holds is never overwritten); on
+    CUDA from torch's caching allocator, on the source's own stream.
+    """
+
+    def __init__(
+        self,
+        device: torch.device,
+        n_cubes: int,
+        cube_shape: tuple[int, int, int],
+        dtype: np.dtype,
+    ) -> None:
+        self.device = device
+        self._n_cubes = n_cubes
+        self.cube_shape = cube_shape
+        self.dtype = np.dtype(dtype)
+        self.torch_dtype = torch_dtype(dtype)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._ring = BufferRing((0, *cube_shape), self.dtype, KEEP_BUFFERS)
+        self._lock = threading.Lock()  # one batch at a time on the device
+
+    def __len__(self) -> int:
+        return self._n_cubes
+
+    def output(self, n: int, fresh: bool) -> torch.Tensor:
+        """Where a batch of ``n`` cubes goes (on CUDA: call on the source's stream)."""
+        shape = (n, *self.cube_shape)
+        if self.device.type != "cpu":
+            return torch.empty(shape, dtype=self.torch_dtype, device=self.device)
+        if fresh:
+            return torch.from_numpy(np.empty(shape, self.dtype))
+        if self._ring.shape[0] < n:
+            self._ring = BufferRing(shape, self.dtype, KEEP_BUFFERS)
+        return torch.from_numpy(self._ring.take(n))
+
+    def done(self) -> torch.cuda.Event | None:
+        """An event marking the end of the work just queued on the source's stream."""
+        return None if self.stream is None else self.stream.record_event()
+
+
+class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
+    """The cubes of ``config``, cut on ``device`` when read: stream mode on a device.
+
+    Reads like :class:`~daskcubes.stream.CubeStream` (``len``, indexing, :meth:`read`)
+    but gives ``torch`` tensors on ``device`` in the config's dtype;
+    :class:`~daskcubes.batches.Batches` over it cuts every batch on the device, the next
+    one while the loop trains on this one. The source is uploaded on the first read.
+    """
+
+    def __init__(self, config: Config, device: DeviceLike) -> None:
+        found = usable_device(device)
+        self.config = config
+        # The budget is the device's: its free memory, or max_slab_bytes.
+        self.job = cut_job(config, free_memory(found), threads=1)
+        plan = self.job.plan
+        super().__init__(found, plan.n_cubes, plan.cube_shape, np.dtype(self.job.dtype))
+        self.source = DeviceSource(self.job, found)
+        self.where = f"stream of frames store '{self.job.frames.path}' on {found}"
+
+    def __repr__(self) -> str:
+        return (
+            f"<DeviceStream of {self.job.frames.path!r} on {self.device}: {len(self)} cubes "
+            f"of {self.cube_shape} {self.dtype}, seed {self.job.plan.seed}>"
+        )
+
+    def start(self, positions: np.ndarray, fresh: bool = False) -> Pending:
+        """Begin cutting the cubes at ``positions`` on the device."""
+        positions = np.asarray(positions, dtype=np.int64)
+        recipes = recipes_of(self.job.plan, positions)  # on the host, vectorised
+        check_recipes(recipes, self.job.plan, positions, self.where)
+        with self._lock, _on(self.stream):
+            out = self.output(len(positions), fresh)
+            self.source.cut(recipes, out)
+            return Pending(out, self.done())
+
+    def read(self, positions: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Cubes at ``positions`` as a tensor on the device, into ``out`` if given."""
+        cubes = self.start(positions, fresh=True).ready()
+        return cubes if out is None else out.copy_(cubes)
+
+
+class Staging(DeviceBatches):
+    """Batches filled on the host and handed out on a device.
+
+    On CUDA a batch is filled into one of a few pinned host buffers (taken in turn; a
+    buffer is filled again once its last copy is done) and copied to the device with
+    ``non_blocking`` on a stream of its own. On the CPU the buffer is the batch, as a
+    tensor: no copy.
+    """
+
+    def __init__(
+        self, device: torch.device, n_cubes: int, cube_shape: tuple[int, int, int], dtype: Any
+    ) -> None:
+        super().__init__(device, n_cubes, cube_shape, dtype)
+        self._staging: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self._turn = 0
+
+    def _staged(self, n: int) -> tuple[int, torch.Tensor]:
+        """A pinned host buffer whose last copy to the device is done, taken in turn."""
+        if not self._staging or len(self._staging[0][0]) < n:
+            shape = (n, *self.cube_shape)
+            self._staging = [
+                (torch.empty(shape, dtype=self.torch_dtype).pin_memory(), None)
+                for _ in range(STAGING_BUFFERS)
+            ]
+        slot = self._turn % len(self._staging)
+        self._turn += 1
+        host, copied = self._staging[slot]
+        if copied is not None:
+            copied.synchronize()
+        return slot, host[:n]
+
+    def upload(self, n: int, fill: Callable[[np.ndarray], object], fresh: bool) -> Pending:
+        """A batch of ``n`` cubes that ``fill`` writes into a host array, on the device."""
+        with self._lock:
+            if self.device.type == "cpu":
+                out = self.output(n, fresh)
+                fill(out.numpy())
+                return Pending(out)
+            slot, host = self._staged(n)
+            fill(host.numpy())
+            with _on(self.stream):
+                out = self.output(n, fresh)
+                out.copy_(host, non_blocking=True)
+                done = self.done()
+            self._staging[slot] = (self._staging[slot][0], done)
+            return Pending(out, done)
+
+
+class OnDevice(Staging, CubeIndexing[torch.Tensor]):
+    """The batches of a host ``source`` (a cube store, the host stream), handed out on
+    ``device`` through :class:`Staging`.
+
+    :class:`~daskcubes.batches.Batches` reads them on the host's threads, whole batches
+    at once, and hands each over (:meth:`hand`); :meth:`start` and :meth:`read` read one
+    batch on the calling thread, straight into a staging buffer.
+    """
+
+    def __init__(self, source: CubeSource, device: DeviceLike) -> None:
+        super().__init__(usable_device(device), len(source), source.cube_shape, source.dtype)
+        self.host = source
+
+    def __repr__(self) -> str:
+        return f"<OnDevice {self.device}: {self.host!r}>"
+
+    def hand(self, cubes: np.ndarray) -> Pending:
+        """A batch read on the host, onto the device: on the CPU as it is (a tensor over
+        the same memory), else copied through a staging buffer."""
+        if self.device.type == "cpu":
+            return Pending(torch.from_numpy(cubes))
+        return self.upload(len(cubes), lambda host: np.copyto(host, cubes), fresh=False)
+
+    def start(self, positions: np.ndarray, fresh: bool = False) -> Pending:
+        """Begin handing the cubes at ``positions`` to the device."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return self.upload(len(positions), lambda host: self.host.read(positions, host), fresh)
+
+    def read(self, positions: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Cubes at ``positions`` as a tensor on the device, into ``out`` if given."""
+        cubes = self.start(positions, fresh=True).ready()
+        return cubes if out is None else out.copy_(cubes)
+
+
+def _on(stream: torch.cuda.Stream | None) -> Any:
+    """A context that makes ``stream`` current (nothing for the CPU)."""
+    return torch.cuda.stream(stream) if stream is not None else nullcontext()

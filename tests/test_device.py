@@ -1,0 +1,365 @@
+"""Cubes on a torch device: the device gather (on ``device="cpu"`` here, on CUDA where a GPU
+is) gives the bytes of the host stream and of a stored store, for every definition and
+dtype, in core and out of core; bad recipes never reach it; batches, ranks, resumes and
+the torch loader behave as on the host."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+from daskcubes import Batches, open_cubes, open_stream, pipeline  # noqa: E402
+from daskcubes import device as device_module  # noqa: E402
+from daskcubes.config import Config  # noqa: E402
+from daskcubes.device import (  # noqa: E402
+    INDEX_ITEMSIZE,
+    DeviceStream,
+    OnDevice,
+    cube_index,
+)
+from daskcubes.errors import UserError  # noqa: E402
+from daskcubes.loaders.torch import CubeDataset  # noqa: E402
+from daskcubes.plan import CubePlan, Recipes, recipes_of  # noqa: E402
+from tests.conftest import small_config  # noqa: E402
+from tests.test_definitions import DEFINITIONS  # noqa: E402
+
+#: Every device the tests cut on: the CPU always, CUDA where a GPU is (marked ``gpu``).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+#: The article's definition and every other one of tests/test_definitions.py.
+ALL_DEFINITIONS: dict[str, dict[str, Any]] = {"article": {}, **DEFINITIONS}
+
+
+def definition_config(root: Path, name: str, **overrides: Any) -> Config:
+    values = {"n_frames": 6, "n_rows": 30, "n_cols": 20, **ALL_DEFINITIONS[name], **overrides}
+    return small_config(root, **values)
+
+
+def host(cubes: Any) -> np.ndarray:
+    """A batch as host bytes, from a tensor on any device or a numpy array."""
+    return cubes.cpu().numpy() if isinstance(cubes, torch.Tensor) else np.asarray(cubes)
+
+
+def with_budget(config: Config, budget: int) -> Config:
+    return Config.model_validate({**config.model_dump(), "max_slab_bytes": budget})
+
+
+def out_of_core_budgets(config: Config) -> dict[str, int]:
+    """Budgets of one device (no threads to share them) that give bands of all frames
+    (where cubes may start on other rows than the first) and blocks of 2 frames by a
+    band, for ``config``'s frames and cubes."""
+    job = open_stream(config).job
+    plan, row_bytes = job.plan, job.plan.n_cols * np.dtype(config.dtype).itemsize
+    budgets = {"frame blocks": 2 * plan.height * row_bytes}
+    if job.source.rows_needed > plan.height + 2:
+        budgets["bands"] = plan.n_frames * (plan.height + 2) * row_bytes
+    return budgets
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ALL_DEFINITIONS)
+def test_device_cubes_are_the_host_stream_s_and_the_store_s_bytes(
+    tmp_path: Path, name: str, dtype: str, device: str
+) -> None:
+    config = definition_config(tmp_path, name, dtype=dtype)
+    pipeline.run(config, show_progress=False)
+    stored = open_cubes(config.out)[:]
+    assert host(open_stream(config)[:]).tobytes() == stored.tobytes()
+    on_device = open_stream(config, device, gather="device")
+    assert isinstance(on_device, DeviceStream) and on_device.job.source.whole
+    cubes = on_device[:]
+    assert cubes.device.type == device and cubes.dtype == getattr(torch, dtype)
+    assert host(cubes).tobytes() == stored.tobytes()
+    order = np.random.default_rng(0).permutation(config.cubes)
+    assert host(on_device[order]).tobytes() == stored[order].tobytes()
+    for budget in out_of_core_budgets(config).values():
+        banded = open_stream(with_budget(config, budget), device, gather="device")
+        assert isinstance(banded, DeviceStream) and not banded.job.source.whole
+        assert host(banded[order]).tobytes() == stored[order].tobytes()
+
+
+def test_the_out_of_core_budgets_give_both_kinds_of_block(tmp_path: Path) -> None:
+    """The budgets above work through bands of all frames, then blocks of fewer frames."""
+    config = definition_config(tmp_path, "all-windows")
+    pipeline.run(config, show_progress=False)
+    budgets = out_of_core_budgets(config)
+    bands = open_stream(with_budget(config, budgets["bands"]), "cpu", gather="device")
+    blocks = open_stream(with_budget(config, budgets["frame blocks"]), "cpu", gather="device")
+    assert isinstance(bands, DeviceStream) and isinstance(blocks, DeviceStream)
+    assert bands.job.source.frame_block == config.n_frames and bands.job.source.row_step == 3
+    assert blocks.job.source.frame_block == 2 and blocks.job.source.row_step == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_host_gather_and_stored_cubes_reach_the_device_with_the_same_bytes(
+    tmp_path: Path, device: str
+) -> None:
+    config = definition_config(tmp_path, "non-cubic")
+    pipeline.run(config, show_progress=False)
+    stored = open_cubes(config.out)[:]
+    copied = open_stream(config, device, gather="host")
+    assert isinstance(copied, OnDevice)
+    assert host(copied[:]).tobytes() == stored.tobytes()
+    batches = Batches(open_cubes(config.out), 8, shuffle=True, device=device)
+    for ids, cubes in batches:
+        assert cubes.device.type == device
+        assert host(cubes).tobytes() == stored[ids].tobytes()
+
+
+def test_on_the_cpu_the_stream_cuts_on_the_host_and_hands_out_its_memory(
+    config: Config,
+) -> None:
+    pipeline.run(config, show_progress=False)
+    stream = open_stream(config, "cpu")
+    assert isinstance(stream, OnDevice)  # the host's cutter is the faster one there
+    batch = next(iter(Batches(stream, 8, prefetch=0)))
+    assert isinstance(batch.cubes, torch.Tensor)
+    # The ring buffer the host cut into, as a tensor: no copy.
+    assert batch.cubes.numpy().base is not None
+
+
+# -- recipes checked on the host ---------------------------------------------------------
+
+
+def corrupt(recipes: Recipes, field: str) -> Recipes:
+    frames, rows, columns = (np.array(a) for a in (recipes.frames, recipes.rows, recipes.columns))
+    if field == "frames":
+        frames[1, 0] = -1
+    elif field == "rows":
+        rows[1] = 10**6
+    elif field == "columns":
+        columns[1, -1] = 20  # one past the last column
+    else:
+        columns = columns[:, :-1]
+    return Recipes(frames, rows, columns)
+
+
+@pytest.mark.parametrize("field", ["frames", "rows", "columns", "shape"])
+def test_a_corrupt_recipe_is_one_line_and_never_reaches_the_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str
+) -> None:
+    config = definition_config(tmp_path, "all-windows")
+    pipeline.run(config, show_progress=False)
+    stream = open_stream(config, "cpu", gather="device")
+
+    def reached(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a corrupt recipe reached the device")
+
+    good = device_module.recipes_of
+    monkeypatch.setattr(device_module, "recipes_of", lambda *a: corrupt(good(*a), field))
+    monkeypatch.setattr(device_module, "cube_index", reached)
+    monkeypatch.setattr(device_module, "upload_rows", reached)
+    with pytest.raises(UserError) as raised:
+        stream[0:4]
+    message = str(raised.value)
+    assert "\n" not in message and "frames store" in message
+    assert field in message
+    if field != "shape":
+        assert "cube 1 " in message and "refused before it reaches the device" in message
+    with pytest.raises(UserError):  # from the thread that reads ahead, into the loop
+        list(Batches(stream, 4, prefetch=2))
+
+
+def test_a_missing_gpu_is_one_line(config: Config) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(UserError, match=r"^device 'cuda': torch .* sees no CUDA device;[^\n]*$"):
+        open_stream(config, "cuda")
+
+
+# -- index memory ----------------------------------------------------------------------
+
+
+def article_plan(n_cubes: int) -> CubePlan:
+    """The article's plan (100 frames of 1000 x 1000, 100^3 cubes), no data needed."""
+    return CubePlan(n_cubes, 100, 100, 100, 100, 1000, 1000, 7, 16, 16)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_index_tensors_of_an_article_batch_are_below_a_thousandth_of_its_bytes(
+    dtype: str,
+) -> None:
+    plan, n = article_plan(64), 16
+    recipes = recipes_of(plan, np.arange(n))
+    index = cube_index(
+        recipes.frames, recipes.rows, recipes.columns, plan.height, torch.device("cpu")
+    )
+    depth, height, width = plan.cube_shape
+    assert index.nbytes == INDEX_ITEMSIZE * n * (depth + height + width)
+    batch_bytes = n * depth * height * width * np.dtype(dtype).itemsize
+    assert index.nbytes <= batch_bytes / 1000
+
+
+@pytest.mark.parametrize("budget", ["whole", "bands", "frame blocks"])
+def test_every_index_the_cut_builds_stays_within_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: str
+) -> None:
+    """``INDEX_ITEMSIZE * (depth + height + width)`` bytes a cube of the batch, whatever
+    the layout of the source."""
+    config = definition_config(tmp_path, "all-windows")
+    pipeline.run(config, show_progress=False)
+    if budget != "whole":
+        config = with_budget(config, out_of_core_budgets(config)[budget])
+    stream = open_stream(config, "cpu", gather="device")
+    built: list[int] = []
+
+    def recorded(*args: Any) -> Any:
+        index = cube_index(*args)
+        built.append(index.nbytes)
+        return index
+
+    monkeypatch.setattr(device_module, "cube_index", recorded)
+    n = 16
+    stream[np.arange(n)]
+    assert built
+    per_cube = INDEX_ITEMSIZE * sum(stream.cube_shape)
+    assert max(built) <= n * per_cube
+
+
+# -- batches, ranks and resumes --------------------------------------------------------
+
+
+@pytest.fixture
+def device_stream(tmp_path: Path) -> tuple[DeviceStream, np.ndarray]:
+    config = definition_config(tmp_path, "row-window", cubes=37)
+    pipeline.run(config, show_progress=False)
+    stream = open_stream(config, "cpu", gather="device")
+    assert isinstance(stream, DeviceStream)
+    return stream, open_cubes(config.out)[:]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_ranks_together_see_every_cube_once_with_the_store_s_bytes(
+    device_stream: tuple[DeviceStream, np.ndarray], prefetch: int
+) -> None:
+    stream, stored = device_stream
+    seen = []
+    for rank in range(3):
+        for ids, cubes in Batches(
+            stream, 4, shuffle=True, seed=5, rank=rank, world_size=3, prefetch=prefetch
+        ):
+            assert host(cubes).tobytes() == stored[ids].tobytes()
+            seen.extend(ids.tolist())
+    assert sorted(seen) == list(range(len(stream)))
+
+
+def test_resuming_mid_epoch_gives_the_rest_as_on_the_host(
+    device_stream: tuple[DeviceStream, np.ndarray],
+) -> None:
+    stream, stored = device_stream
+    on_host = Batches(open_stream(stream.config), 4, shuffle=True, seed=5)
+    host_order = [ids.tolist() for ids, _ in on_host]
+    first = Batches(stream, 4, shuffle=True, seed=5)
+    taken = [ids.tolist() for _, (ids, _) in zip(range(3), first, strict=False)]
+    resumed = Batches(stream, 4, shuffle=True, seed=5)
+    resumed.load_state_dict(first.state_dict())
+    rest = list(resumed)
+    for ids, cubes in rest:
+        assert host(cubes).tobytes() == stored[ids].tobytes()
+    assert taken + [ids.tolist() for ids, _ in rest] == host_order
+
+
+def test_a_batch_someone_holds_is_never_overwritten(
+    device_stream: tuple[DeviceStream, np.ndarray],
+) -> None:
+    stream, stored = device_stream
+    held = [(ids, cubes) for ids, cubes in Batches(stream, 4, prefetch=2)]
+    for ids, cubes in held:
+        assert host(cubes).tobytes() == stored[ids].tobytes()
+
+
+def test_a_device_source_refuses_a_second_device(
+    device_stream: tuple[DeviceStream, np.ndarray],
+) -> None:
+    with pytest.raises(UserError, match="on a device already"):
+        Batches(device_stream[0], 4, device="cpu")
+
+
+# -- the torch loader ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cube_dataset_hands_out_device_tensors(tmp_path: Path, device: str) -> None:
+    config = definition_config(tmp_path, "frame-subset")
+    pipeline.run(config, show_progress=False)
+    stored = open_cubes(config.out)[:]
+    for source in (config, config.out):
+        dataset = CubeDataset(source, device=device)
+        loader = DataLoader(dataset, batch_size=8, collate_fn=CubeDataset.collate)
+        for k, batch in enumerate(loader):
+            assert batch.device.type == device
+            assert host(batch).tobytes() == stored[8 * k : 8 * (k + 1)].tobytes()
+        assert host(dataset[3]).tobytes() == stored[3].tobytes()
+
+
+@pytest.mark.slow
+def test_collate_to_the_cpu_keeps_the_zero_copy_path_of_workers(tmp_path: Path) -> None:
+    config = definition_config(tmp_path, "article")
+    pipeline.run(config, show_progress=False)
+    stored = open_cubes(config.out)[:]
+    loader = DataLoader(
+        CubeDataset(config.out),
+        batch_size=8,
+        collate_fn=CubeDataset.collate_to("cpu"),
+        num_workers=2,
+    )
+    for k, batch in enumerate(loader):
+        assert batch.is_shared()  # the worker's shared memory, handed on as it is
+        assert host(batch).tobytes() == stored[8 * k : 8 * (k + 1)].tobytes()
+
+
+@pytest.mark.gpu
+def test_collate_to_a_gpu_stages_batches_through_pinned_memory(tmp_path: Path) -> None:
+    config = definition_config(tmp_path, "article")
+    pipeline.run(config, show_progress=False)
+    stored = open_cubes(config.out)[:]
+    loader = DataLoader(
+        CubeDataset(config.out), batch_size=8, collate_fn=CubeDataset.collate_to("cuda")
+    )
+    for k, batch in enumerate(loader):
+        assert batch.is_cuda
+        assert host(batch).tobytes() == stored[8 * k : 8 * (k + 1)].tobytes()
+
+
+@pytest.mark.gpu
+def test_batches_on_a_gpu_overlap_and_keep_their_bytes(tmp_path: Path) -> None:
+    """Batches cut on the device's own stream and handed to the loop's stream, with a
+    step's work queued on the loop's stream between batches."""
+    config = definition_config(tmp_path, "all-windows", cubes=64)
+    pipeline.run(config, show_progress=False)
+    stored = open_cubes(config.out)[:]
+    stream = open_stream(config, "cuda")
+    assert isinstance(stream, DeviceStream)
+    for ids, cubes in Batches(stream, 8, shuffle=True, prefetch=3):
+        busy = torch.randn(512, 512, device="cuda")
+        for _ in range(4):
+            busy = busy @ busy / 512
+        assert host(cubes).tobytes() == stored[ids].tobytes()
+
+
+@pytest.mark.slow
+def test_the_multi_gpu_example_runs_two_ranks_on_the_cpu(tmp_path: Path) -> None:
+    """workflows/multi_gpu.py under torchrun, one process per rank (gloo on the CPU)."""
+    script = Path(__file__).resolve().parent.parent / "workflows" / "multi_gpu.py"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+            *("--nproc-per-node", "2", str(script)),
+            *("--device", "cpu", "--config", "small", "--make-frames"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 ranks on cpu: 200 cubes in epoch 0 of 200, every cube once: True" in done.stdout
