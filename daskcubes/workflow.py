@@ -195,6 +195,9 @@ def _describe_plan(schema: CubeSchema) -> list[str]:
 
 
 def _report(result: pipeline.RunResult | pipeline.StageResult) -> None:
+    """A line per stage, and after cutting cubes (``run`` or ``sample``) the run's summary."""
+    if isinstance(result, pipeline.StageResult) and result.stage == "sample":
+        result = pipeline.RunResult([result])
     print(result)
 
 

@@ -210,3 +210,14 @@ def test_resume_of_a_complete_run_says_it_was_complete(
     assert out.splitlines()[-1] == (
         f"daskcubes: cube store {tmp_path / 'cubes.zarr'} was already complete (20 cubes)"
     )
+
+
+def test_the_sample_command_ends_with_the_run_s_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(small_args(tmp_path)) == 0
+    capsys.readouterr()
+    out = tmp_path / "again.zarr"
+    assert main(["sample", *small_args(tmp_path)[3:], "--out", str(out)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("daskcubes: 20 cubes") and last.endswith(f"cube store {out}")
