@@ -65,23 +65,33 @@ def test_article_step3_keeps_no_cubes() -> None:
     assert peak < n_cubes // 4 * cube_bytes
 
 
-@pytest.mark.slow
-def test_tiny_run_measures_every_row_and_decides_every_target(tmp_path: Path) -> None:
-    out, scratch = tmp_path / "out", tmp_path / "scratch"
+def tiny_benchmark(out: Path, scratch: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``workflows/benchmark.py`` at tiny shapes with ``extra`` options; checked to succeed."""
     done = subprocess.run(
         [
             sys.executable,
             str(ROOT / "workflows" / "benchmark.py"),
             *("--n-frames", "3", "--n-rows", "12", "--n-cols", "20", "--dim", "6"),
-            *("--cubes", "8", "--few", "2", "--threads", "2", "--sweep", "1,2"),
-            *("--plan-cubes", "1000", "--memory-cubes", "4,8"),
-            *("--memory-dir", str(tmp_path), "--scratch", str(scratch), "--out", str(out)),
+            *("--cubes", "8", "--few", "2", "--threads", "2"),
+            *("--scratch", str(scratch), "--out", str(out), *extra),
         ],
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+@pytest.mark.slow
+def test_tiny_run_measures_every_row_and_decides_every_target(tmp_path: Path) -> None:
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    done = tiny_benchmark(
+        out,
+        scratch,
+        *("--sweep", "1,2", "--plan-cubes", "1000", "--memory-cubes", "4,8"),
+        *("--memory-dir", str(tmp_path)),
+    )
     report = json.loads((out / "benchmark.json").read_text())
     # Every row, but those whose module is not installed (the README's test line installs
     # neither torch nor the patch libraries): their targets are said to be not measured.
@@ -105,19 +115,7 @@ def test_tiny_run_measures_every_row_and_decides_every_target(tmp_path: Path) ->
 @pytest.mark.slow
 def test_only_some_measurements_decide_only_their_targets(tmp_path: Path) -> None:
     out, scratch = tmp_path / "out", tmp_path / "scratch"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "workflows" / "benchmark.py"),
-            *("--n-frames", "3", "--n-rows", "12", "--n-cols", "20", "--dim", "6"),
-            *("--cubes", "8", "--few", "2", "--threads", "2", "--only", "cut_rows"),
-            *("--scratch", str(scratch), "--out", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = tiny_benchmark(out, scratch, "--only", "cut_rows")
     measured = {row["key"] for row in json.loads((out / "benchmark.json").read_text())["rows"]}
     assert Key.CUT_KERNEL in measured and Key.INGEST not in measured
     decided = [t for t in TARGETS if t.keys <= measured]

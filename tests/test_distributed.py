@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -119,29 +120,20 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The address of a real cluster on loopback: a scheduler and two 1-thread workers."""
-    root = tmp_path_factory.mktemp("cluster")
+#: ``python -m dask``, as the tests start its scheduler and workers.
+DASK = [sys.executable, "-m", "dask"]
+
+
+@contextmanager
+def dask_processes(root: Path, commands: list[list[str]], n_workers: int) -> Iterator[str]:
+    """Run real ``dask scheduler`` and ``dask worker`` ``commands`` (each given the same
+    scheduler file under ``root``, with daskcubes importable and logs under ``root``);
+    yield the scheduler's address once ``n_workers`` workers joined, and stop them all."""
     scheduler_file = root / "scheduler.json"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    dask = [sys.executable, "-m", "dask"]
-    commands = [
-        [
-            *dask,
-            "scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--dashboard-address",
-            DASHBOARD,
-        ],
-        *[[*dask, "worker", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]] * 2,
-    ]
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for i, command in enumerate(commands):
@@ -155,11 +147,21 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     )
                 )
         with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
+            client.wait_for_workers(n_workers, timeout=60)
             address = client.scheduler.address
         yield address
     finally:
         _stop(processes)
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The address of a real cluster on loopback: a scheduler and two 1-thread workers."""
+    scheduler = [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0"]
+    worker = [*DASK, "worker", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    commands = [[*scheduler, "--dashboard-address", DASHBOARD], worker, worker]
+    with dask_processes(tmp_path_factory.mktemp("cluster"), commands, 2) as address:
+        yield address
 
 
 def slab_loads(client: Client) -> dict[str, int]:

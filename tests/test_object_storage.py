@@ -38,7 +38,7 @@ from daskcubes.store import open_group, store_attrs
 from daskcubes.testing import OutageProxy, s3_server, store_files
 from daskcubes.workflow import main
 from tests.conftest import small_config
-from tests.test_distributed import ActOnDone, _stop
+from tests.test_distributed import DASK, ActOnDone, dask_processes
 from tests.test_s3 import KEY, SECRET, _with_bucket, recorded_shards, remote_files
 
 pytestmark = pytest.mark.slow
@@ -263,19 +263,13 @@ def cluster_without_the_disk(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     scheduler's address and ``hidden``."""
     hidden = tmp_path / "hidden"
     hidden.mkdir()
-    scheduler_file = tmp_path / "scheduler.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    dask = [sys.executable, "-m", "dask"]
     private = ["unshare", "--mount", "sh", "-c", f'mount -t tmpfs tmpfs {hidden} && exec "$@"']
     commands = [
-        [*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
+        [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"],
         [
             *private,
             "sh",
-            *dask,
+            *DASK,
             "worker",
             "--nthreads",
             "1",
@@ -284,24 +278,8 @@ def cluster_without_the_disk(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             "--no-dashboard",
         ],
     ]
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for i, command in enumerate(commands):
-            with (tmp_path / f"process-{i}.log").open("wb") as log:
-                processes.append(
-                    subprocess.Popen(
-                        [*command, "--scheduler-file", str(scheduler_file)],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(1, timeout=60)
-            address = client.scheduler.address
+    with dask_processes(tmp_path, commands, 1) as address:
         yield address, hidden
-    finally:
-        _stop(processes)
 
 
 @pytest.mark.skipif(not unshare_works("--mount"), reason="needs unshare --mount (root)")
