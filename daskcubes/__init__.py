@@ -7,12 +7,12 @@ training code.
 """
 
 from daskcubes.api import ingest, run, sample
-from daskcubes.batches import Batches
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
-from daskcubes.reader import CubeStore, open_cubes
-from daskcubes.sources import frames_array
-from daskcubes.stream import CubeStream, open_stream
+from daskcubes.io.sources import frames_array
+from daskcubes.train.batches import Batches
+from daskcubes.train.reader import CubeStore, open_cubes
+from daskcubes.train.stream import CubeStream, open_stream
 
 __version__ = "0.1.0"
 

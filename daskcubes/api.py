@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from daskcubes import pipeline
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
-from daskcubes.executors import DistributedExecutor, Executor
-from daskcubes.pipeline import RunResult, StageResult
-from daskcubes.sources import in_memory_source
-from daskcubes.store import WriteMode
+from daskcubes.io.layout import WriteMode
+from daskcubes.io.sources import in_memory_source
+from daskcubes.runtime import stages
+from daskcubes.runtime.executors import DistributedExecutor, Executor
+from daskcubes.runtime.stages import RunResult, StageResult
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -88,7 +88,7 @@ def run(
 ) -> RunResult:
     """The whole job: (synthetic frames →) frames store → cube store. Returns what each
     stage made; ``result.path`` is the cube store."""
-    return _stage(pipeline.run, config, client, mode, progress, settings)
+    return _stage(stages.run, config, client, mode, progress, settings)
 
 
 def ingest(
@@ -109,10 +109,10 @@ def ingest(
     if frames is None or isinstance(frames, str | Path):
         if frames is not None:
             settings["frames"] = str(frames)
-        return _stage(pipeline.ingest, config, client, mode, progress, settings)
+        return _stage(stages.ingest, config, client, mode, progress, settings)
     allow_nonfinite = settings_of(config, **settings).allow_nonfinite
     source = in_memory_source(frames, allow_nonfinite)
-    return _stage(pipeline.ingest, config, client, mode, progress, settings, source=source)
+    return _stage(stages.ingest, config, client, mode, progress, settings, source=source)
 
 
 def sample(
@@ -124,4 +124,4 @@ def sample(
     **settings: Any,
 ) -> StageResult:
     """Cut the cubes of the settings from the frames store into the cube store (``out``)."""
-    return _stage(pipeline.sample, config, client, mode, progress, settings)
+    return _stage(stages.sample, config, client, mode, progress, settings)

@@ -24,8 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from daskcubes.errors import UserError
-from daskcubes.plan import (
+from daskcubes.core.plan import (
     ColumnMode,
     CubeSizes,
     Definition,
@@ -34,7 +33,8 @@ from daskcubes.plan import (
     check_cube_fits,
     check_grid_count,
 )
-from daskcubes.windows import GridEdge
+from daskcubes.core.windows import GridEdge
+from daskcubes.errors import UserError
 
 #: The presets shipped with the package: ``NAME.yaml`` is ``--config NAME``.
 PRESETS: Traversable = files("daskcubes") / "conf"

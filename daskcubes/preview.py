@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from daskcubes.errors import UserError
-from daskcubes.reader import open_cubes
+from daskcubes.train.reader import open_cubes
 
 
 def _shorten(values: np.ndarray, keep: int = 6) -> str:

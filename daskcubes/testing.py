@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daskcubes.plan import Recipes
+from daskcubes.core.plan import Recipes
 
 
 def expected_cubes(frames: np.ndarray, recipes: Recipes, height: int | None = None) -> np.ndarray:

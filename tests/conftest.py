@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from daskcubes.config import PRESETS, Config
-from daskcubes.executors import DistributedExecutor, open_executor
+from daskcubes.runtime.executors import DistributedExecutor, open_executor
 
 #: Names of the shipped presets (``--config NAME``).
 PRESET_NAMES = sorted(

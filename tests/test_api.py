@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import daskcubes
-from daskcubes.executors import DistributedExecutor
+from daskcubes.runtime.executors import DistributedExecutor
 from daskcubes.testing import assert_stores_identical
 from tests.conftest import small_config
 
@@ -63,7 +63,7 @@ def test_bad_settings_are_a_value_error(tmp_path: Path) -> None:
 def test_the_console_script_is_the_command_line() -> None:
     scripts = importlib.metadata.entry_points(group="console_scripts")
     (script,) = [entry for entry in scripts if entry.name == "daskcubes"]
-    assert script.value == "daskcubes.workflow:main"
+    assert script.value == "daskcubes.cli:main"
     found = shutil.which("daskcubes")
     if found:  # installed: the command itself runs
         done = subprocess.run([found, "--help"], capture_output=True, text=True, check=True)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import zarr
 
-from daskcubes.workflow import main
+from daskcubes.cli import main
 
 Writer = Callable[[Path], None]
 

@@ -25,15 +25,16 @@ import pytest
 from dask.typing import Key
 from distributed import Client, LocalCluster
 
-from daskcubes import cut, pipeline
+from daskcubes.cli import DASK_LOG, main
 from daskcubes.config import Config
-from daskcubes.dashboard import page_link
+from daskcubes.cut import cutter
 from daskcubes.errors import UserError
-from daskcubes.executors import DistributedExecutor, OnDone, dask_logs_to, open_executor
-from daskcubes.storage import Storage
-from daskcubes.store import open_group, store_attrs
+from daskcubes.io.layout import open_group, store_attrs
+from daskcubes.io.storage import Storage
+from daskcubes.runtime import stages
+from daskcubes.runtime.dashboard import page_link
+from daskcubes.runtime.executors import DistributedExecutor, OnDone, dask_logs_to, open_executor
 from daskcubes.testing import assert_stores_identical
-from daskcubes.workflow import DASK_LOG, main
 from tests.conftest import DASHBOARD, cli_args, small_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,7 +49,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Config:
     config = small_config(
         tmp_path_factory.mktemp("sync"), cubes=64, batch_size=4, shard_size=4, n_frames=6
     )
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
     return config
 
 
@@ -166,7 +167,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def slab_loads(client: Client) -> dict[str, int]:
     """How many times each worker process has loaded a source slab."""
-    return client.run(lambda: cut._cached_slab.cache_info().misses)
+    return client.run(lambda: cutter._cached_slab.cache_info().misses)
 
 
 def test_cli_on_an_existing_cluster_matches_sync(
@@ -295,8 +296,8 @@ def test_a_run_of_many_small_tasks_ends_complete(
     out; at 62,500 tasks after the default 60 s. A short timeout shows it at 6,000.
     """
     frames = small_config(tmp_path, n_frames=2, n_rows=4, n_cols=4, dim=2)
-    pipeline.generate(frames, show_progress=False)
-    pipeline.ingest(frames, show_progress=False)
+    stages.generate(frames, show_progress=False)
+    stages.ingest(frames, show_progress=False)
     config = distributed_config(frames, tmp_path, cubes=6000, shard_size=1, batch_size=1)
     with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
         assert main(["sample", *cli_args(config)]) == 0, capsys.readouterr().err
@@ -313,7 +314,7 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(
         killed.append(next(iter(client.run(os.getpid).values())))
         os.kill(killed[0], signal.SIGKILL)
 
-    pipeline.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
+    stages.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
     assert_stores_identical(oracle.out, config.out)
     local_cluster.client.wait_for_workers(2, timeout=60)  # the Nanny has started a new worker
     assert killed and killed[0] not in local_cluster.client.run(os.getpid).values()
@@ -348,7 +349,7 @@ def test_dashboard_answers_on_loopback_only(
         }
 
     config = distributed_config(oracle, tmp_path)
-    pipeline.sample(config, show_progress=False, executor=ActOnDone(local_cluster, probe))
+    stages.sample(config, show_progress=False, executor=ActOnDone(local_cluster, probe))
     assert seen["status"] == 200 and "<title>Dask Diagnostic UI</title>" in seen["page"]
     assert seen["other"] == "refused"
     assert seen["listening"] == {"127.0.0.1"}
@@ -401,7 +402,7 @@ def test_browser_renders_the_dashboard_during_a_run(
             browser.close()
 
     config = distributed_config(oracle, tmp_path)
-    pipeline.sample(config, show_progress=False, executor=ActOnDone(local_cluster, look))
+    stages.sample(config, show_progress=False, executor=ActOnDone(local_cluster, look))
     print(f"dashboard screenshot: {screenshot}")
     assert seen["title"] == "Dask: Status"
     with Image.open(screenshot) as image:
@@ -419,7 +420,7 @@ def test_browser_shows_the_whole_run_s_progress_across_waves(
 ) -> None:
     from playwright.sync_api import sync_playwright
 
-    monkeypatch.setattr(pipeline, "PUBLISH_INTERVAL", 0.0)  # every task, for exact counts
+    monkeypatch.setattr(stages, "PUBLISH_INTERVAL", 0.0)  # every task, for exact counts
     # Waves of 2 tasks: the scheduler never knows more than 4 of the run's 17 (16 of cubes,
     # one of recipes).
     waves = DistributedExecutor(local_cluster.client, wave=2)
@@ -440,7 +441,7 @@ def test_browser_shows_the_whole_run_s_progress_across_waves(
             )
             seen.append((page.locator("#made").inner_text(), page.locator("#left").inner_text()))
 
-        pipeline.sample(config, show_progress=False, executor=ActOnDone(waves, look, at=(3, 12)))
+        stages.sample(config, show_progress=False, executor=ActOnDone(waves, look, at=(3, 12)))
         browser.close()
     made = [re.fullmatch(r"(\d+) of 64 cubes \(.*%\)", text) for text, _ in seen]
     # 4 cubes a task, and the recipes' task among the first 3 or not.
@@ -458,7 +459,7 @@ def test_a_frame_s_rows_beyond_the_budget_are_refused_on_threads(
         {**oracle.model_dump(), "out": str(tmp_path / "cubes.zarr"), "scheduler": "threads"}
     )
     with pytest.raises(UserError, match=r"more than a worker thread's share of the source"):
-        pipeline.sample(config, show_progress=False)
+        stages.sample(config, show_progress=False)
     assert not Path(config.out).exists()
 
 

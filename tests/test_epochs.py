@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from daskcubes.batches import Batches, Position
 from daskcubes.errors import UserError
+from daskcubes.train.batches import Batches, Position
 
 N_CUBES = 37
 

@@ -16,8 +16,8 @@ import xarray as xr
 import zarr
 
 import daskcubes
+from daskcubes.cli import main
 from daskcubes.testing import store_files
-from daskcubes.workflow import main
 
 N_FRAMES, N_ROWS, N_COLS = 4, 10, 12
 
@@ -193,7 +193,7 @@ def test_a_zarr_array_on_object_storage(
     tmp_path: Path, values: np.ndarray, from_parquet: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("s3fs")
-    from daskcubes.storage import Storage
+    from daskcubes.io.storage import Storage
     from daskcubes.testing import s3_server
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskcubes import kernels
-from daskcubes.kernels import empty_slab, gather_cubes, gather_reference
-from daskcubes.plan import (
+from daskcubes.core import kernels
+from daskcubes.core.kernels import empty_slab, gather_cubes, gather_reference
+from daskcubes.core.plan import (
     ColumnMode,
     CubePlan,
     Definition,
@@ -140,7 +140,7 @@ def test_without_numba_the_package_cuts_with_the_reference_and_says_so_once() ->
         import warnings
         sys.modules["numba"] = None  # import numba raises ImportError
         import numpy as np
-        from daskcubes.kernels import empty_slab, gather_cubes, gather_reference
+        from daskcubes.core.kernels import empty_slab, gather_cubes, gather_reference
         slab = empty_slab(3, 4, 5, "float32", True)
         slab[...] = np.arange(60).reshape(3, 4, 5)
         frames, rows, columns = np.array([[0, 1, 2]]), np.array([1]), np.array([[4, 0]])
@@ -171,7 +171,7 @@ def test_where_no_cache_directory_is_writable_the_kernel_still_compiles() -> Non
                 raise RuntimeError("cannot cache function: no locator available")
             return plain(*args, **options)
         numba.njit = njit
-        from daskcubes import kernels
+        from daskcubes.core import kernels
         slab = kernels.empty_slab(2, 3, 4, "float64", False)
         slab[...] = np.arange(24).reshape(2, 3, 4)
         out, expected = np.empty((2, 1, 2, 2, 2))

@@ -10,14 +10,15 @@ import pytest
 import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 
-from daskcubes import open_cubes, pipeline
+from daskcubes import open_cubes
+from daskcubes.cli import main
 from daskcubes.config import Config
+from daskcubes.core.plan import CubePlan, Definition, recipes
 from daskcubes.errors import UserError
-from daskcubes.plan import CubePlan, Definition, recipes
-from daskcubes.storage import Storage
-from daskcubes.stream import open_stream
+from daskcubes.io.storage import Storage
+from daskcubes.runtime import stages
 from daskcubes.testing import assert_stores_identical
-from daskcubes.workflow import main
+from daskcubes.train.stream import open_stream
 from tests.conftest import small_config
 from tests.test_workflow import small_args
 
@@ -207,7 +208,7 @@ def test_map_windows_are_the_same_on_every_executor_and_streamed(
     tmp_path: Path, kind: str, executor_settings: dict[str, Any]
 ) -> None:
     reference = map_config(tmp_path / "ref", kind)
-    pipeline.run(reference, show_progress=False)
+    stages.run(reference, show_progress=False)
     config = map_config(
         tmp_path / "ref",
         kind,
@@ -215,7 +216,7 @@ def test_map_windows_are_the_same_on_every_executor_and_streamed(
         synthetic=False,
         **executor_settings,
     )
-    pipeline.sample(config, show_progress=False)
+    stages.sample(config, show_progress=False)
     assert_stores_identical(reference.out, config.out)
     assert np.array_equal(open_stream(config)[:], open_cubes(reference.out)[:])
     rows = open_cubes(reference.out).recipes(slice(None)).rows
@@ -228,15 +229,15 @@ def test_a_resumed_map_store_is_the_same_and_a_new_map_is_refused(
     tmp_path: Path, kind: str
 ) -> None:
     config = map_config(tmp_path, kind)
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
     whole = str(tmp_path / "whole.zarr")
-    pipeline.sample(config.model_copy(update={"out": whole}), show_progress=False)
+    stages.sample(config.model_copy(update={"out": whole}), show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
     attrs.update(complete=None, progress={"shards": [[0, 2]], "recipes": []})
     group.attrs["daskcubes"] = attrs
     zarr.open_array(config.out, path="cubes", mode="r+")[12:] = 0.0
-    pipeline.sample(config, mode="resume", show_progress=False)
+    stages.sample(config, mode="resume", show_progress=False)
     assert_stores_identical(whole, config.out)
     # The map rewritten with other values: verify and resume both notice.
     path = config.weights or config.labels
@@ -246,12 +247,12 @@ def test_a_resumed_map_store_is_the_same_and_a_new_map_is_refused(
     assert main(["verify", config.out, "--sample", "4"]) == 1
     group.attrs["daskcubes"] = {**attrs, "complete": None}
     with pytest.raises(UserError, match="was started with map_fingerprint="):
-        pipeline.sample(config, mode="resume", show_progress=False)
+        stages.sample(config, mode="resume", show_progress=False)
 
 
 def test_info_and_verify_follow_the_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = map_config(tmp_path, "labels")
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
     capsys.readouterr()
     assert main(["info", config.out]) == 0
     out = capsys.readouterr().out

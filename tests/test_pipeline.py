@@ -11,10 +11,11 @@ import pytest
 from dask.typing import Key
 from natsort import natsorted
 
-from daskcubes import open_cubes, pipeline
+from daskcubes import open_cubes
 from daskcubes.config import Config
-from daskcubes.executors import open_executor
-from daskcubes.schema import CubeSchema
+from daskcubes.io.schema import CubeSchema
+from daskcubes.runtime import stages
+from daskcubes.runtime.executors import open_executor
 from daskcubes.testing import assert_stores_identical, expected_cubes
 from tests.conftest import small_config
 
@@ -27,7 +28,7 @@ def source_frames(config: Config) -> np.ndarray:
 
 
 def run(config: Config) -> None:
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,10 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskcubes import cut, pipeline
-from daskcubes import plan as plan_module
+from daskcubes.cli import main
 from daskcubes.config import Config, load_config
-from daskcubes.errors import UserError
-from daskcubes.plan import (
+from daskcubes.core import plan as plan_module
+from daskcubes.core.plan import (
     AUTO_MIN_TASKS,
     LEGACY_RECIPE,
     RECIPE,
@@ -25,8 +24,10 @@ from daskcubes.plan import (
     recipes_of,
     seedsequence_columns,
 )
-from daskcubes.reader import open_cubes
-from daskcubes.workflow import main
+from daskcubes.cut import cutter
+from daskcubes.errors import UserError
+from daskcubes.runtime import stages
+from daskcubes.train.reader import open_cubes
 from tests.conftest import small_config
 
 
@@ -209,8 +210,8 @@ def legacy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     """A store as made before stores named their recipe function: legacy recipes."""
     config = small_config(tmp_path)
     with monkeypatch.context() as patch:
-        patch.setattr(cut, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE))
-        pipeline.run(config, show_progress=False)
+        patch.setattr(cutter, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE))
+        stages.run(config, show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
     del attrs["plan"]["recipe"]
@@ -234,12 +235,12 @@ def test_a_legacy_store_opens_and_verifies_with_its_own_recipes(
 
 def test_a_legacy_store_refuses_to_resume(legacy_store: Config) -> None:
     with pytest.raises(UserError, match=f"recipe function '{LEGACY_RECIPE}'; this version"):
-        pipeline.sample(legacy_store, mode="resume", show_progress=False)
+        stages.sample(legacy_store, mode="resume", show_progress=False)
 
 
 def test_new_stores_record_their_recipe_function(tmp_path: Path) -> None:
     config = small_config(tmp_path)
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
     assert open_cubes(config.out).attrs["plan"]["recipe"] == RECIPE
 
 
@@ -266,11 +267,11 @@ def test_auto_gives_the_same_store_as_fixed_batch_sizes(tmp_path: Path) -> None:
     sizes: list[int | str] = ["auto", 1, 400]
     for size in sizes:
         config = small_config(tmp_path / str(size), batch_size=size, shard_size=1, cubes=400, dim=2)
-        pipeline.run(config, show_progress=False)
+        stages.run(config, show_progress=False)
         store = open_cubes(config.out)
         stores[size] = (store.read(np.arange(400)), store.recipes(slice(None)).columns)
         if size == "auto":  # one shard per task would be the same as size 1
-            assert cut.cut_job(config).plan.batch_size == 400 // AUTO_MIN_TASKS
+            assert cutter.cut_job(config).plan.batch_size == 400 // AUTO_MIN_TASKS
     for size in (1, 400):
         assert all(np.array_equal(a, b) for a, b in zip(stores["auto"], stores[size], strict=True))
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from daskcubes import UserError, open_cubes
-from daskcubes.frames import find_frame_files
-from daskcubes.ingest import ingest_tasks
-from daskcubes.schema import CubeSchema
-from daskcubes.sources import files_source
-from daskcubes.storage import Storage
-from daskcubes.store import mark_complete, remove_leftovers, store_lock
+from daskcubes.cli import main
+from daskcubes.io.frames import find_frame_files
+from daskcubes.io.layout import mark_complete, remove_leftovers, store_lock
+from daskcubes.io.schema import CubeSchema
+from daskcubes.io.sources import files_source
+from daskcubes.io.storage import Storage
+from daskcubes.runtime.ingest_tasks import ingest_tasks
 from daskcubes.testing import assert_stores_identical, store_files
-from daskcubes.workflow import main
 
 pytestmark = pytest.mark.slow
 

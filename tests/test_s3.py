@@ -18,8 +18,8 @@ import s3fs
 import xarray as xr
 
 from daskcubes import open_cubes
+from daskcubes.cli import main
 from daskcubes.testing import s3_server, store_files
-from daskcubes.workflow import main
 
 pytestmark = pytest.mark.slow
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import zarr
 
-from daskcubes.plan import CubePlan
-from daskcubes.schema import CubeSchema
-from daskcubes.shards import is_raw_layout, write_shard
-from daskcubes.storage import Storage
-from daskcubes.store import create_cube_store
+from daskcubes.core.plan import CubePlan
+from daskcubes.io.layout import create_cube_store
+from daskcubes.io.schema import CubeSchema
+from daskcubes.io.shards import is_raw_layout, write_shard
+from daskcubes.io.storage import Storage
 from daskcubes.testing import assert_stores_identical
 
 #: 10 cubes of (3, 4, 4), 4 per shard: the last shard is ragged.

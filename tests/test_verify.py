@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 import zarr
 
-import daskcubes.verify
-from daskcubes import open_cubes, pipeline
+import daskcubes.runtime.verify
+from daskcubes import open_cubes
+from daskcubes.cli import main
 from daskcubes.config import Config
-from daskcubes.schema import CubeSchema
-from daskcubes.shards import MISSING, decode_index, index_nbytes
-from daskcubes.storage import Storage
-from daskcubes.verify import verify_cube_store
-from daskcubes.workflow import main
+from daskcubes.io.schema import CubeSchema
+from daskcubes.io.shards import MISSING, decode_index, index_nbytes
+from daskcubes.io.storage import Storage
+from daskcubes.runtime import stages
+from daskcubes.runtime.verify import verify_cube_store
 from tests.conftest import small_config
 
 
 @pytest.fixture
 def made(tmp_path: Path) -> Config:
     config = small_config(tmp_path)
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
     return config
 
 
@@ -100,8 +101,8 @@ def test_incomplete_store(made: Config, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_other_frames_store(made: Config, capsys: pytest.CaptureFixture[str]) -> None:
     other = small_config(Path(made.out).parent / "other", seed=99)
-    pipeline.generate(other, show_progress=False)
-    pipeline.ingest(other, show_progress=False)
+    stages.generate(other, show_progress=False)
+    stages.ingest(other, show_progress=False)
     assert main(["verify", made.out, "--against", other.frames_store]) == 1
     assert "not the one these cubes were cut from" in capsys.readouterr().out
 
@@ -120,7 +121,7 @@ def rewrite_index(path: Path, change: Callable[[np.ndarray], None]) -> None:
 def test_index_entries_are_checked_in_every_block_of_shards(
     made: Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(daskcubes.verify, "SHARD_BLOCK", 3)  # shards 0-2, 3-5, 6-8, 9
+    monkeypatch.setattr(daskcubes.runtime.verify, "SHARD_BLOCK", 3)  # shards 0-2, 3-5, 6-8, 9
 
     def drop_two(index: np.ndarray) -> None:
         index[1:3] = MISSING
@@ -141,7 +142,7 @@ def test_index_entries_are_checked_in_every_block_of_shards(
 
 def test_the_last_shard_may_be_partial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = small_config(tmp_path, cubes=42)  # 10 shards of 4 cubes, then one of 2
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
     status, out = verify(config, capsys)
     assert status == 0, out
     rewrite_index(shard(config, 10), lambda index: index.__setitem__((1, 0), MISSING))
@@ -152,9 +153,9 @@ def test_the_last_shard_may_be_partial(tmp_path: Path, capsys: pytest.CaptureFix
 def test_ten_bad_shards_are_listed_and_all_counted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(daskcubes.verify, "SHARD_BLOCK", 4)
+    monkeypatch.setattr(daskcubes.runtime.verify, "SHARD_BLOCK", 4)
     config = small_config(tmp_path, cubes=60)  # 15 shards
-    pipeline.run(config, show_progress=False)
+    stages.run(config, show_progress=False)
     for index in range(1, 13):
         shard(config, index).unlink()
     status, out = verify(config, capsys)

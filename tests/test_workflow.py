@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from daskcubes import cut, open_cubes, pipeline
+from daskcubes import open_cubes
+from daskcubes.cli import build_parser, config_from_args, main
 from daskcubes.config import PRESETS, Config, load_config
-from daskcubes.workflow import build_parser, config_from_args, main
+from daskcubes.cut import cutter
+from daskcubes.runtime import stages
 from tests.conftest import PRESET_NAMES, cli_args
 
 
@@ -41,12 +43,12 @@ def test_the_summary_keeps_start_up_apart_from_cutting(
 ) -> None:
     loaded: list[float] = []
 
-    def slow_slab(job: cut.CutJob) -> None:
+    def slow_slab(job: cutter.CutJob) -> None:
         time.sleep(0.5)  # a slab that takes long to load: start-up, not cutting
         loaded.append(time.perf_counter())
-        cut.warm_worker(job)
+        cutter.warm_worker(job)
 
-    monkeypatch.setattr(pipeline, "warm_worker", slow_slab)
+    monkeypatch.setattr(stages, "warm_worker", slow_slab)
     assert main(small_args(tmp_path)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(loaded) == 1  # once, on the threaded scheduler's one process

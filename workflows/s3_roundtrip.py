@@ -16,13 +16,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from daskcubes import Config, open_cubes, pipeline
+from daskcubes import Config, open_cubes
+from daskcubes.runtime import stages
 from daskcubes.testing import s3_server
 
 
 def measure(out: str, config: Config, storage_options: dict[str, str]) -> tuple[float, float]:
     """Cubes/s writing ``out`` (sample stage) and reading it back whole."""
-    written = pipeline.sample(config.model_copy(update={"out": out}), show_progress=False)
+    written = stages.sample(config.model_copy(update={"out": out}), show_progress=False)
     store = open_cubes(out, storage_options=storage_options)
     started = time.perf_counter()
     for start in range(0, len(store), config.shard_size):
@@ -56,8 +57,8 @@ def main() -> None:
                 dim=args.dim,
                 storage_options=options,
             )
-            pipeline.generate(config, show_progress=False)
-            pipeline.ingest(config, show_progress=False)
+            stages.generate(config, show_progress=False)
+            stages.ingest(config, show_progress=False)
             rows = {
                 "local (tmpfs)": measure(f"{scratch}/cubes.zarr", config, options),
                 "S3 (loopback)": measure("s3://roundtrip/cubes.zarr", config, options),

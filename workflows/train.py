@@ -5,7 +5,7 @@
     python workflows/train.py ... --checkpoint DIR [--every 50] [--resume]
 
 PyTorch on the CPU (``pip install 'daskcubes[torch]'``). Batches come from
-:class:`~daskcubes.batches.Batches`: shuffled per epoch, cut or read on every core ahead
+:class:`~daskcubes.train.batches.Batches`: shuffled per epoch, cut or read on every core ahead
 of the step. Each logged step gives its loss, the cubes per second of the run so far,
 and the share of the step spent waiting for data. With ``--checkpoint DIR`` the model,
 the optimizer and the loader's place in the epoch are saved every ``--every`` steps
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from daskcubes import load_config, open_cubes
-from daskcubes.batches import Batches, CubeSource
 from daskcubes.errors import UserError
-from daskcubes.stream import open_stream
+from daskcubes.train.batches import Batches, CubeSource
+from daskcubes.train.stream import open_stream
 
 CHECKPOINT = "checkpoint.pt"
 

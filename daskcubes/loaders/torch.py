@@ -36,11 +36,11 @@ except ImportError as error:
         "daskcubes.loaders.torch needs PyTorch: pip install 'daskcubes[torch]'"
     ) from error
 
-from daskcubes.batches import BatchPlan, CubeSource, DeviceCubeSource, EpochCursor, Position
 from daskcubes.config import Config
-from daskcubes.device import OnDevice, Pending, Staging, usable_device
-from daskcubes.reader import open_cubes
-from daskcubes.stream import CubeStream, open_stream
+from daskcubes.train.batches import BatchPlan, CubeSource, DeviceCubeSource, EpochCursor, Position
+from daskcubes.train.device import OnDevice, Pending, Staging, usable_device
+from daskcubes.train.reader import open_cubes
+from daskcubes.train.stream import CubeStream, open_stream
 
 # Shared-memory buffers each worker keeps: its batches waiting in the loader's queue
 # (``prefetch_factor``, 2 by default), the one the training loop holds, and the one
@@ -278,9 +278,9 @@ def as_tensor(
 
 
 class CubeBatchSampler(Sampler[list[int]]):
-    """The batches of :class:`~daskcubes.batches.Batches`, as a ``batch_sampler``.
+    """The batches of :class:`~daskcubes.train.batches.Batches`, as a ``batch_sampler``.
 
-    Parameters are those of :class:`~daskcubes.batches.Batches` (``n_cubes`` is
+    Parameters are those of :class:`~daskcubes.train.batches.Batches` (``n_cubes`` is
     ``len(dataset)``). Each ``iter`` gives the rest of the current epoch, so a
     ``DataLoader`` goes through epochs 0, 1, ...; :meth:`set_epoch` picks one.
     :meth:`state_dict` counts the batches handed to the loader. torchdata's

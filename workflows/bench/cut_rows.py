@@ -2,9 +2,9 @@
 
 Each row adds one stage to the one before: the kernel alone on the worker slab (recipes
 computed beforehand, one reused buffer per thread); the cutter without dask (recipes of
-each batch, the per-thread buffers: :func:`daskcubes.cut.cut_range` on threads); dask
+each batch, the per-thread buffers: :func:`daskcubes.cut.cutter.cut_range` on threads); dask
 tasks (daskcubes generation); stream mode without a loader (``CubeStream.read`` of whole
-batches on threads) and through :class:`~daskcubes.batches.Batches` (its threads, ring
+batches on threads) and through :class:`~daskcubes.train.batches.Batches` (its threads, ring
 and prefetch). Beside them: the same generation of float32 cubes and of random row
 windows, the article's step 3 over ``np.stack`` of ``DataFrame.to_numpy()`` (through
 :func:`bench.anchors.article_step3`), and the cut ceiling. They all share the memory
@@ -25,12 +25,12 @@ from bench.anchors import article_step3
 from bench.ceilings import cut_ceiling_rate
 from bench.data import Setup, on_threads, read_frames, timed
 from bench.rows import CUBES_PER_S, Key, Row
-from daskcubes.batches import Batches
-from daskcubes.cut import CutJob, cut_job, cut_range, warm_worker, worker_slab
-from daskcubes.executors import LocalExecutor
-from daskcubes.kernels import gather_cubes
-from daskcubes.plan import recipes
-from daskcubes.stream import open_stream
+from daskcubes.core.kernels import gather_cubes
+from daskcubes.core.plan import recipes
+from daskcubes.cut.cutter import CutJob, cut_job, cut_range, warm_worker, worker_slab
+from daskcubes.runtime.executors import LocalExecutor
+from daskcubes.train.batches import Batches
+from daskcubes.train.stream import open_stream
 
 #: Alternating rounds of every row; each row reports its median.
 ROUNDS = 3
@@ -60,7 +60,7 @@ def kernel_rate(job: CutJob, threads: int) -> float:
 
 
 def cutter_rate(job: CutJob, threads: int) -> float:
-    """:func:`~daskcubes.cut.cut_range` batch by batch on threads, without dask."""
+    """:func:`~daskcubes.cut.cutter.cut_range` batch by batch on threads, without dask."""
     plan = job.plan
 
     def work(k: int) -> None:

@@ -16,16 +16,16 @@ import tempfile
 from pathlib import Path
 
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, Workload
-from daskcubes import pipeline
 from daskcubes.config import Config
-from daskcubes.executors import Executor, open_executor
+from daskcubes.runtime import stages
+from daskcubes.runtime.executors import Executor, open_executor
 from daskcubes.testing import assert_stores_identical
 
 CLUSTER = {"scheduler": "distributed", "workers": 2, "threads_per_worker": 1}
 
 
 def _rate(config: Config, executor: Executor) -> float:
-    return pipeline.sample(config, "overwrite", show_progress=False, executor=executor).rate
+    return stages.sample(config, "overwrite", show_progress=False, executor=executor).rate
 
 
 def measure(work: Workload, repeats: int = 5) -> list[Row]:
@@ -84,8 +84,8 @@ def make_frames_store(root: Path, n_frames: int, n_rows: int, n_cols: int) -> st
             "dim": min(100, n_rows, n_cols),
         }
     )
-    pipeline.generate(config, show_progress=False)
-    pipeline.ingest(config, show_progress=False)
+    stages.generate(config, show_progress=False)
+    stages.ingest(config, show_progress=False)
     return config.frames_store
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from bench.data import Setup, scratch_path
 from bench.rows import MIB, SECONDS, Key, Row
-from daskcubes import pipeline
-from daskcubes.sampling import sample_job
+from daskcubes.runtime import stages
+from daskcubes.runtime.tasks import sample_job
 
 
 def _peak_mib() -> float:
@@ -32,10 +32,10 @@ def _peak_mib() -> float:
 
 def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
     """Seconds and peak MiB of everything before compute, for ``plan_cubes`` cubes."""
-    from daskcubes.progress import ProgressRecord
-    from daskcubes.sampling import sample_tasks
-    from daskcubes.schema import CubeSchema
-    from daskcubes.store import create_cube_store
+    from daskcubes.io.layout import create_cube_store
+    from daskcubes.io.progress import ProgressRecord
+    from daskcubes.io.schema import CubeSchema
+    from daskcubes.runtime.tasks import sample_tasks
 
     started = time.perf_counter()
     config = setup.config(cubes=setup.plan_cubes, out=store)
@@ -52,7 +52,7 @@ def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
 
 def sample_in_process(setup: Setup, cubes: int, store: str) -> float:
     """Peak MiB of a whole daskcubes ``sample`` run of ``cubes`` cubes."""
-    pipeline.sample(setup.config(cubes=cubes, out=store), mode="overwrite", show_progress=False)
+    stages.sample(setup.config(cubes=cubes, out=store), mode="overwrite", show_progress=False)
     return _peak_mib()
 
 

@@ -5,11 +5,11 @@ and moved there through staging buffers.
 uploaded as a row-major ``(frames, rows, n_cols)`` tensor in the training dtype (cast on
 the host, once, exactly as the host's cut casts them), and a batch is cut by one gather
 on the device from three small index tensors. The recipes stay the host's: computed in
-vectorised blocks by :func:`daskcubes.plan.recipes_of` and checked against the frames
+vectorised blocks by :func:`daskcubes.core.plan.recipes_of` and checked against the frames
 store on the host, since an out-of-range index on a GPU leaves its CUDA context unusable.
 When the source exceeds the budget (``max_slab_bytes``, by default half the device's free
 memory) it is worked through in the same bands and frame blocks as on the host
-(:class:`daskcubes.cut.SourceLayout`). Cube ``i`` is bit-identical to cube ``i`` of the
+(:class:`daskcubes.cut.cutter.SourceLayout`). Cube ``i`` is bit-identical to cube ``i`` of the
 host stream and of a stored store: a gather copies values, and the values are cast alike.
 
 :class:`OnDevice` hands the batches of a host source (a cube store, or the host stream)
@@ -35,12 +35,12 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from daskcubes.batches import BufferRing, CubeSource
 from daskcubes.config import Config
-from daskcubes.cut import CutJob, available_memory, cut_job
+from daskcubes.core.plan import CubePlan, Recipes, recipes_of
+from daskcubes.cut.cutter import CutJob, available_memory, cut_job
 from daskcubes.errors import UserError
-from daskcubes.plan import CubePlan, Recipes, recipes_of
-from daskcubes.reader import CubeIndexing
+from daskcubes.train.batches import BufferRing, CubeSource
+from daskcubes.train.reader import CubeIndexing
 
 #: Batches handed out at once from one source's reused buffers: one being cut, two
 #: read ahead (``Batches``' default prefetch), the one the loop holds and the one before.
@@ -282,7 +282,7 @@ class DeviceBatches:
     """What both kinds of device source share: the device, the batch shape, and the
     outputs batches are handed out in.
 
-    On the CPU, outputs come from a :class:`~daskcubes.batches.BufferRing` (as tensors
+    On the CPU, outputs come from a :class:`~daskcubes.train.batches.BufferRing` (as tensors
     sharing its memory, so that a batch someone still holds is never overwritten); on
     CUDA from torch's caching allocator, on the source's own stream.
     """
@@ -325,9 +325,9 @@ class DeviceBatches:
 class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
     """The cubes of ``config``, cut on ``device`` when read: stream mode on a device.
 
-    Reads like :class:`~daskcubes.stream.CubeStream` (``len``, indexing, :meth:`read`)
+    Reads like :class:`~daskcubes.train.stream.CubeStream` (``len``, indexing, :meth:`read`)
     but gives ``torch`` tensors on ``device`` in the config's dtype;
-    :class:`~daskcubes.batches.Batches` over it cuts every batch on the device, the next
+    :class:`~daskcubes.train.batches.Batches` over it cuts every batch on the device, the next
     one while the loop trains on this one. The source is uploaded on the first read.
     """
 
@@ -415,7 +415,7 @@ class OnDevice(Staging, CubeIndexing[torch.Tensor]):
     """The batches of a host ``source`` (a cube store, the host stream), handed out on
     ``device`` through :class:`Staging`.
 
-    :class:`~daskcubes.batches.Batches` reads them on the host's threads, whole batches
+    :class:`~daskcubes.train.batches.Batches` reads them on the host's threads, whole batches
     at once, and hands each over (:meth:`hand`); :meth:`start` and :meth:`read` read one
     batch on the calling thread, straight into a staging buffer.
     """

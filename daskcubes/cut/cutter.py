@@ -18,12 +18,12 @@ import numpy as np
 import psutil
 
 from daskcubes.config import Config
+from daskcubes.core.kernels import compile_kernel, empty_slab, gather_cubes
+from daskcubes.core.plan import CubePlan, Recipes, batch_size_for, check_cube_fits, recipes
 from daskcubes.errors import UserError
-from daskcubes.kernels import compile_kernel, empty_slab, gather_cubes
-from daskcubes.plan import CubePlan, Recipes, batch_size_for, check_cube_fits, recipes
-from daskcubes.schema import CubeSchema
-from daskcubes.storage import Storage
-from daskcubes.store import FramesStoreInfo, frames_store_info
+from daskcubes.io.layout import FramesStoreInfo, frames_store_info
+from daskcubes.io.schema import CubeSchema
+from daskcubes.io.storage import Storage
 
 #: The share of a worker's memory that source values may take by default (the rest is
 #: for the batches being cut and written, and for Python, numpy and zarr themselves).
@@ -40,7 +40,7 @@ class SourceLayout:
     Band ``k`` holds rows ``k * row_step .. k * row_step + row_step + height - 1``, so
     the rows of a cube whose first row is ``r`` lie in band ``r // row_step``.
 
-    ``rows_contiguous``: the slab's memory layout (see :mod:`daskcubes.kernels`), row-major
+    ``rows_contiguous``: the slab's memory layout (see :mod:`daskcubes.core.kernels`), row-major
     when the cubes of a batch share their source rows (all frames, the first rows) or
     read runs of them (column windows), else each source column's rows contiguous.
     """
@@ -171,7 +171,7 @@ def load_slab(
     rows_contiguous: bool = True,
 ) -> np.ndarray:
     """``(len(frames), len(rows), n_cols)`` source values as ``dtype``, in the layout
-    :func:`~daskcubes.kernels.empty_slab` makes, read one frame at a time so that only
+    :func:`~daskcubes.core.kernels.empty_slab` makes, read one frame at a time so that only
     the slab and one frame's rows are held at once."""
     array = storage.open_array(source.path, "frames", mode="r")
     slab = empty_slab(len(frames), len(rows), source.shape[2], dtype, rows_contiguous)

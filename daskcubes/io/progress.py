@@ -25,8 +25,8 @@ from typing import Any
 
 from dask.typing import Key
 
-from daskcubes.storage import Storage
-from daskcubes.store import ATTRS, store_attrs
+from daskcubes.io.layout import ATTRS, store_attrs
+from daskcubes.io.storage import Storage
 
 Ranges = list[list[int]]
 #: For each task, the units of work it finishes: ``(kind, [unit, ...])``.

@@ -2,13 +2,13 @@
 
 For training runs where storing every cube makes no sense. Cube ``i`` of a stream is
 byte-identical to cube ``i`` of a cube store written with the same config: both come
-from the same recipes (:func:`daskcubes.plan.recipes_of`) and the same cut
-(:func:`daskcubes.cut.cut_cubes`), which holds source values within the same budget
+from the same recipes (:func:`daskcubes.core.plan.recipes_of`) and the same cut
+(:func:`daskcubes.cut.cutter.cut_cubes`), which holds source values within the same budget
 (``max_slab_bytes``, by default half this machine's available memory, shared by the
 threads that read). Imports nothing from the executors.
 
 ``open_stream(config, device=...)`` hands the cubes out as torch tensors on a device, cut
-there (:mod:`daskcubes.device`, imported only then: torch stays optional).
+there (:mod:`daskcubes.train.device`, imported only then: torch stays optional).
 """
 
 from __future__ import annotations
@@ -17,23 +17,23 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
-from daskcubes.batches import default_threads
 from daskcubes.config import Config
-from daskcubes.cut import available_memory, cut_cubes, cut_job
+from daskcubes.core.plan import recipes_of
+from daskcubes.cut.cutter import available_memory, cut_cubes, cut_job
 from daskcubes.errors import UserError
-from daskcubes.plan import recipes_of
-from daskcubes.reader import CubeIndexing
+from daskcubes.train.batches import default_threads
+from daskcubes.train.reader import CubeIndexing
 
 if TYPE_CHECKING:
-    from daskcubes.device import DeviceLike, DeviceStream, OnDevice
+    from daskcubes.train.device import DeviceLike, DeviceStream, OnDevice
 
 
 class CubeStream(CubeIndexing[np.ndarray]):
     """The cubes of ``config`` (its ``frames_store``, ``cubes``, ``dim``, ``seed``, ``dtype``),
     computed when read.
 
-    Reads like :class:`~daskcubes.reader.CubeStore` (the same indexing): ``len``,
-    indexing and :meth:`read`, so :class:`~daskcubes.batches.Batches` takes either. The source
+    Reads like :class:`~daskcubes.train.reader.CubeStore` (the same indexing): ``len``,
+    indexing and :meth:`read`, so :class:`~daskcubes.train.batches.Batches` takes either. The source
     rows the cubes need are loaded once per process, on the first read, if they fit the
     budget; else each read works through them block by block.
     :meth:`read` may run in several threads at once (``Batches`` reads a batch on each
@@ -96,15 +96,15 @@ def open_stream(
     device : ``None`` for numpy arrays on the host; else a torch device (``"cuda"``,
         ``"cuda:1"``, ``"cpu"``, a ``torch.device``) to hand cubes out on, as tensors.
     gather : where the cubes are cut: ``"device"`` from source rows uploaded to the
-        device once (:class:`~daskcubes.device.DeviceStream`), ``"host"`` on the host's
-        cores, then copied (:class:`~daskcubes.device.OnDevice`). By default on the device,
+        device once (:class:`~daskcubes.train.device.DeviceStream`), ``"host"`` on the host's
+        cores, then copied (:class:`~daskcubes.train.device.OnDevice`). By default on the device,
         except for ``device="cpu"``, where the host's cutter is the faster one.
     """
     if gather not in (None, "device", "host"):
         raise UserError(f"gather: {gather!r}; expected 'device' or 'host'")
     if device is None:
         return CubeStream(config)
-    from daskcubes import device as on  # torch only when a device is asked for
+    from daskcubes.train import device as on  # torch only when a device is asked for
 
     found = on.usable_device(device)
     if (gather or ("host" if found.type == "cpu" else "device")) == "device":

@@ -1,6 +1,6 @@
 """Frames → the zarr frames store, one write task per frame.
 
-The frames come as a :class:`~daskcubes.sources.FrameSource`: a dask array with one chunk
+The frames come as a :class:`~daskcubes.io.sources.FrameSource`: a dask array with one chunk
 per frame (read from a frame file, or taken from an array). Each write task takes one
 chunk and writes it whole into its slot of the frames store (every chunk of the store
 belongs to one frame's task, so no lock is needed). Memory stays bounded by the frames in
@@ -15,9 +15,9 @@ import numpy as np
 from dask.base import tokenize
 from dask.typing import Key
 
-from daskcubes.progress import Finishes, Work
-from daskcubes.sources import FrameSource
-from daskcubes.storage import Storage
+from daskcubes.io.progress import Finishes, Work
+from daskcubes.io.sources import FrameSource
+from daskcubes.io.storage import Storage
 
 
 def write_frame(values: np.ndarray, index: int, store: str, storage: Storage) -> None:

@@ -8,7 +8,7 @@ writes chunk ``i`` as frame ``i`` of the frames store, whatever the source.
 
 Sources:
 
-- frame files (parquet, CSV): a directory or a glob, read by :func:`daskcubes.frames.read_frame`;
+- frame files (parquet, CSV): a directory or a glob, read by :func:`daskcubes.io.frames.read_frame`;
 - a zarr array (v2 or v3, any chunking, local or a URL);
 - a variable of an xarray-readable store or file: a zarr group (as ``xarray.Dataset.to_zarr``
   writes it), NetCDF or HDF5 (``frames_variable`` names it; needs xarray);
@@ -29,14 +29,14 @@ import zarr
 from dask.base import tokenize
 
 from daskcubes.errors import UserError
-from daskcubes.frames import (
+from daskcubes.io.frames import (
     FrameSpec,
     find_frame_files,
     fingerprint,
     inspect_frames,
     read_frame,
 )
-from daskcubes.storage import Storage, basename
+from daskcubes.io.storage import Storage, basename
 
 #: Suffixes of files that xarray opens (NetCDF and HDF5).
 XARRAY_FILE_SUFFIXES = (".nc", ".nc4", ".cdf", ".h5", ".hdf5", ".he5")

@@ -13,7 +13,7 @@ process of this machine that is gone (killed, or ended by an outage that kept it
 deleting its lease) is taken over at once: the lease names the machine by host name,
 boot and process namespace, so that its process id means the same here. Expiry is judged
 by the clocks of the two machines, which must agree to well within ``lease_seconds``.
-A local store is also guarded by the ``flock`` of :func:`daskcubes.store.store_lock`.
+A local store is also guarded by the ``flock`` of :func:`daskcubes.io.layout.store_lock`.
 
 Storage without conditional writes (``memory://``, ``gs://`` through fsspec, ...) is
 refused for writing unless ``write_without_lease`` is set.
@@ -38,9 +38,9 @@ import psutil
 from fsspec.asyn import sync
 
 from daskcubes.errors import UserError
-from daskcubes.executors import Executor
-from daskcubes.storage import Storage, local_path, protocol
-from daskcubes.store import now, store_lock
+from daskcubes.io.layout import now, store_lock
+from daskcubes.io.storage import Storage, local_path, protocol
+from daskcubes.runtime.executors import Executor
 
 #: Protocols whose storage offers the conditional writes a lease needs.
 LEASED_PROTOCOLS = ("file", "s3", "s3a")

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from daskcubes.cut import cut_range, store_cut_job
+from daskcubes.core.plan import CubePlan, recipes
+from daskcubes.cut.cutter import cut_range, store_cut_job
 from daskcubes.errors import UserError
-from daskcubes.plan import CubePlan, recipes
-from daskcubes.progress import recorded_progress
-from daskcubes.schema import CubeSchema
-from daskcubes.shards import MISSING, decode_index, index_nbytes
-from daskcubes.storage import Storage, local_path
-from daskcubes.store import frames_store_info, open_group, store_attrs
+from daskcubes.io.layout import frames_store_info, open_group, store_attrs
+from daskcubes.io.progress import recorded_progress
+from daskcubes.io.schema import CubeSchema
+from daskcubes.io.shards import MISSING, decode_index, index_nbytes
+from daskcubes.io.storage import Storage, local_path
 
 #: Each shard file's size and last bytes, in shard order; None for a missing file.
 ShardTails = Iterator[tuple[int, bytes] | None]

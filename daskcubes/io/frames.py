@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from natsort import natsorted
 
 from daskcubes.errors import UserError
-from daskcubes.storage import Storage, basename
+from daskcubes.io.storage import Storage, basename
 
 FRAME_SUFFIXES = (".parquet", ".csv")
 

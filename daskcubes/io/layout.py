@@ -24,11 +24,11 @@ import numpy as np
 import zarr
 from zarr.errors import GroupNotFoundError
 
+from daskcubes.core.plan import stored_recipe
 from daskcubes.errors import UserError
-from daskcubes.plan import stored_recipe
-from daskcubes.schema import CHUNK_KEY_ENCODING, CubeSchema
-from daskcubes.sources import FrameSource
-from daskcubes.storage import AccessMode, Storage, local_path
+from daskcubes.io.schema import CHUNK_KEY_ENCODING, CubeSchema
+from daskcubes.io.sources import FrameSource
+from daskcubes.io.storage import AccessMode, Storage, local_path
 
 ATTRS = "daskcubes"
 #: Rows per chunk of the frames store: a cube reads only the first ``dim`` rows of each
@@ -96,7 +96,7 @@ def remove_leftovers(root: Path) -> None:
     """Delete the files of a local store that are neither metadata nor chunks.
 
     Every write goes to a temporary file that is then renamed (by zarr, or by
-    :func:`daskcubes.storage.write_atomically`), so a killed run can leave temporary
+    :func:`daskcubes.io.storage.write_atomically`), so a killed run can leave temporary
     files behind; they hold nothing that the resumed run does not write again.
     """
     for folder, _, names in os.walk(root):
@@ -113,7 +113,7 @@ def store_lock(url: str, what: str) -> Iterator[None]:
 
     The operating system releases the lock when the process ends, however it ends, so a
     killed run never leaves a stale lock behind. It stands beside the store's lease
-    (:mod:`daskcubes.lease`), which object storage and other machines see too.
+    (:mod:`daskcubes.io.lease`), which object storage and other machines see too.
     """
     path = local_path(url)
     if path is None:

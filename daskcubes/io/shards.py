@@ -1,7 +1,7 @@
 """The cube store's shard files: written and read whole, straight from and into numpy
 buffers, when zarr would only copy; and their indexes, checked by ``verify``.
 
-A task owns whole shards (see :mod:`daskcubes.sampling`). When the store is a local
+A task owns whole shards (see :mod:`daskcubes.runtime.tasks`). When the store is a local
 directory and the cubes are uncompressed, a shard is, by the zarr v3 sharding spec, the
 chunks' raw little-endian bytes one after another, then the index (an ``(offset, nbytes)``
 pair of little-endian uint64 per chunk, all ones for a chunk not stored) and its crc32c.
@@ -26,7 +26,7 @@ import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation
 from zarr.storage import LocalStore
 
-from daskcubes.storage import write_atomically
+from daskcubes.io.storage import write_atomically
 
 #: Index entry of a chunk that is not stored (it reads as the fill value).
 MISSING = np.uint64(2**64 - 1)

@@ -1,8 +1,8 @@
 """Sampling tasks: each writes one batch of cubes (one shard or more) or one block of
 recipes into the cube store.
 
-A task carries only a small :class:`SampleJob` (the cut, :class:`~daskcubes.cut.CutJob`,
-and where to write) and an integer; the cut itself is :mod:`daskcubes.cut`'s. Each task
+A task carries only a small :class:`SampleJob` (the cut, :class:`~daskcubes.cut.cutter.CutJob`,
+and where to write) and an integer; the cut itself is :mod:`daskcubes.cut.cutter`'s. Each task
 writes whole chunks, so no locks are needed.
 """
 
@@ -17,10 +17,10 @@ from dask.base import tokenize
 from dask.typing import Key
 
 from daskcubes.config import Config
-from daskcubes.cut import CutJob, cut_job, cut_range
-from daskcubes.plan import recipes
-from daskcubes.progress import Finishes, Work
-from daskcubes.shards import write_shard
+from daskcubes.core.plan import recipes
+from daskcubes.cut.cutter import CutJob, cut_job, cut_range
+from daskcubes.io.progress import Finishes, Work
+from daskcubes.io.shards import write_shard
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class SampleJob:
 def sample_job(config: Config, worker_memory: int | None = None, threads: int = 1) -> SampleJob:
     """The sampling job for ``config`` on workers of ``worker_memory`` bytes (default:
     this machine's available memory) and ``threads`` threads (see
-    :func:`~daskcubes.cut.cut_job`)."""
+    :func:`~daskcubes.cut.cutter.cut_job`)."""
     return SampleJob(cut_job(config, worker_memory, threads), config.out)
 
 

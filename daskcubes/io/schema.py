@@ -20,9 +20,9 @@ from typing import Any
 import zarr
 import zarr.codecs
 
+from daskcubes.core.plan import DEFINED_SEMANTICS, SEMANTICS, CubePlan, Definition, stored_recipe
 from daskcubes.errors import UserError
-from daskcubes.plan import DEFINED_SEMANTICS, SEMANTICS, CubePlan, Definition, stored_recipe
-from daskcubes.storage import Storage
+from daskcubes.io.storage import Storage
 
 #: Chunk keys ``c/i/j/...``: fixed here rather than left to zarr's default, so that the
 #: shard files' names are the schema's.

@@ -31,8 +31,8 @@ from typing import Literal
 import numpy as np
 
 from daskcubes.errors import UserError
-from daskcubes.sources import location_source
-from daskcubes.storage import Storage
+from daskcubes.io.sources import location_source
+from daskcubes.io.storage import Storage
 
 MapKind = Literal["weights", "labels"]
 Shape = tuple[int, int, int]

@@ -14,10 +14,10 @@ from dask.typing import Key
 
 from daskcubes.config import Config
 from daskcubes.errors import UserError
-from daskcubes.frames import find_frame_files, inspect_frames
-from daskcubes.progress import Work
-from daskcubes.storage import Storage
-from daskcubes.store import WriteMode
+from daskcubes.io.frames import find_frame_files, inspect_frames
+from daskcubes.io.layout import WriteMode
+from daskcubes.io.progress import Work
+from daskcubes.io.storage import Storage
 
 DECIMALS = 10
 

@@ -14,11 +14,11 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from daskcubes.core.plan import Recipes
 from daskcubes.errors import UserError
-from daskcubes.plan import Recipes
-from daskcubes.shards import RawShards
-from daskcubes.storage import Storage
-from daskcubes.store import open_group, store_attrs
+from daskcubes.io.layout import open_group, store_attrs
+from daskcubes.io.shards import RawShards
+from daskcubes.io.storage import Storage
 
 Index = int | slice | Sequence[int] | np.ndarray
 #: What a source's reads give: numpy arrays, or tensors on a device.

@@ -137,7 +137,7 @@ class DistributedExecutor:
     join_timeout: float = 60
 
     def __post_init__(self) -> None:
-        from daskcubes.dashboard import ProgressPage
+        from daskcubes.runtime.dashboard import ProgressPage
 
         try:  # the page needs daskcubes where the scheduler runs; the run does not
             self.client.register_plugin(ProgressPage())
@@ -145,7 +145,7 @@ class DistributedExecutor:
             logging.getLogger("distributed").warning("no daskcubes dashboard page: %s", exc)
 
     def publish(self, progress: dict[str, Any]) -> None:
-        from daskcubes.dashboard import METADATA_KEY
+        from daskcubes.runtime.dashboard import METADATA_KEY
 
         self.client.set_metadata(METADATA_KEY, progress)
 
@@ -330,7 +330,7 @@ def open_executor(config: Config, reuse: Executor | None = None) -> Iterator[Exe
         return
     from distributed import Client, performance_report
 
-    from daskcubes.dashboard import page_link
+    from daskcubes.runtime.dashboard import page_link
 
     address = config.cluster_address
     log_file = _dask_log_file()

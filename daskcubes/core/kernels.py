@@ -9,7 +9,7 @@ random columns in a window of rows reads one contiguous run per column, where a 
 row would be read whole (8 KB) for the few values it gives.
 
 :func:`gather_reference` is the definition, in numpy; :func:`gather_cubes` runs the
-compiled one-pass kernel (:mod:`daskcubes.compiled`) where numba is available and
+compiled one-pass kernel (:mod:`daskcubes.core.compiled`) where numba is available and
 compiles, and the reference otherwise. Both give the same bytes, whatever the layout.
 
 numba is a dependency, yet the package still works where it is missing, is turned off
@@ -42,7 +42,7 @@ def _compiled_kernel() -> Callable[..., None] | None:
     """The compiled kernel, imported on first use; None where it is unavailable."""
     if "kernel" not in _compiled:
         try:
-            from daskcubes import compiled
+            from daskcubes.core import compiled
         except ImportError as exc:
             compiled_cut_unavailable(f"numba unavailable: {exc}")
         else:
@@ -131,7 +131,7 @@ def gather_cubes(
     out: np.ndarray,
 ) -> np.ndarray:
     """What :func:`gather_reference` does, in one pass where numba is available: each
-    output row is written once, whole (see :mod:`daskcubes.compiled`)."""
+    output row is written once, whole (see :mod:`daskcubes.core.compiled`)."""
     kernel = _compiled_kernel()
     if kernel is None:
         return gather_reference(slab, frames, rows, columns, out)

@@ -29,8 +29,8 @@ T = TypeVar("T")
 
 
 class CubeSource(Protocol):
-    """Anything batches can be read from: :class:`~daskcubes.reader.CubeStore` or
-    :class:`~daskcubes.stream.CubeStream`.
+    """Anything batches can be read from: :class:`~daskcubes.train.reader.CubeStore` or
+    :class:`~daskcubes.train.stream.CubeStream`.
 
     ``read`` must be safe to call from several threads at once for disjoint ``out``.
     """
@@ -54,7 +54,7 @@ class PendingCubes(Protocol):
 
 @runtime_checkable
 class DeviceCubeSource(Protocol):
-    """A source that hands batches out on a torch device (:mod:`daskcubes.device`):
+    """A source that hands batches out on a torch device (:mod:`daskcubes.train.device`):
     ``start`` begins a batch in the thread that reads ahead, and the loop's thread gets
     it from the pending batch's ``ready``. ``fresh`` asks for memory of its own."""
 
@@ -309,8 +309,8 @@ class Batches:
 
     Parameters
     ----------
-    source : a :class:`~daskcubes.reader.CubeStore` (``open_cubes``) or a
-        :class:`~daskcubes.stream.CubeStream`.
+    source : a :class:`~daskcubes.train.reader.CubeStore` (``open_cubes``) or a
+        :class:`~daskcubes.train.stream.CubeStream`.
     batch_size : cubes per batch.
     shuffle : a new order every epoch, seeded by ``(seed, epoch)``.
     seed : shuffling seed; the same seed gives the same order on every rank and run.
@@ -321,7 +321,7 @@ class Batches:
     copy : hand out every batch in fresh memory of its own instead of a ring buffer.
     device : a torch device (``"cuda"``, ``"cpu"``, a ``torch.device``) to hand batches
         out on, as tensors: a host source's batches are read on the host as above and
-        copied there through pinned staging buffers (:class:`~daskcubes.device.OnDevice`);
+        copied there through pinned staging buffers (:class:`~daskcubes.train.device.OnDevice`);
         on the CPU the batch read is the tensor. A stream opened on a device
         (``open_stream(config, device=...)``) needs none: it cuts every batch there.
 
@@ -355,7 +355,7 @@ class Batches:
     ) -> None:
         self.threads = threads or default_threads()
         if device is not None and not isinstance(source, DeviceCubeSource):
-            from daskcubes.device import OnDevice  # torch only when a device is asked for
+            from daskcubes.train.device import OnDevice  # torch only when a device is asked for
 
             source = OnDevice(source, device)
         elif device is not None:

@@ -18,12 +18,12 @@ recipes of any set of cubes are computed at once in array arithmetic. The cube's
   ``sorted_columns``, or a ``window`` of consecutive columns at a random start;
 - any axis may be ``grid``: windows at the starts of a grid along it (every
   ``*_stride`` positions, with the edge policy ``grid_edge``; see
-  :mod:`daskcubes.windows`). The grid axes together make a grid of windows, and cube
+  :mod:`daskcubes.core.windows`). The grid axes together make a grid of windows, and cube
   ``i`` is window ``i`` of it in C order (frames slowest, columns fastest); the other
   axes are chosen for each cube as above;
 - or the window starts are drawn from a map (``weights`` or ``labels``, with windows
   along every axis that is not ``all`` frames or the ``first`` rows): window ``i``'s
-  start is the table's (:mod:`daskcubes.maps`) for two counter-based uniforms of
+  start is the table's (:mod:`daskcubes.io.maps`) for two counter-based uniforms of
   ``(seed, i)``.
 
 The article's definition is the default: all frames, the first rows, random columns in
@@ -39,10 +39,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from daskcubes.core.windows import GridEdge, grid_starts
 from daskcubes.errors import UserError
-from daskcubes.maps import WindowMaps, WindowTable, window_table
-from daskcubes.storage import Storage
-from daskcubes.windows import GridEdge, grid_starts
+from daskcubes.io.maps import WindowMaps, WindowTable, window_table
+from daskcubes.io.storage import Storage
 
 #: What a store's ``semantics`` attribute says: the article's definition, or another one
 #: that the store's plan attributes spell out (:class:`Definition`).

@@ -1,9 +1,9 @@
 """The stages of a run, wired from a :class:`Config`: generate → ingest → sample.
 
 Each stage validates its inputs before writing anything, holds the lease of the store
-it writes (see :mod:`daskcubes.lease`), runs only the tasks whose work is not yet
+it writes (see :mod:`daskcubes.io.lease`), runs only the tasks whose work is not yet
 recorded as finished, records each finished task in the store (see
-:mod:`daskcubes.progress`), and marks the store complete at the end. ``mode`` says
+:mod:`daskcubes.io.progress`), and marks the store complete at the end. ``mode`` says
 what to do with existing output: refuse it (``new``), replace it (``overwrite``) or
 finish it (``resume``).
 """
@@ -22,23 +22,23 @@ from dask.typing import Key
 from tqdm import tqdm
 
 from daskcubes.config import Config
-from daskcubes.cut import warm_worker
+from daskcubes.cut.cutter import warm_worker
 from daskcubes.errors import UserError
-from daskcubes.executors import Executor, open_executor
-from daskcubes.ingest import ingest_tasks
-from daskcubes.lease import check_workers_see, hold_lease
-from daskcubes.progress import Progress, ProgressRecord, Work
-from daskcubes.sampling import SampleJob, sample_job, sample_tasks
-from daskcubes.schema import CubeSchema
-from daskcubes.sources import FrameSource, location_source
-from daskcubes.storage import Storage, StorageUnavailable
-from daskcubes.store import WriteMode, create_cube_store, create_frames_store, mark_complete
-from daskcubes.synthetic import (
+from daskcubes.io.layout import WriteMode, create_cube_store, create_frames_store, mark_complete
+from daskcubes.io.lease import check_workers_see, hold_lease
+from daskcubes.io.progress import Progress, ProgressRecord, Work
+from daskcubes.io.schema import CubeSchema
+from daskcubes.io.sources import FrameSource, location_source
+from daskcubes.io.storage import Storage, StorageUnavailable
+from daskcubes.io.synthetic import (
     check_synthetic_frames,
     prepare_frame_directory,
     synthetic_frames_made,
     synthetic_tasks,
 )
+from daskcubes.runtime.executors import Executor, open_executor
+from daskcubes.runtime.ingest_tasks import ingest_tasks
+from daskcubes.runtime.tasks import SampleJob, sample_job, sample_tasks
 
 
 @dataclass(frozen=True)
