@@ -6,15 +6,14 @@ readers (:func:`open_cubes`, :func:`open_stream`, :class:`Batches`) hand cubes t
 training code.
 """
 
-from daskcubes.api import ingest, run, sample
+from daskcubes.api import ingest, open_stream, run, sample
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
 from daskcubes.io.sources import frames_array
 from daskcubes.train.batches import Batches
 from daskcubes.train.reader import CubeStore, open_cubes
-from daskcubes.train.stream import CubeStream, open_stream
-
-__version__ = "0.1.0"
+from daskcubes.train.stream import CubeStream
+from daskcubes.version import __version__
 
 __all__ = [
     "Batches",

@@ -22,16 +22,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from daskcubes.config import Config, load_config
+from daskcubes import jobs
+from daskcubes.config import Config, canonical, describe, load_config
 from daskcubes.errors import UserError
 from daskcubes.io.layout import WriteMode
 from daskcubes.io.sources import in_memory_source
-from daskcubes.runtime import stages
-from daskcubes.runtime.executors import DistributedExecutor, Executor
+from daskcubes.io.storage import Storage
+from daskcubes.jobs import Gather
+from daskcubes.runtime.executors import Executor, create_executor
 from daskcubes.runtime.stages import RunResult, StageResult
 
 if TYPE_CHECKING:
     from distributed import Client
+
+    from daskcubes.train.device import DeviceStream, OnDevice
+    from daskcubes.train.stream import CubeStream
 
 ConfigLike = Config | str | Path | None
 Result = TypeVar("Result", RunResult, StageResult)
@@ -41,15 +46,25 @@ def settings_of(config: ConfigLike = None, **settings: Any) -> Config:
     """A :class:`Config` from a config, a preset's name or path, or the default preset,
     with ``settings`` (not None) put over it."""
     if not isinstance(config, Config):
+        _refuse_store(config)
         return load_config(config, **settings)
-    given = {name: value for name, value in settings.items() if value is not None}
+    given = canonical({name: value for name, value in settings.items() if value is not None})
     try:
         return Config(**{**config.model_dump(), **given})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = ".".join(str(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise UserError(f"setting '{name}': {message}" if name else message) from None
+        raise UserError(describe(exc)) from None
+
+
+def _refuse_store(config: str | Path | None) -> None:
+    """A zarr store given where a config was expected: one line saying what opens it."""
+    if config is None:
+        return
+    path = str(config).rstrip("/")
+    if Storage().exists(f"{path}/zarr.json"):
+        raise UserError(
+            f"'{path}' is a zarr store, not a config: daskcubes.open_cubes({path!r}) opens "
+            "cube stores; this takes a Config, a preset's name or YAML file, or settings"
+        )
 
 
 @contextmanager
@@ -61,7 +76,7 @@ def _on(client: Client | str | None, settings: dict[str, Any]) -> Iterator[Execu
             settings["scheduler"] = client
         yield None
         return
-    yield DistributedExecutor(client)
+    yield create_executor("distributed", client=client)
 
 
 def _stage(
@@ -88,7 +103,7 @@ def run(
 ) -> RunResult:
     """The whole job: (synthetic frames →) frames store → cube store. Returns what each
     stage made; ``result.path`` is the cube store."""
-    return _stage(stages.run, config, client, mode, progress, settings)
+    return _stage(jobs.run, config, client, mode, progress, settings)
 
 
 def ingest(
@@ -109,10 +124,10 @@ def ingest(
     if frames is None or isinstance(frames, str | Path):
         if frames is not None:
             settings["frames"] = str(frames)
-        return _stage(stages.ingest, config, client, mode, progress, settings)
+        return _stage(jobs.ingest, config, client, mode, progress, settings)
     allow_nonfinite = settings_of(config, **settings).allow_nonfinite
     source = in_memory_source(frames, allow_nonfinite)
-    return _stage(stages.ingest, config, client, mode, progress, settings, source=source)
+    return _stage(jobs.ingest, config, client, mode, progress, settings, source=source)
 
 
 def sample(
@@ -124,4 +139,24 @@ def sample(
     **settings: Any,
 ) -> StageResult:
     """Cut the cubes of the settings from the frames store into the cube store (``out``)."""
-    return _stage(stages.sample, config, client, mode, progress, settings)
+    return _stage(jobs.sample, config, client, mode, progress, settings)
+
+
+def open_stream(
+    config: ConfigLike = None,
+    device: Any = None,
+    gather: Gather | None = None,
+    **settings: Any,
+) -> CubeStream | DeviceStream | OnDevice:
+    """The cubes the settings would store, cut on demand from the frames store
+    (``frames_store``), never written: stream mode.
+
+    Takes what the stages take: a :class:`~daskcubes.config.Config`, a preset's name or
+    path, or nothing, plus keyword settings. ``device`` ``None`` gives numpy arrays on the
+    host; a torch device (``"cuda"``, ``"cuda:1"``, ``"cpu"``, a ``torch.device``) gives
+    tensors there. ``gather`` says where those are cut: ``"device"``, from source rows
+    uploaded once (:class:`~daskcubes.train.device.DeviceStream`), or ``"host"``, on the
+    host's cores, then copied (:class:`~daskcubes.train.device.OnDevice`); by default on
+    the device, except for ``device="cpu"``, where the host's cutter is the faster one.
+    """
+    return jobs.open_stream(settings_of(config, **settings), device, gather)

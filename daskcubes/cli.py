@@ -1,7 +1,7 @@
 """The command line: ``python -m daskcubes.workflow [COMMAND] [OPTIONS]``.
 
 Parses arguments, loads the config, runs the stages, reports. Every setting of
-:class:`~daskcubes.config.Config` is an option (``batch_size`` is ``--batch-size``).
+:class:`~daskcubes.config.Config` is an option (``task_size`` is ``--task-size``).
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from daskcubes.config import Config, load_config
+from daskcubes import jobs
+from daskcubes.config import ALIASES, Config, config_of
 from daskcubes.errors import UserError
 from daskcubes.io.layout import open_group, store_attrs
 from daskcubes.io.schema import CubeSchema
 from daskcubes.io.storage import Storage
 from daskcubes.preview import draw_cube
-from daskcubes.runtime import stages
 from daskcubes.runtime.executors import dask_logs_to
+from daskcubes.runtime.stages import RunResult, StageResult
 from daskcubes.runtime.verify import verify_cube_store
 
 #: Where dask's warnings go, unless ``--debug`` shows them.
@@ -47,20 +48,26 @@ COMMANDS = {
 def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     field = Config.model_fields[name]
     flag = "--" + name.replace("_", "-")
+    # An older name of the setting is an option too (--batch-size for --task-size).
+    flags = [flag, *("--" + old.replace("_", "-") for old, new in ALIASES.items() if new == name)]
     default = field.get_default(call_default_factory=True)
     text = f"{field.description} (preset default: {default})"
     annotation = field.annotation
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is dict:
-        parser.add_argument(flag, type=_json_object, default=None, metavar="JSON", help=text)
+        parser.add_argument(
+            *flags, dest=name, type=_json_object, default=None, metavar="JSON", help=text
+        )
     elif annotation is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        parser.add_argument(
+            *flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text
+        )
     elif typing.get_origin(annotation) is typing.Literal:
-        parser.add_argument(flag, choices=args, default=None, help=text)
+        parser.add_argument(*flags, dest=name, choices=args, default=None, help=text)
     elif annotation is int or (isinstance(annotation, types.UnionType) and int in args):
-        parser.add_argument(flag, type=int, default=None, metavar="N", help=text)
+        parser.add_argument(*flags, dest=name, type=int, default=None, metavar="N", help=text)
     else:
-        parser.add_argument(flag, default=None, metavar="VALUE", help=text)
+        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=text)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -137,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {name: getattr(args, name) for name in Config.model_fields}
     if args.frames is not None and args.synthetic is None:
         overrides["synthetic"] = False  # frames named on the command line are the user's data
-    return load_config(args.config, **overrides)
+    return config_of(args.config, overrides, "command line")
 
 
 def describe_store(path: str, storage: Storage) -> list[str]:
@@ -194,10 +201,10 @@ def _describe_plan(schema: CubeSchema) -> list[str]:
     ]
 
 
-def _report(result: stages.RunResult | stages.StageResult) -> None:
+def _report(result: RunResult | StageResult) -> None:
     """A line per stage, and after cutting cubes (``run`` or ``sample``) the run's summary."""
-    if isinstance(result, stages.StageResult) and result.stage == "sample":
-        result = stages.RunResult([result])
+    if isinstance(result, StageResult) and result.stage == "sample":
+        result = RunResult([result])
     print(result)
 
 
@@ -225,10 +232,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     config = config_from_args(args)
     stage: Any = {
-        "run": stages.run,
-        "generate": stages.generate,
-        "ingest": stages.ingest,
-        "sample": stages.sample,
+        "run": jobs.run,
+        "generate": jobs.generate,
+        "ingest": jobs.ingest,
+        "sample": jobs.sample,
     }[args.command]
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     _report(stage(config, mode=mode, show_progress=not args.quiet))

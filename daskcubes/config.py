@@ -9,6 +9,7 @@ Every setting has one name, used alike in YAML files, on the command line
 
 from __future__ import annotations
 
+import reprlib
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -24,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from daskcubes.core.plan import (
+from daskcubes.core.definition import (
     ColumnMode,
     CubeSizes,
     Definition,
@@ -35,6 +36,10 @@ from daskcubes.core.plan import (
 )
 from daskcubes.core.windows import GridEdge
 from daskcubes.errors import UserError
+
+#: Settings known by an older name too: ``batch_size`` was the setting ``task_size``
+#: (cubes per Dask task; a *batch* is what training gets).
+ALIASES = {"batch_size": "task_size"}
 
 #: The presets shipped with the package: ``NAME.yaml`` is ``--config NAME``.
 PRESETS: Traversable = files("daskcubes") / "conf"
@@ -180,10 +185,10 @@ class Config(BaseModel):
     seed: int = Field(0, ge=0, description="root seed: cube i depends only on (seed, i)")
     dtype: DType = Field("float64", description="dtype of the cubes")
     shard_size: int = Field(16, ge=1, description="cubes per shard file of the cube store")
-    batch_size: int | Literal["auto"] = Field(
+    task_size: int | Literal["auto"] = Field(
         "auto",
-        description="cubes per task: auto (whole shards, tasks of ~0.1-1 s), or a multiple of "
-        "shard_size; it does not change the store",
+        description="cubes per Dask task: auto (whole shards, tasks of ~0.1-1 s), or a "
+        "multiple of shard_size; it does not change the store (also: batch_size)",
     )
     # -- execution ---------------------------------------------------------------
     scheduler: str = Field(
@@ -227,9 +232,14 @@ class Config(BaseModel):
             "such as tcp://HOST:PORT"
         )
 
-    @field_validator("batch_size", mode="plain")
+    @model_validator(mode="before")
     @classmethod
-    def _batch_size(cls, value: Any) -> int | Literal["auto"]:
+    def _renamed(cls, values: Any) -> Any:
+        return canonical(values) if isinstance(values, dict) else values
+
+    @field_validator("task_size", mode="plain")
+    @classmethod
+    def _task_size(cls, value: Any) -> int | Literal["auto"]:
         # One message for both forms (a union would report each alternative's error).
         if value == "auto":
             return "auto"
@@ -259,20 +269,7 @@ class Config(BaseModel):
     @property
     def definition(self) -> Definition:
         """How a cube's frames, rows and columns are chosen."""
-        return Definition(
-            self.frame_mode,
-            self.row_mode,
-            self.column_mode,
-            self.sorted_columns,
-            self.frame_stride,
-            self.row_stride,
-            self.column_stride,
-            self.grid_edge,
-            self.weights,
-            self.labels,
-            tuple(sorted(self.label_ratios.items())),
-            self.label_fraction,
-        )
+        return Definition.from_dict(self.model_dump())
 
     def cube_sizes(self, n_frames: int) -> CubeSizes:
         """The cube's depth, height and width for ``n_frames`` frames, each named by the
@@ -307,17 +304,42 @@ class Config(BaseModel):
         return self
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def canonical(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with every older name (:data:`ALIASES`) given its current one."""
+    renamed = dict(settings)
+    for old, new in ALIASES.items():
+        if old in renamed:
+            value = renamed.pop(old)
+            if renamed.get(new, value) != value:
+                raise UserError(f"{old} and {new} name one setting; give one of them")
+            renamed[new] = value
+    return renamed
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxdict = _SHORT.maxlist = 3
+
+
+def short(value: Any) -> str:
+    """``value`` as an error message quotes it: one line, at most about 60 characters
+    (an array given where a path was expected must not fill the screen)."""
+    return " ".join(_SHORT.repr(value).split())
+
+
+def describe(error: ValidationError, source: str | None = None) -> str:
+    """The first problem of ``error`` in one line naming the setting, after ``source``
+    (a preset file, the command line) if given."""
     first = error.errors()[0]
     name = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return (
-            f"{source}: unknown setting '{name}'; known settings: {', '.join(Config.model_fields)}"
-        )
-    if not name:  # a check across settings: its message names them
-        return f"{source}: {first['msg'].removeprefix('Value error, ')}"
     message = first["msg"].removeprefix("Value error, ")
-    return f"{source}: setting '{name}': {message} (got {first.get('input')!r})"
+    if first["type"] == "extra_forbidden":
+        line = f"unknown setting '{name}'; known settings: {', '.join(Config.model_fields)}"
+    elif not name:  # a check across settings: its message names them
+        line = message
+    else:
+        line = f"setting '{name}': {message} (got {short(first.get('input'))})"
+    return f"{source}: {line}" if source else line
 
 
 def preset_file(preset: str | Path) -> Traversable:
@@ -350,14 +372,22 @@ def load_config(preset: str | Path | None = None, **overrides: Any) -> Config:
     whose value is ``None`` are ignored, so parsed command-line options can be passed
     straight through.
     """
+    return config_of(preset, overrides)
+
+
+def config_of(
+    preset: str | Path | None, overrides: dict[str, Any], given_on: str | None = None
+) -> Config:
+    """:func:`load_config`, whose errors in ``overrides`` name where they were given
+    (``given_on``: "command line"), if anywhere but in Python."""
     file = preset_file(preset) if preset else PRESETS / "default.yaml"
-    values = read_preset(file)
+    values = canonical(read_preset(file))
     try:
         Config(**values)
     except ValidationError as exc:
-        raise UserError(_describe(exc, str(file))) from None
-    given = {key: value for key, value in overrides.items() if value is not None}
+        raise UserError(describe(exc, str(file))) from None
+    given = canonical({key: value for key, value in overrides.items() if value is not None})
     try:
         return Config(**{**values, **given})
     except ValidationError as exc:
-        raise UserError(_describe(exc, "command line")) from None
+        raise UserError(describe(exc, given_on)) from None

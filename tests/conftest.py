@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from daskcubes import jobs
 from daskcubes.config import PRESETS, Config
-from daskcubes.runtime.executors import DistributedExecutor, open_executor
+from daskcubes.runtime.executors import DistributedExecutor
 
 #: Names of the shipped presets (``--config NAME``).
 PRESET_NAMES = sorted(
@@ -19,10 +20,10 @@ DASHBOARD = Config.model_validate({}).dashboard_address.rsplit(":", 1)[0] + ":0"
 #: The executor matrix: settings that run a job on each executor (batch sizes differ too:
 #: they must not change the store). ``distributed`` runs on the session's LocalCluster.
 EXECUTORS: dict[str, dict[str, Any]] = {
-    "sync": {"scheduler": "sync", "batch_size": 4},
-    "threads": {"scheduler": "threads", "workers": 3, "batch_size": 4},
-    "processes": {"scheduler": "processes", "workers": 2, "batch_size": 16},
-    "distributed": {"batch_size": 8},
+    "sync": {"scheduler": "sync", "task_size": 4},
+    "threads": {"scheduler": "threads", "workers": 3, "task_size": 4},
+    "processes": {"scheduler": "processes", "workers": 2, "task_size": 16},
+    "distributed": {"task_size": 8},
 }
 
 
@@ -39,7 +40,7 @@ def small_config(root: Path, **overrides: Any) -> Config:
         "dim": 6,
         "seed": 7,
         "shard_size": 4,
-        "batch_size": 8,
+        "task_size": 8,
         "scheduler": "sync",
     }
     return Config(**{**values, **overrides})
@@ -90,7 +91,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Distribu
         threads_per_worker=1,
         dashboard_address=DASHBOARD,
     )
-    with open_executor(settings) as executor:
+    with jobs.executor_for(settings) as executor:
         assert isinstance(executor, DistributedExecutor)
         yield executor
 

@@ -183,7 +183,7 @@ def sample(root: Path, *extra: str) -> list[str]:
         (["--dtype", "int8"], []),  # argparse's own one-line usage error
         (
             ["--batch-size", "3", "--shard-size", "2", "--dim", "2"],
-            ["batch_size: 3", "multiple of shard_size"],
+            ["task_size: 3", "multiple of shard_size"],
         ),
     ],
 )

@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 import zarr
 
-from daskcubes import open_cubes
+from daskcubes import jobs, open_cubes, open_stream
 from daskcubes.cli import main
 from daskcubes.config import Config
-from daskcubes.core.plan import Definition, recipes_of
-from daskcubes.cut.cutter import cut_job
+from daskcubes.core.definition import Definition
+from daskcubes.core.plan import recipes_of
+from daskcubes.cut.job import for_workers
 from daskcubes.errors import UserError
 from daskcubes.io.schema import CubeSchema
-from daskcubes.runtime import stages
 from daskcubes.testing import assert_stores_identical, expected_cubes, store_files
-from daskcubes.train.stream import open_stream
 from tests.conftest import DASHBOARD, cli_args, small_config
 from tests.test_pipeline import source_frames
 from tests.test_workflow import small_args
@@ -57,7 +56,7 @@ GOLDEN: dict[str, tuple[dict[str, Any], str]] = {
 def test_the_default_definition_makes_the_same_bytes_as_before(tmp_path: Path, name: str) -> None:
     overrides, digest = GOLDEN[name]
     config = small_config(tmp_path, **overrides)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     assert store_digest(config.out) == digest
 
 
@@ -116,7 +115,7 @@ def check_recipes(config: Config, recipes: Any) -> None:
 @pytest.mark.parametrize("name", DEFINITIONS)
 def test_cubes_of_any_definition_match_the_formula(tmp_path: Path, name: str) -> None:
     config = definition_config(tmp_path, name)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     store = open_cubes(config.out)
     recipes = store.recipes(slice(None))
     check_recipes(config, recipes)
@@ -135,7 +134,7 @@ def test_changing_one_choice_leaves_the_others(tmp_path: Path) -> None:
     article = definition_config(tmp_path / "a", "row-window", row_mode="first")
     windows = definition_config(tmp_path / "w", "row-window")
     for config in (article, windows):
-        stages.run(config, show_progress=False)
+        jobs.run(config, show_progress=False)
     a, w = (open_cubes(c.out).recipes(slice(None)) for c in (article, windows))
     assert np.array_equal(a.columns, w.columns) and np.array_equal(a.frames, w.frames)
     assert not np.array_equal(a.rows, w.rows)
@@ -146,7 +145,7 @@ def test_verify_preview_and_stream_follow_the_definition(
     tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = definition_config(tmp_path, name)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     status = main(["verify", config.out, "--against", config.frames_store, "--sample", "40"])
     assert status == 0, capsys.readouterr().out
     stream = open_stream(config)
@@ -162,10 +161,10 @@ def test_verify_finds_a_cube_of_another_definition(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = definition_config(tmp_path, "row-window")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     other = definition_config(tmp_path / "other", "row-window", row_mode="first")
     other = Config.model_validate({**other.model_dump(), "frames_store": config.frames_store})
-    stages.sample(other, show_progress=False)
+    jobs.sample(other, show_progress=False)
     cubes = open_cubes(other.out)[:]
     zarr.open_array(config.out, path="cubes", mode="r+")[:] = cubes
     status = main(["verify", config.out, "--against", config.frames_store, "--sample", "40"])
@@ -177,7 +176,7 @@ def test_verify_finds_a_recorded_row_that_is_not_the_plan_s(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = definition_config(tmp_path, "row-window")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     rows = zarr.open_array(config.out, path="rows", mode="r+")
     rows[:] = (np.asarray(rows[:]) + 1) % 2  # still in bounds, no longer the plan's
     status = main(["verify", config.out, "--sample", str(config.cubes)])
@@ -201,7 +200,7 @@ BUDGETS = {
 def test_a_budget_smaller_than_the_source_gives_the_same_store(tmp_path: Path, case: str) -> None:
     name, budget, (frame_block, row_step) = BUDGETS[case]
     whole = definition_config(tmp_path / "whole", name)
-    stages.run(whole, show_progress=False)
+    jobs.run(whole, show_progress=False)
     banded = definition_config(
         tmp_path / "banded",
         name,
@@ -212,9 +211,9 @@ def test_a_budget_smaller_than_the_source_gives_the_same_store(tmp_path: Path, c
         scheduler="threads",
         workers=2,
     )
-    layout = cut_job(banded, 10**12, 2).source
+    layout = for_workers(jobs.cut_job(banded), 10**12, 2).source
     assert (layout.whole, layout.frame_block, layout.row_step) == (False, frame_block, row_step)
-    stages.sample(banded, show_progress=False)
+    jobs.sample(banded, show_progress=False)
     assert_stores_identical(whole.out, banded.out)
     assert np.array_equal(open_stream(banded)[:], open_cubes(whole.out)[:])
 
@@ -223,7 +222,7 @@ def test_a_budget_smaller_than_the_source_gives_the_same_store(tmp_path: Path, c
 def test_frames_larger_than_a_worker_s_memory(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
     config = definition_config(tmp_path, "all-windows", n_frames=12, n_rows=300, n_cols=40)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     frames_bytes = 12 * 300 * 40 * 8  # 1.15 MB
     # A worker's memory limit far under the frames store: the budget (half of it) makes
     # tasks work band by band. dask's own memory manager would pause or kill such a
@@ -244,7 +243,7 @@ def test_frames_larger_than_a_worker_s_memory(tmp_path: Path) -> None:
         out = str(tmp_path / "cluster.zarr")
         overrides = {"out": out, "synthetic": False, "scheduler": cluster.scheduler_address}
         cluster_config = Config.model_validate({**config.model_dump(), **overrides})
-        job = cut_job(cluster_config, limit, 1)
+        job = for_workers(jobs.cut_job(cluster_config), limit, 1)
         assert not job.source.whole and job.source.budget == limit // 2
         assert main(["sample", *cli_args(cluster_config)]) == 0
     assert_stores_identical(config.out, out)
@@ -290,18 +289,18 @@ def test_a_shape_larger_than_the_frames_store_is_named(
     tmp_path: Path, overrides: dict[str, Any], message: str
 ) -> None:
     made = definition_config(tmp_path, "row-window")
-    stages.run(made, show_progress=False)
+    jobs.run(made, show_progress=False)
     config = Config.model_validate(
         {**made.model_dump(), "synthetic": False, "out": str(tmp_path / "x.zarr"), **overrides}
     )
     with pytest.raises(UserError, match=message):
-        stages.sample(config, show_progress=False)
+        jobs.sample(config, show_progress=False)
     assert not Path(config.out).exists()
 
 
 def test_a_store_started_before_definitions_were_recorded_resumes(tmp_path: Path) -> None:
     config = small_config(tmp_path)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
     plan = attrs["plan"]
@@ -310,5 +309,5 @@ def test_a_store_started_before_definitions_were_recorded_resumes(tmp_path: Path
     attrs["plan"] = {**plan, "dim": config.dim}  # as stores recorded their shape before
     attrs["complete"] = None
     group.attrs["daskcubes"] = attrs
-    stages.sample(config, mode="resume", show_progress=False)
+    jobs.sample(config, mode="resume", show_progress=False)
     assert store_digest(config.out) == GOLDEN["small"][1]

@@ -17,12 +17,11 @@ torch = pytest.importorskip("torch")
 
 from torch.utils.data import DataLoader  # noqa: E402
 
-from daskcubes import Batches, open_cubes, open_stream  # noqa: E402
+from daskcubes import Batches, CubeStream, jobs, open_cubes, open_stream  # noqa: E402
 from daskcubes.config import Config  # noqa: E402
 from daskcubes.core.plan import CubePlan, Recipes, recipes_of  # noqa: E402
 from daskcubes.errors import UserError  # noqa: E402
 from daskcubes.loaders.torch import CubeDataset  # noqa: E402
-from daskcubes.runtime import stages  # noqa: E402
 from daskcubes.train import device as device_module  # noqa: E402
 from daskcubes.train.device import (  # noqa: E402
     INDEX_ITEMSIZE,
@@ -72,7 +71,7 @@ def test_device_cubes_are_the_host_stream_s_and_the_store_s_bytes(
     tmp_path: Path, name: str, dtype: str, device: str
 ) -> None:
     config = definition_config(tmp_path, name, dtype=dtype)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stored = open_cubes(config.out)[:]
     assert host(open_stream(config)[:]).tobytes() == stored.tobytes()
     on_device = open_stream(config, device, gather="device")
@@ -91,7 +90,7 @@ def test_device_cubes_are_the_host_stream_s_and_the_store_s_bytes(
 def test_the_out_of_core_budgets_give_both_kinds_of_block(tmp_path: Path) -> None:
     """The budgets above work through bands of all frames, then blocks of fewer frames."""
     config = definition_config(tmp_path, "all-windows")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     budgets = out_of_core_budgets(config)
     bands = open_stream(with_budget(config, budgets["bands"]), "cpu", gather="device")
     blocks = open_stream(with_budget(config, budgets["frame blocks"]), "cpu", gather="device")
@@ -105,7 +104,7 @@ def test_host_gather_and_stored_cubes_reach_the_device_with_the_same_bytes(
     tmp_path: Path, device: str
 ) -> None:
     config = definition_config(tmp_path, "non-cubic")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stored = open_cubes(config.out)[:]
     copied = open_stream(config, device, gather="host")
     assert isinstance(copied, OnDevice)
@@ -119,7 +118,7 @@ def test_host_gather_and_stored_cubes_reach_the_device_with_the_same_bytes(
 def test_on_the_cpu_the_stream_cuts_on_the_host_and_hands_out_its_memory(
     config: Config,
 ) -> None:
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stream = open_stream(config, "cpu")
     assert isinstance(stream, OnDevice)  # the host's cutter is the faster one there
     batch = next(iter(Batches(stream, 8, prefetch=0)))
@@ -149,14 +148,14 @@ def test_a_corrupt_recipe_is_one_line_and_never_reaches_the_device(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, field: str
 ) -> None:
     config = definition_config(tmp_path, "all-windows")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stream = open_stream(config, "cpu", gather="device")
 
     def reached(*args: object, **kwargs: object) -> None:
         raise AssertionError("a corrupt recipe reached the device")
 
-    good = device_module.recipes_of
-    monkeypatch.setattr(device_module, "recipes_of", lambda *a: corrupt(good(*a), field))
+    good = device_module.job_recipes
+    monkeypatch.setattr(device_module, "job_recipes", lambda *a: corrupt(good(*a), field))
     monkeypatch.setattr(device_module, "cube_index", reached)
     monkeypatch.setattr(device_module, "upload_rows", reached)
     with pytest.raises(UserError) as raised:
@@ -207,7 +206,7 @@ def test_every_index_the_cut_builds_stays_within_the_bound(
     """``INDEX_ITEMSIZE * (depth + height + width)`` bytes a cube of the batch, whatever
     the layout of the source."""
     config = definition_config(tmp_path, "all-windows")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     if budget != "whole":
         config = with_budget(config, out_of_core_budgets(config)[budget])
     stream = open_stream(config, "cpu", gather="device")
@@ -232,7 +231,7 @@ def test_every_index_the_cut_builds_stays_within_the_bound(
 @pytest.fixture
 def device_stream(tmp_path: Path) -> tuple[DeviceStream, np.ndarray]:
     config = definition_config(tmp_path, "row-window", cubes=37)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stream = open_stream(config, "cpu", gather="device")
     assert isinstance(stream, DeviceStream)
     return stream, open_cubes(config.out)[:]
@@ -257,7 +256,7 @@ def test_resuming_mid_epoch_gives_the_rest_as_on_the_host(
     device_stream: tuple[DeviceStream, np.ndarray],
 ) -> None:
     stream, stored = device_stream
-    on_host = Batches(open_stream(stream.config), 4, shuffle=True, seed=5)
+    on_host = Batches(CubeStream(stream.job), 4, shuffle=True, seed=5)
     host_order = [ids.tolist() for ids, _ in on_host]
     first = Batches(stream, 4, shuffle=True, seed=5)
     taken = [ids.tolist() for _, (ids, _) in zip(range(3), first, strict=False)]
@@ -291,7 +290,7 @@ def test_a_device_source_refuses_a_second_device(
 @pytest.mark.parametrize("device", DEVICES)
 def test_cube_dataset_hands_out_device_tensors(tmp_path: Path, device: str) -> None:
     config = definition_config(tmp_path, "frame-subset")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stored = open_cubes(config.out)[:]
     for source in (config, config.out):
         dataset = CubeDataset(source, device=device)
@@ -305,7 +304,7 @@ def test_cube_dataset_hands_out_device_tensors(tmp_path: Path, device: str) -> N
 @pytest.mark.slow
 def test_collate_to_the_cpu_keeps_the_zero_copy_path_of_workers(tmp_path: Path) -> None:
     config = definition_config(tmp_path, "article")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stored = open_cubes(config.out)[:]
     loader = DataLoader(
         CubeDataset(config.out),
@@ -321,7 +320,7 @@ def test_collate_to_the_cpu_keeps_the_zero_copy_path_of_workers(tmp_path: Path) 
 @pytest.mark.gpu
 def test_collate_to_a_gpu_stages_batches_through_pinned_memory(tmp_path: Path) -> None:
     config = definition_config(tmp_path, "article")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stored = open_cubes(config.out)[:]
     loader = DataLoader(
         CubeDataset(config.out), batch_size=8, collate_fn=CubeDataset.collate_to("cuda")
@@ -336,7 +335,7 @@ def test_batches_on_a_gpu_overlap_and_keep_their_bytes(tmp_path: Path) -> None:
     """Batches cut on the device's own stream and handed to the loop's stream, with a
     step's work queued on the loop's stream between batches."""
     config = definition_config(tmp_path, "all-windows", cubes=64)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stored = open_cubes(config.out)[:]
     stream = open_stream(config, "cuda")
     assert isinstance(stream, DeviceStream)

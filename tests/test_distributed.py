@@ -25,6 +25,7 @@ import pytest
 from dask.typing import Key
 from distributed import Client, LocalCluster
 
+from daskcubes import jobs
 from daskcubes.cli import DASK_LOG, main
 from daskcubes.config import Config
 from daskcubes.cut import cutter
@@ -33,7 +34,7 @@ from daskcubes.io.layout import open_group, store_attrs
 from daskcubes.io.storage import Storage
 from daskcubes.runtime import stages
 from daskcubes.runtime.dashboard import page_link
-from daskcubes.runtime.executors import DistributedExecutor, OnDone, dask_logs_to, open_executor
+from daskcubes.runtime.executors import DistributedExecutor, OnDone, dask_logs_to
 from daskcubes.testing import assert_stores_identical
 from tests.conftest import DASHBOARD, cli_args, small_config
 
@@ -49,7 +50,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Config:
     config = small_config(
         tmp_path_factory.mktemp("sync"), cubes=64, batch_size=4, shard_size=4, n_frames=6
     )
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     return config
 
 
@@ -248,7 +249,10 @@ def test_dask_warnings_go_to_the_log_file_in_driver_and_workers(
 ) -> None:
     log = tmp_path / "dask.log"
     handlers = list(logging.getLogger("distributed").handlers)
-    with dask_logs_to(str(log)), open_executor(distributed_config(oracle, tmp_path)) as executor:
+    with (
+        dask_logs_to(str(log)),
+        jobs.executor_for(distributed_config(oracle, tmp_path)) as executor,
+    ):
         assert isinstance(executor, DistributedExecutor)
         message = "Failed to communicate with scheduler during heartbeat."
         executor.client.run(lambda: logging.getLogger("distributed.worker").error(message))
@@ -296,9 +300,9 @@ def test_a_run_of_many_small_tasks_ends_complete(
     out; at 62,500 tasks after the default 60 s. A short timeout shows it at 6,000.
     """
     frames = small_config(tmp_path, n_frames=2, n_rows=4, n_cols=4, dim=2)
-    stages.generate(frames, show_progress=False)
-    stages.ingest(frames, show_progress=False)
-    config = distributed_config(frames, tmp_path, cubes=6000, shard_size=1, batch_size=1)
+    jobs.generate(frames, show_progress=False)
+    jobs.ingest(frames, show_progress=False)
+    config = distributed_config(frames, tmp_path, cubes=6000, shard_size=1, task_size=1)
     with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
         assert main(["sample", *cli_args(config)]) == 0, capsys.readouterr().err
     assert store_attrs(open_group(config.out, "store", Storage.of(None)))["complete"]
@@ -314,7 +318,7 @@ def test_a_killed_worker_is_restarted_and_the_run_completes(
         killed.append(next(iter(client.run(os.getpid).values())))
         os.kill(killed[0], signal.SIGKILL)
 
-    stages.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
+    jobs.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
     assert_stores_identical(oracle.out, config.out)
     local_cluster.client.wait_for_workers(2, timeout=60)  # the Nanny has started a new worker
     assert killed and killed[0] not in local_cluster.client.run(os.getpid).values()
@@ -349,7 +353,7 @@ def test_dashboard_answers_on_loopback_only(
         }
 
     config = distributed_config(oracle, tmp_path)
-    stages.sample(config, show_progress=False, executor=ActOnDone(local_cluster, probe))
+    jobs.sample(config, show_progress=False, executor=ActOnDone(local_cluster, probe))
     assert seen["status"] == 200 and "<title>Dask Diagnostic UI</title>" in seen["page"]
     assert seen["other"] == "refused"
     assert seen["listening"] == {"127.0.0.1"}
@@ -402,7 +406,7 @@ def test_browser_renders_the_dashboard_during_a_run(
             browser.close()
 
     config = distributed_config(oracle, tmp_path)
-    stages.sample(config, show_progress=False, executor=ActOnDone(local_cluster, look))
+    jobs.sample(config, show_progress=False, executor=ActOnDone(local_cluster, look))
     print(f"dashboard screenshot: {screenshot}")
     assert seen["title"] == "Dask: Status"
     with Image.open(screenshot) as image:
@@ -441,7 +445,7 @@ def test_browser_shows_the_whole_run_s_progress_across_waves(
             )
             seen.append((page.locator("#made").inner_text(), page.locator("#left").inner_text()))
 
-        stages.sample(config, show_progress=False, executor=ActOnDone(waves, look, at=(3, 12)))
+        jobs.sample(config, show_progress=False, executor=ActOnDone(waves, look, at=(3, 12)))
         browser.close()
     made = [re.fullmatch(r"(\d+) of 64 cubes \(.*%\)", text) for text, _ in seen]
     # 4 cubes a task, and the recipes' task among the first 3 or not.
@@ -459,7 +463,7 @@ def test_a_frame_s_rows_beyond_the_budget_are_refused_on_threads(
         {**oracle.model_dump(), "out": str(tmp_path / "cubes.zarr"), "scheduler": "threads"}
     )
     with pytest.raises(UserError, match=r"more than a worker thread's share of the source"):
-        stages.sample(config, show_progress=False)
+        jobs.sample(config, show_progress=False)
     assert not Path(config.out).exists()
 
 
@@ -477,7 +481,7 @@ def test_workers_keep_glibc_s_dynamic_mmap_threshold(oracle: Config, tmp_path: P
     # A cluster with dask's defaults first: its nanny leaves the variable in this process.
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=DASHBOARD):
         pass
-    with open_executor(distributed_config(oracle, tmp_path)) as executor:
+    with jobs.executor_for(distributed_config(oracle, tmp_path)) as executor:
         assert isinstance(executor, DistributedExecutor)
         trims = executor.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(trims.values()) == {None}, trims

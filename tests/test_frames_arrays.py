@@ -45,7 +45,7 @@ def cut(root: Path, name: str, **ingest_settings: Any) -> Path:
         "dim": 5,
         "seed": 4,
         "shard_size": 4,
-        "batch_size": 4,
+        "task_size": 4,
         "scheduler": "sync",
     }
     frames = ingest_settings.pop("frames_values", ingest_settings.pop("frames", None))

@@ -13,16 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskcubes.core import kernels
+from daskcubes.core.definition import ColumnMode, Definition, FrameMode, RowMode
 from daskcubes.core.kernels import empty_slab, gather_cubes, gather_reference
-from daskcubes.core.plan import (
-    ColumnMode,
-    CubePlan,
-    Definition,
-    FrameMode,
-    Recipes,
-    RowMode,
-    recipes_of,
-)
+from daskcubes.core.plan import CubePlan, Recipes, recipes_of
 from daskcubes.testing import expected_cubes
 
 FRAME_MODES: list[FrameMode] = ["all", "window", "subset"]
@@ -62,7 +55,7 @@ def cuts(draw: st.DrawFn) -> tuple[np.ndarray, Recipes, int]:
         n_rows=n_rows,
         n_cols=n_cols,
         seed=draw(st.integers(0, 2**32)),
-        batch_size=1,
+        task_size=1,
         shard_size=1,
         definition=definition,
     )

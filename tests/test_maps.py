@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 import zarr
 from numpy.lib.stride_tricks import sliding_window_view
 
-from daskcubes import open_cubes
+from daskcubes import jobs, open_cubes, open_stream
 from daskcubes.cli import main
 from daskcubes.config import Config
-from daskcubes.core.plan import CubePlan, Definition, recipes
+from daskcubes.core.definition import Definition
+from daskcubes.core.plan import CubePlan, Recipes, recipes
+from daskcubes.core.tables import WindowTable
 from daskcubes.errors import UserError
+from daskcubes.io.maps import window_table
 from daskcubes.io.storage import Storage
-from daskcubes.runtime import stages
 from daskcubes.testing import assert_stores_identical
-from daskcubes.train.stream import open_stream
 from tests.conftest import small_config
 from tests.test_workflow import small_args
 
@@ -46,9 +48,27 @@ def window_weights(weights: np.ndarray) -> np.ndarray:
     return sliding_window_view(weights, WINDOW).mean(axis=(3, 4, 5))
 
 
-def map_plan(n_cubes: int, shape: tuple[int, int, int] = VOLUME, **maps: Any) -> CubePlan:
+class MapPlan(NamedTuple):
+    """A plan whose windows a map draws, with the map's table (read as the cut reads it)."""
+
+    plan: CubePlan
+    table: WindowTable
+
+    def recipes(self, start: int, stop: int) -> Recipes:
+        return recipes(self.plan, start, stop, self.table)
+
+
+def read_table(plan: CubePlan, fresh: bool = False) -> WindowTable:
+    """The table of the plan's map, read as the cut reads it."""
+    assert plan.map_spec is not None
+    frames = (plan.n_frames, plan.n_rows, plan.n_cols)
+    modes = plan.definition.modes
+    return window_table(plan.map_spec, Storage(), modes, plan.cube_shape, frames, fresh)
+
+
+def map_plan(n_cubes: int, shape: tuple[int, int, int] = VOLUME, **maps: Any) -> MapPlan:
     definition = Definition(**WINDOWS, **maps)
-    return CubePlan(
+    plan = CubePlan(
         n_cubes=n_cubes,
         depth=WINDOW[0],
         height=WINDOW[1],
@@ -57,17 +77,19 @@ def map_plan(n_cubes: int, shape: tuple[int, int, int] = VOLUME, **maps: Any) ->
         n_rows=shape[1],
         n_cols=shape[2],
         seed=5,
-        batch_size=16,
+        task_size=16,
         shard_size=16,
         definition=definition,
-        maps=definition.window_maps(Storage()),
     )
+    table = read_table(plan)
+    plan = replace(plan, map_fingerprint=table.fingerprint)
+    return MapPlan(plan, table)
 
 
-def drawn_counts(plan: CubePlan) -> np.ndarray:
+def drawn_counts(drawn: MapPlan) -> np.ndarray:
     """How often each window start was drawn, over the plan's starts."""
-    got = recipes(plan, 0, plan.n_cubes)
-    starts = plan.window_table.starts_shape
+    got = drawn.recipes(0, drawn.plan.n_cubes)
+    starts = drawn.table.starts_shape
     flat = np.ravel_multi_index((got.frames[:, 0], got.rows, got.columns[:, 0]), starts)
     return np.bincount(flat, minlength=int(np.prod(starts))).reshape(starts)
 
@@ -125,15 +147,14 @@ def test_zero_weight_windows_are_never_drawn(tmp_path: Path) -> None:
 
 def test_a_window_of_another_map_is_drawn_again_only_with_it(tmp_path: Path) -> None:
     path = save(tmp_path / "w.zarr", weight_map())
-    plan = map_plan(64, weights=path)
-    assert plan.maps is not None and plan.maps.fingerprint
-    first = recipes(plan, 0, 64)
-    again = recipes(map_plan(64, weights=path), 10, 20)
+    drawn = map_plan(64, weights=path)
+    assert drawn.plan.map_fingerprint
+    first = drawn.recipes(0, 64)
+    again = map_plan(64, weights=path).recipes(10, 20)
     assert np.array_equal(again.rows, first.rows[10:20])  # a pure function of (seed, i)
     save(tmp_path / "w.zarr", weight_map() * 2)
-    stored = CubePlan(**{**plan.__dict__, "maps": plan.maps})  # as a store records it
     with pytest.raises(UserError, match="not the map these cubes were drawn with"):
-        stored.read_window_table(fresh=True)
+        read_table(drawn.plan, fresh=True)  # as a store records it: with the digest
 
 
 # -- labels ------------------------------------------------------------------------------
@@ -163,7 +184,7 @@ def test_label_ratios_hold_over_the_run(tmp_path: Path) -> None:
     plan = map_plan(
         4000, labels=save(tmp_path / "l.zarr", labels), label_ratios=ratios, label_fraction=0.6
     )
-    meets = window_classes(labels, recipes(plan, 0, plan.n_cubes), 0.6)
+    meets = window_classes(labels, plan.recipes(0, plan.plan.n_cubes), 0.6)
     # Above half, a window counts for one class at most; every drawn window counts.
     assert (meets.sum(axis=1) == 1).all()
     shares = meets.mean(axis=0)
@@ -208,7 +229,7 @@ def test_map_windows_are_the_same_on_every_executor_and_streamed(
     tmp_path: Path, kind: str, executor_settings: dict[str, Any]
 ) -> None:
     reference = map_config(tmp_path / "ref", kind)
-    stages.run(reference, show_progress=False)
+    jobs.run(reference, show_progress=False)
     config = map_config(
         tmp_path / "ref",
         kind,
@@ -216,7 +237,7 @@ def test_map_windows_are_the_same_on_every_executor_and_streamed(
         synthetic=False,
         **executor_settings,
     )
-    stages.sample(config, show_progress=False)
+    jobs.sample(config, show_progress=False)
     assert_stores_identical(reference.out, config.out)
     assert np.array_equal(open_stream(config)[:], open_cubes(reference.out)[:])
     rows = open_cubes(reference.out).recipes(slice(None)).rows
@@ -229,15 +250,15 @@ def test_a_resumed_map_store_is_the_same_and_a_new_map_is_refused(
     tmp_path: Path, kind: str
 ) -> None:
     config = map_config(tmp_path, kind)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     whole = str(tmp_path / "whole.zarr")
-    stages.sample(config.model_copy(update={"out": whole}), show_progress=False)
+    jobs.sample(config.model_copy(update={"out": whole}), show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
     attrs.update(complete=None, progress={"shards": [[0, 2]], "recipes": []})
     group.attrs["daskcubes"] = attrs
     zarr.open_array(config.out, path="cubes", mode="r+")[12:] = 0.0
-    stages.sample(config, mode="resume", show_progress=False)
+    jobs.sample(config, mode="resume", show_progress=False)
     assert_stores_identical(whole, config.out)
     # The map rewritten with other values: verify and resume both notice.
     path = config.weights or config.labels
@@ -247,12 +268,12 @@ def test_a_resumed_map_store_is_the_same_and_a_new_map_is_refused(
     assert main(["verify", config.out, "--sample", "4"]) == 1
     group.attrs["daskcubes"] = {**attrs, "complete": None}
     with pytest.raises(UserError, match="was started with map_fingerprint="):
-        stages.sample(config, mode="resume", show_progress=False)
+        jobs.sample(config, mode="resume", show_progress=False)
 
 
 def test_info_and_verify_follow_the_map(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = map_config(tmp_path, "labels")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     capsys.readouterr()
     assert main(["info", config.out]) == 0
     out = capsys.readouterr().out

@@ -28,13 +28,13 @@ import s3fs
 from dask.typing import Key
 from distributed import Client
 
+from daskcubes import jobs
 from daskcubes.cli import main
 from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.io.layout import open_group, store_attrs
 from daskcubes.io.lease import Holder, lease_url
 from daskcubes.io.storage import Storage
-from daskcubes.runtime import stages
 from daskcubes.runtime.executors import DistributedExecutor, LocalExecutor, OnDone
 from daskcubes.testing import OutageProxy, s3_server, store_files
 from tests.conftest import small_config
@@ -249,10 +249,10 @@ def test_a_worker_killed_while_writing_to_s3_leaves_the_same_bytes(
         killed.append(next(iter(client.run(os.getpid).values())))
         os.kill(killed[0], signal.SIGKILL)
 
-    stages.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
+    jobs.sample(config, show_progress=False, executor=ActOnDone(local_cluster, kill_a_worker))
     assert killed
     clean = Config.model_validate({**config.model_dump(), "out": str(tmp_path / "clean.zarr")})
-    stages.sample(clean, show_progress=False)
+    jobs.sample(clean, show_progress=False)
     assert remote_files(endpoint, out) == store_files(clean.out)
 
 
@@ -332,19 +332,19 @@ class BreaksTheLease(LocalExecutor):
 
 
 def test_a_run_that_lost_its_lease_never_marks_the_store_complete(config: Config) -> None:
-    stages.generate(config, show_progress=False)
-    stages.ingest(config, show_progress=False)
+    jobs.generate(config, show_progress=False)
+    jobs.ingest(config, show_progress=False)
     breaking = BreaksTheLease("sync", lease=Path(lease_url(config.out)))
     with pytest.raises(UserError, match="this run lost its lease"):
-        stages.sample(config, show_progress=False, executor=breaking)
+        jobs.sample(config, show_progress=False, executor=breaking)
     assert not store_attrs(open_group(config.out, "cube store", Storage()))["complete"]
 
 
 def test_storage_without_conditional_writes_is_refused_unless_asked(
     config: Config, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stages.generate(config, show_progress=False)
-    stages.ingest(config, show_progress=False)
+    jobs.generate(config, show_progress=False)
+    jobs.ingest(config, show_progress=False)
     args = ["sample", "--frames-store", config.frames_store, "--dim", "6", "--quiet"]
     assert main([*args, "--out", "memory://refused.zarr"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -11,11 +11,9 @@ import pytest
 from dask.typing import Key
 from natsort import natsorted
 
-from daskcubes import open_cubes
+from daskcubes import jobs, open_cubes
 from daskcubes.config import Config
 from daskcubes.io.schema import CubeSchema
-from daskcubes.runtime import stages
-from daskcubes.runtime.executors import open_executor
 from daskcubes.testing import assert_stores_identical, expected_cubes
 from tests.conftest import small_config
 
@@ -28,7 +26,7 @@ def source_frames(config: Config) -> np.ndarray:
 
 
 def run(config: Config) -> None:
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
 
 
 @pytest.mark.parametrize(
@@ -38,7 +36,7 @@ def run(config: Config) -> None:
         {"seed": 0, "frame_format": "csv"},
         {"seed": 123, "n_rows": 8, "n_cols": 30, "dim": 8},  # dim == rows < cols
         {"seed": 5, "n_rows": 30, "n_cols": 9, "dim": 4, "dtype": "float32"},
-        {"seed": 9, "n_frames": 1, "cubes": 3, "shard_size": 2, "batch_size": 2},
+        {"seed": 9, "n_frames": 1, "cubes": 3, "shard_size": 2, "task_size": 2},
         {"seed": 11, "n_frames": 12, "cubes": 17},  # ragged last batch; frame_10 after frame_2
     ],
 )
@@ -118,6 +116,6 @@ def test_executors_run_only_the_tasks_asked_for(
 ) -> None:
     done: list[object] = []
     graph: dict[Key, Any] = {"wanted": (len, [1, 2]), "unwanted": (_never,)}
-    with open_executor(small_config(tmp_path, **executor_settings)) as executor:
+    with jobs.executor_for(small_config(tmp_path, **executor_settings)) as executor:
         executor.run(graph, ["wanted"], done.append)
     assert done == ["wanted"]

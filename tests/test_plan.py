@@ -9,24 +9,24 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from daskcubes import jobs
 from daskcubes.cli import main
 from daskcubes.config import Config, load_config
-from daskcubes.core import plan as plan_module
+from daskcubes.core import draws
 from daskcubes.core.plan import (
     AUTO_MIN_TASKS,
     LEGACY_RECIPE,
     RECIPE,
     CubePlan,
-    batch_size_for,
     columns_of,
     cube_columns,
     recipes,
     recipes_of,
     seedsequence_columns,
+    task_size_for,
 )
-from daskcubes.cut import cutter
+from daskcubes.cut import job as job_module
 from daskcubes.errors import UserError
-from daskcubes.runtime import stages
 from daskcubes.train.reader import open_cubes
 from tests.conftest import small_config
 
@@ -34,7 +34,7 @@ from tests.conftest import small_config
 def plan(**overrides: Any) -> CubePlan:
     """A plan; ``dim`` sets height and width, and the frame count is the depth."""
     values: dict[str, Any] = dict(
-        n_cubes=50, depth=3, n_rows=9, n_cols=11, seed=1, batch_size=8, shard_size=4
+        n_cubes=50, depth=3, n_rows=9, n_cols=11, seed=1, task_size=8, shard_size=4
     )
     dim = overrides.pop("dim", 5)
     values = {"height": dim, "width": dim, **values, **overrides}
@@ -109,7 +109,7 @@ def test_any_set_of_cubes_equals_the_reference_cube_by_cube(
 def test_chunks_of_the_work_do_not_change_the_recipes(monkeypatch: pytest.MonkeyPatch) -> None:
     p = plan(n_cubes=3000, dim=9, n_cols=12)
     whole = recipes(p, 0, 3000).columns
-    monkeypatch.setattr(plan_module, "_DRAWS_PER_CHUNK", 100)
+    monkeypatch.setattr(draws, "_DRAWS_PER_CHUNK", 100)
     assert np.array_equal(recipes(p, 0, 3000).columns, whole)
 
 
@@ -178,9 +178,9 @@ def test_different_seeds_and_cubes_choose_differently() -> None:
     assert not np.array_equal(cube_columns(1, 0, 1000, 100), cube_columns(1, 1, 1000, 100))
 
 
-def test_batches_cover_every_cube_once() -> None:
+def test_tasks_cover_every_cube_once() -> None:
     p = plan()
-    covered = [i for b in range(p.n_batches) for i in range(*p.batch_bounds(b))]
+    covered = [i for t in range(p.n_tasks) for i in range(*p.task_bounds(t))]
     assert covered == list(range(50))
     blocks = [i for k in range(p.n_recipe_blocks) for i in range(*p.recipe_block_bounds(k))]
     assert blocks == list(range(50))
@@ -192,7 +192,7 @@ def test_batches_cover_every_cube_once() -> None:
         ({"n_cubes": 0}, "cubes: 0"),
         ({"dim": 10}, "height: 10; expected 1 to 9"),
         ({"dim": 0}, "height: 0"),
-        ({"batch_size": 6}, "batch_size: 6; expected a multiple of shard_size"),
+        ({"task_size": 6}, "task_size: 6; expected a multiple of shard_size"),
         ({"shard_size": 0}, "shard_size: 0"),
         ({"recipe": "dice"}, "recipe function 'dice': unknown to this version"),
     ],
@@ -210,8 +210,10 @@ def legacy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     """A store as made before stores named their recipe function: legacy recipes."""
     config = small_config(tmp_path)
     with monkeypatch.context() as patch:
-        patch.setattr(cutter, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE))
-        stages.run(config, show_progress=False)
+        patch.setattr(
+            job_module, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE)
+        )
+        jobs.run(config, show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
     del attrs["plan"]["recipe"]
@@ -235,49 +237,50 @@ def test_a_legacy_store_opens_and_verifies_with_its_own_recipes(
 
 def test_a_legacy_store_refuses_to_resume(legacy_store: Config) -> None:
     with pytest.raises(UserError, match=f"recipe function '{LEGACY_RECIPE}'; this version"):
-        stages.sample(legacy_store, mode="resume", show_progress=False)
+        jobs.sample(legacy_store, mode="resume", show_progress=False)
 
 
 def test_new_stores_record_their_recipe_function(tmp_path: Path) -> None:
     config = small_config(tmp_path)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     assert open_cubes(config.out).attrs["plan"]["recipe"] == RECIPE
 
 
-# -- batch_size: auto ------------------------------------------------------------------
+# -- task_size: auto -------------------------------------------------------------------
 
 
 def test_auto_batches_hold_whole_shards_sized_to_the_cubes() -> None:
-    article = batch_size_for("auto", 10**6, 16, 100 * 100 * 100 * 8)
-    tiny = batch_size_for("auto", 10**6, 16, 4 * 2 * 2 * 8)
+    article = task_size_for("auto", 10**6, 16, 100 * 100 * 100 * 8)
+    tiny = task_size_for("auto", 10**6, 16, 4 * 2 * 2 * 8)
     assert article == 16
     assert tiny % 16 == 0 and tiny > 100 * article
-    assert batch_size_for(48, 10**6, 16, 128) == 48
+    assert task_size_for(48, 10**6, 16, 128) == 48
 
 
 def test_auto_leaves_enough_tasks() -> None:
     n_cubes = 16 * AUTO_MIN_TASKS * 3
-    size = batch_size_for("auto", n_cubes, 16, 128)
+    size = task_size_for("auto", n_cubes, 16, 128)
     assert size == 3 * 16
-    assert batch_size_for("auto", 10, 16, 128) == 16
+    assert task_size_for("auto", 10, 16, 128) == 16
 
 
-def test_auto_gives_the_same_store_as_fixed_batch_sizes(tmp_path: Path) -> None:
+def test_auto_gives_the_same_store_as_fixed_task_sizes(tmp_path: Path) -> None:
     stores = {}
     sizes: list[int | str] = ["auto", 1, 400]
     for size in sizes:
-        config = small_config(tmp_path / str(size), batch_size=size, shard_size=1, cubes=400, dim=2)
-        stages.run(config, show_progress=False)
+        config = small_config(tmp_path / str(size), task_size=size, shard_size=1, cubes=400, dim=2)
+        jobs.run(config, show_progress=False)
         store = open_cubes(config.out)
         stores[size] = (store.read(np.arange(400)), store.recipes(slice(None)).columns)
         if size == "auto":  # one shard per task would be the same as size 1
-            assert cutter.cut_job(config).plan.batch_size == 400 // AUTO_MIN_TASKS
+            assert jobs.cut_job(config).plan.task_size == 400 // AUTO_MIN_TASKS
     for size in (1, 400):
         assert all(np.array_equal(a, b) for a, b in zip(stores["auto"], stores[size], strict=True))
 
 
 @pytest.mark.parametrize("value", ["x", 0, 2.5, True])
-def test_a_bad_batch_size_names_the_setting(value: object) -> None:
-    with pytest.raises(UserError, match="setting 'batch_size': expected auto or a whole number"):
-        load_config(batch_size=value)
-    assert load_config(batch_size="12").batch_size == 12
+def test_a_bad_task_size_names_the_setting(value: object) -> None:
+    with pytest.raises(UserError, match="setting 'task_size': expected auto or a whole number"):
+        load_config(task_size=value)
+    assert load_config(task_size="12").task_size == 12
+    assert load_config(batch_size="12").task_size == 12  # its documented older name

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from daskcubes import jobs
 from daskcubes.cli import main
 from daskcubes.config import Config
 from daskcubes.preview import cube_figure
-from daskcubes.runtime import stages
 from tests.conftest import small_config
 
 
@@ -17,7 +17,7 @@ def test_preview_writes_a_png(
     tmp_path: Path, config: Config, capsys: pytest.CaptureFixture
 ) -> None:
     pytest.importorskip("matplotlib")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     png = tmp_path / "cube.png"
     assert main(["preview", config.out, "--cube", "3", "--png", str(png)]) == 0
     assert png.read_bytes().startswith(b"\x89PNG")
@@ -25,7 +25,7 @@ def test_preview_writes_a_png(
 
 
 def test_preview_names_a_bad_cube_index(config: Config, capsys: pytest.CaptureFixture) -> None:
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     assert main(["preview", config.out, "--cube", "400", "--png", "x.png"]) == 2
     assert "--cube 400" in capsys.readouterr().err
 
@@ -34,7 +34,7 @@ def test_preview_ticks_are_whole_indices(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     # Axes of 3 and of 16 indices, on which matplotlib would put ticks at 0.5 and 2.5.
     config = small_config(tmp_path, n_frames=3, n_rows=16, n_cols=20, dim=16)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     figure = cube_figure(config.out, 0)
     figure.canvas.draw()
     for ax in figure.axes[:3]:  # the panels, not their colour bars

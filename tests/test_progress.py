@@ -8,10 +8,10 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
+from daskcubes import jobs
 from daskcubes.io.layout import mark_complete, open_group, store_attrs
 from daskcubes.io.progress import ProgressRecord, from_ranges, recorded_progress, to_ranges
 from daskcubes.io.storage import Storage
-from daskcubes.runtime import stages
 from tests.conftest import small_config
 
 units = st.lists(st.integers(0, 200), max_size=60)
@@ -27,7 +27,7 @@ def test_ranges_merge_with_new_units(old: list[int], new: list[int]) -> None:
 
 def test_saves_between_finishes_record_every_unit(tmp_path: Path) -> None:
     config = small_config(tmp_path)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     storage = Storage.of()
     group = open_group(config.out, "cube store", storage, mode="r+")
     attrs = store_attrs(group)

@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 import zarr
 
-from daskcubes import open_cubes
+from daskcubes import jobs, open_cubes, open_stream
 from daskcubes.config import Config
 from daskcubes.errors import UserError
-from daskcubes.runtime import stages
 from daskcubes.train.batches import Batches, BatchPlan, prefetched
 from daskcubes.train.reader import CubeStore
-from daskcubes.train.stream import open_stream
 from tests.conftest import small_config
 
 
@@ -24,7 +22,7 @@ from tests.conftest import small_config
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """A small stored run: 37 cubes (a ragged last shard of 4), 5 frames."""
     config = small_config(tmp_path_factory.mktemp("stored"), cubes=37)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     return config
 
 
@@ -52,7 +50,7 @@ def test_reads_in_any_order_agree_with_zarr(store: CubeStore, stored: Config) ->
 def test_compressed_stores_are_read_through_zarr(tmp_path: Path, stored: Config) -> None:
     config = small_config(tmp_path, cubes=37, compressor="lz4", synthetic=False)
     config = config.model_copy(update={"frames_store": stored.frames_store})
-    stages.sample(config, show_progress=False)
+    jobs.sample(config, show_progress=False)
     store = open_cubes(config.out)
     assert store._raw is None
     order = np.random.default_rng(1).permutation(len(store))
@@ -238,7 +236,7 @@ def test_stream_is_byte_identical_to_the_stored_run(stored: Config) -> None:
 def test_stream_float32_matches_a_float32_store(tmp_path: Path, stored: Config) -> None:
     config = small_config(tmp_path, dtype="float32", seed=11, cubes=9, synthetic=False)
     config = config.model_copy(update={"frames_store": stored.frames_store})
-    stages.sample(config, show_progress=False)
+    jobs.sample(config, show_progress=False)
     assert open_stream(config)[:].tobytes() == zarr_cubes(config).tobytes()
 
 

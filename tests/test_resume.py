@@ -19,7 +19,7 @@ from daskcubes.io.layout import mark_complete, remove_leftovers, store_lock
 from daskcubes.io.schema import CubeSchema
 from daskcubes.io.sources import files_source
 from daskcubes.io.storage import Storage
-from daskcubes.runtime.ingest_tasks import ingest_tasks
+from daskcubes.runtime.tasks import ingest_tasks
 from daskcubes.testing import assert_stores_identical, store_files
 
 pytestmark = pytest.mark.slow

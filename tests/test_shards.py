@@ -25,7 +25,7 @@ PLAN = CubePlan(
     n_rows=5,
     n_cols=6,
     seed=0,
-    batch_size=4,
+    task_size=4,
     shard_size=4,
 )
 

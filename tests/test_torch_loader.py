@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from daskcubes import open_cubes
+from daskcubes import jobs, open_cubes
 from daskcubes.config import Config
-from daskcubes.runtime import stages
 from tests.conftest import small_config
 
 # CI installs torch; skip only where it is not installed at all.
@@ -24,7 +23,7 @@ from daskcubes.loaders.torch import CubeBatchSampler, CubeDataset, SharedBuffers
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Config:
     config = small_config(tmp_path_factory.mktemp("torch"), cubes=21)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     return config
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daskcubes import jobs
 from daskcubes.config import Config
-from daskcubes.runtime import stages
 from tests.conftest import small_config
 
 pytest.importorskip("torch")
@@ -25,7 +25,7 @@ STEP = re.compile(r"^step (\d+) epoch \d+ loss (\S+) ")
 @pytest.fixture(scope="module")
 def stored(tmp_path_factory: pytest.TempPathFactory) -> Config:
     config = small_config(tmp_path_factory.mktemp("train"), cubes=40)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     return config
 
 

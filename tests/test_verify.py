@@ -12,13 +12,12 @@ import pytest
 import zarr
 
 import daskcubes.runtime.verify
-from daskcubes import open_cubes
+from daskcubes import jobs, open_cubes
 from daskcubes.cli import main
 from daskcubes.config import Config
 from daskcubes.io.schema import CubeSchema
 from daskcubes.io.shards import MISSING, decode_index, index_nbytes
 from daskcubes.io.storage import Storage
-from daskcubes.runtime import stages
 from daskcubes.runtime.verify import verify_cube_store
 from tests.conftest import small_config
 
@@ -26,7 +25,7 @@ from tests.conftest import small_config
 @pytest.fixture
 def made(tmp_path: Path) -> Config:
     config = small_config(tmp_path)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     return config
 
 
@@ -101,8 +100,8 @@ def test_incomplete_store(made: Config, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_other_frames_store(made: Config, capsys: pytest.CaptureFixture[str]) -> None:
     other = small_config(Path(made.out).parent / "other", seed=99)
-    stages.generate(other, show_progress=False)
-    stages.ingest(other, show_progress=False)
+    jobs.generate(other, show_progress=False)
+    jobs.ingest(other, show_progress=False)
     assert main(["verify", made.out, "--against", other.frames_store]) == 1
     assert "not the one these cubes were cut from" in capsys.readouterr().out
 
@@ -142,7 +141,7 @@ def test_index_entries_are_checked_in_every_block_of_shards(
 
 def test_the_last_shard_may_be_partial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = small_config(tmp_path, cubes=42)  # 10 shards of 4 cubes, then one of 2
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     status, out = verify(config, capsys)
     assert status == 0, out
     rewrite_index(shard(config, 10), lambda index: index.__setitem__((1, 0), MISSING))
@@ -155,7 +154,7 @@ def test_ten_bad_shards_are_listed_and_all_counted(
 ) -> None:
     monkeypatch.setattr(daskcubes.runtime.verify, "SHARD_BLOCK", 4)
     config = small_config(tmp_path, cubes=60)  # 15 shards
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     for index in range(1, 13):
         shard(config, index).unlink()
     status, out = verify(config, capsys)

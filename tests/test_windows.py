@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import zarr
 
-from daskcubes import Batches, open_cubes
+from daskcubes import Batches, jobs, open_cubes, open_stream
 from daskcubes.cli import main
 from daskcubes.config import Config
-from daskcubes.core.plan import CubePlan, Definition, recipes
+from daskcubes.core.definition import Definition
+from daskcubes.core.plan import CubePlan, recipes
 from daskcubes.errors import UserError
-from daskcubes.runtime import stages
 from daskcubes.testing import assert_stores_identical, expected_cubes
-from daskcubes.train.stream import open_stream
 from tests.conftest import small_config
 from tests.test_pipeline import source_frames
 from tests.test_workflow import small_args
@@ -101,7 +100,7 @@ def grid_plan(values: dict[str, Any], n_cubes: int | None = None) -> CubePlan:
         n_rows=SHAPE[1],
         n_cols=SHAPE[2],
         seed=3,
-        batch_size=4,
+        task_size=4,
         shard_size=4,
         definition=definition,
     )
@@ -203,7 +202,7 @@ def grid_config(
 
 def test_a_grid_store_holds_the_windows_and_streams_the_same(tmp_path: Path) -> None:
     config = grid_config(tmp_path, "all axes, overlap, snap")
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     store = open_cubes(config.out)
     got = store.recipes(slice(None))
     assert np.array_equal(store[:], expected_cubes(source_frames(config), got, config.height))
@@ -214,7 +213,7 @@ def test_a_grid_store_is_the_same_on_every_executor(
     tmp_path: Path, executor_settings: dict[str, Any]
 ) -> None:
     reference = grid_config(tmp_path / "ref")
-    stages.run(reference, show_progress=False)
+    jobs.run(reference, show_progress=False)
     config = grid_config(
         tmp_path / "other",
         frames=reference.frames,
@@ -222,15 +221,15 @@ def test_a_grid_store_is_the_same_on_every_executor(
         synthetic=False,
         **executor_settings,
     )
-    stages.sample(config, show_progress=False)
+    jobs.sample(config, show_progress=False)
     assert_stores_identical(reference.out, config.out)
 
 
 def test_a_resumed_grid_store_is_the_same(tmp_path: Path) -> None:
     config = grid_config(tmp_path)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     whole = tmp_path / "whole.zarr"
-    stages.sample(config.model_copy(update={"out": str(whole)}), show_progress=False)
+    jobs.sample(config.model_copy(update={"out": str(whole)}), show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
     attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
     # As a run killed after the first shard leaves it: the rest missing or overwritten.
@@ -243,13 +242,13 @@ def test_a_resumed_grid_store_is_the_same(tmp_path: Path) -> None:
                     file.unlink()
     cubes = zarr.open_array(config.out, path="cubes", mode="r+")
     cubes[4] = 0.0
-    stages.sample(config, mode="resume", show_progress=False)
+    jobs.sample(config, mode="resume", show_progress=False)
     assert_stores_identical(whole, config.out)
 
 
 def test_batches_shuffle_the_grid_s_cubes_and_give_each_once(tmp_path: Path) -> None:
     config = grid_config(tmp_path)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     stream = open_stream(config)
     seen = [batch.indices for batch in Batches(stream, 4, shuffle=True, seed=1).epoch(0)]
     order = np.concatenate(seen)
@@ -261,7 +260,7 @@ def test_info_verify_and_preview_follow_the_grid(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = grid_config(tmp_path)
-    stages.run(config, show_progress=False)
+    jobs.run(config, show_progress=False)
     capsys.readouterr()
     assert main(["info", config.out]) == 0
     out = capsys.readouterr().out
@@ -307,9 +306,9 @@ def test_bad_grid_settings_give_one_line(
 
 def test_a_grid_past_a_frames_store_s_windows_is_refused_before_writing(tmp_path: Path) -> None:
     made = grid_config(tmp_path)
-    stages.run(made, show_progress=False)
+    jobs.run(made, show_progress=False)
     config = made.model_copy(update={"synthetic": False, "out": str(tmp_path / "x.zarr")})
     config = Config.model_validate({**config.model_dump(), "cubes": made.cubes + 1})
     with pytest.raises(UserError, match=f"the grid has {made.cubes} windows"):
-        stages.sample(config, show_progress=False)
+        jobs.sample(config, show_progress=False)
     assert not Path(config.out).exists()

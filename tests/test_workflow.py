@@ -25,7 +25,7 @@ def small_args(root: Path) -> list[str]:
         *("--frames", str(root / "frames"), "--synthetic"),
         *("--frames-store", str(root / "frames.zarr"), "--out", str(root / "cubes.zarr")),
         *("--n-frames", "4", "--n-rows", "10", "--n-cols", "12", "--dim", "5"),
-        *("--cubes", "20", "--seed", "3", "--shard-size", "4", "--batch-size", "8", "--quiet"),
+        *("--cubes", "20", "--seed", "3", "--shard-size", "4", "--task-size", "8", "--quiet"),
     ]
 
 
@@ -53,7 +53,7 @@ def test_the_summary_keeps_start_up_apart_from_cutting(
     lines = capsys.readouterr().out.splitlines()
     assert len(loaded) == 1  # once, on the threaded scheduler's one process
     sampled = next(line for line in lines if line.startswith("sample: "))
-    assert ", 4 tasks " in sampled  # 20 cubes in 3 batches of 8, and a block of recipes
+    assert ", 4 tasks " in sampled  # 20 cubes in 3 tasks of 8, and a block of recipes
     startup = float(sampled.split("start-up ")[1].split(" s")[0])
     assert startup >= 0.5
     assert "(start-up " in lines[-1] and "in 4 tasks" in lines[-1]

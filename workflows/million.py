@@ -44,16 +44,14 @@ from pathlib import Path
 import numpy as np
 import psutil
 
+from daskcubes import jobs, open_stream
 from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.io.layout import frames_store_info, store_attrs
 from daskcubes.io.progress import ProgressRecord, recorded_progress
 from daskcubes.io.schema import CubeSchema
 from daskcubes.io.storage import Storage
-from daskcubes.runtime import stages
-from daskcubes.runtime.executors import open_executor
 from daskcubes.runtime.verify import verify_cube_store
-from daskcubes.train.stream import open_stream
 
 #: ``(key, value, unit)``: one row of the benchmark table.
 Row = tuple[str, float, str]
@@ -254,8 +252,8 @@ def _small_frames(scratch: Path) -> str:
             **SMALL_FRAMES,
         }
     )
-    stages.generate(config, "overwrite", show_progress=False)
-    stages.ingest(config, "overwrite", show_progress=False)
+    jobs.generate(config, "overwrite", show_progress=False)
+    jobs.ingest(config, "overwrite", show_progress=False)
     return config.frames_store
 
 
@@ -402,8 +400,8 @@ def article_frames(root: Path) -> str:
         frames_store_info(config.frames_store, Storage.of())
     except UserError:
         print(f"million: making the article-shape frames store {config.frames_store} (once)")
-        stages.generate(config, "overwrite", show_progress=False)
-        stages.ingest(config, "overwrite", show_progress=False)
+        jobs.generate(config, "overwrite", show_progress=False)
+        jobs.ingest(config, "overwrite", show_progress=False)
     return config.frames_store
 
 
@@ -421,15 +419,15 @@ def measure_article(frames_store: str, scratch: Path, cubes: int, repeats: int =
         }
     )
     rates: dict[str, float] = {}
-    with open_executor(threaded) as on_threads:
+    with jobs.executor_for(threaded) as on_threads:
         rates[ARTICLE_METHODS[0]] = max(
-            stages.sample(threaded, "overwrite", False, on_threads).rate for _ in range(repeats)
+            jobs.sample(threaded, "overwrite", False, on_threads).rate for _ in range(repeats)
         )
     shutil.rmtree(threaded.out)
     try:
-        with open_executor(cluster) as on_cluster:
+        with jobs.executor_for(cluster) as on_cluster:
             rates[ARTICLE_METHODS[1]] = max(
-                stages.sample(cluster, "overwrite", False, on_cluster).rate for _ in range(repeats)
+                jobs.sample(cluster, "overwrite", False, on_cluster).rate for _ in range(repeats)
             )
     except Exception as exc:  # a failed cluster run is a finding of the benchmark
         print(f"million: article shapes on a LocalCluster FAILED: {type(exc).__name__}: {exc}")

@@ -26,8 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from daskcubes import Batches, load_config, open_stream
-from daskcubes.runtime import stages
+from daskcubes import Batches, jobs, load_config, open_stream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     config = load_config(args.config, cubes=args.cubes, frames_store=args.frames_store)
     if args.make_frames and rank == 0:
-        stages.generate(config, mode="overwrite", show_progress=False)
-        stages.ingest(config, mode="overwrite", show_progress=False)
+        jobs.generate(config, mode="overwrite", show_progress=False)
+        jobs.ingest(config, mode="overwrite", show_progress=False)
     dist.barrier()
 
     stream = open_stream(config, device)  # this rank's slab, on this rank's device

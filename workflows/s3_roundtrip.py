@@ -16,14 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from daskcubes import Config, open_cubes
-from daskcubes.runtime import stages
+from daskcubes import Config, jobs, open_cubes
 from daskcubes.testing import s3_server
 
 
 def measure(out: str, config: Config, storage_options: dict[str, str]) -> tuple[float, float]:
     """Cubes/s writing ``out`` (sample stage) and reading it back whole."""
-    written = stages.sample(config.model_copy(update={"out": out}), show_progress=False)
+    written = jobs.sample(config.model_copy(update={"out": out}), show_progress=False)
     store = open_cubes(out, storage_options=storage_options)
     started = time.perf_counter()
     for start in range(0, len(store), config.shard_size):
@@ -57,8 +56,8 @@ def main() -> None:
                 dim=args.dim,
                 storage_options=options,
             )
-            stages.generate(config, show_progress=False)
-            stages.ingest(config, show_progress=False)
+            jobs.generate(config, show_progress=False)
+            jobs.ingest(config, show_progress=False)
             rows = {
                 "local (tmpfs)": measure(f"{scratch}/cubes.zarr", config, options),
                 "S3 (loopback)": measure("s3://roundtrip/cubes.zarr", config, options),

@@ -28,10 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from daskcubes import load_config, open_cubes
+from daskcubes import load_config, open_cubes, open_stream
 from daskcubes.errors import UserError
 from daskcubes.train.batches import Batches, CubeSource
-from daskcubes.train.stream import open_stream
 
 CHECKPOINT = "checkpoint.pt"
 

@@ -1,58 +1,47 @@
-"""The pure plan: which cubes exist, how they are batched, and each cube's recipe.
+"""The pure plan: which cubes exist, how they are grouped into tasks and shards, and each
+cube's recipe.
 
 Integers in, recipes out; no dask, no I/O. Cube ``i`` is defined by
 
     cube[f, r, c] == frames[frames_i[f], rows_i + r, columns_i[c]]
 
-with shape ``(depth, height, width)``, and every random choice for cube ``i`` is a pure
-function of (seed, i): a counter-based hash of the seed, the cube index and the draw
-number (see :func:`first_distinct`), so a cube never depends on the scheduler, worker
-count, batch size, resume history, or whether it was stored or streamed, and the
-recipes of any set of cubes are computed at once in array arithmetic. The cube's
-*definition* says how each choice is made:
-
-- frames (``frame_mode``): ``all`` in order, a ``window`` of ``depth`` consecutive frames
-  at a random start, or a random ``subset`` of ``depth`` frames in increasing order;
-- rows (``row_mode``): the ``first`` ``height`` rows, or a ``window`` at a random start;
-- columns (``column_mode``): ``width`` distinct ``random`` columns, in drawn order or
-  ``sorted_columns``, or a ``window`` of consecutive columns at a random start;
-- any axis may be ``grid``: windows at the starts of a grid along it (every
-  ``*_stride`` positions, with the edge policy ``grid_edge``; see
-  :mod:`daskcubes.core.windows`). The grid axes together make a grid of windows, and cube
-  ``i`` is window ``i`` of it in C order (frames slowest, columns fastest); the other
-  axes are chosen for each cube as above;
-- or the window starts are drawn from a map (``weights`` or ``labels``, with windows
-  along every axis that is not ``all`` frames or the ``first`` rows): window ``i``'s
-  start is the table's (:mod:`daskcubes.io.maps`) for two counter-based uniforms of
-  ``(seed, i)``.
-
-The article's definition is the default: all frames, the first rows, random columns in
-drawn order.
+with shape ``(depth, height, width)``, chosen as the plan's
+:class:`~daskcubes.core.definition.Definition` says; every random choice for cube ``i``
+is a pure function of (seed, i) (:mod:`daskcubes.core.draws`), so a cube never depends
+on the scheduler, worker count, task size, resume history, or whether it was stored or
+streamed, and the recipes of any set of cubes are computed at once in array arithmetic.
+Windows drawn from a map take the map's :class:`~daskcubes.core.tables.WindowTable` as
+a value: the storage layer reads it (:mod:`daskcubes.io.maps`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from functools import lru_cache
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from daskcubes.core.windows import GridEdge, grid_starts
+from daskcubes.core.definition import (
+    Definition,
+    check_cube_fits,
+    check_grid_count,
+)
+from daskcubes.core.draws import (
+    CLASS_DRAWS,
+    COLUMN_DRAWS,
+    FRAME_DRAWS,
+    GOLDEN,
+    ROW_DRAWS,
+    WINDOW_DRAWS,
+    cube_keys,
+    draw_key,
+    first_distinct,
+    mix64,
+)
+from daskcubes.core.tables import MapSpec, WindowTable
 from daskcubes.errors import UserError
-from daskcubes.io.maps import WindowMaps, WindowTable, window_table
-from daskcubes.io.storage import Storage
 
-#: What a store's ``semantics`` attribute says: the article's definition, or another one
-#: that the store's plan attributes spell out (:class:`Definition`).
-SEMANTICS = "article"
-DEFINED_SEMANTICS = "defined"
-FrameMode = Literal["all", "window", "subset", "grid"]
-RowMode = Literal["first", "window", "grid"]
-ColumnMode = Literal["random", "window", "grid"]
-#: The axes of a cube as the settings name them (``frame_mode``, ``row_stride``, ...).
-AXES = ("frame", "row", "column")
 #: Cubes per chunk of the recipe arrays (``columns``, ``rows``, ``frames``) in a cube
 #: store: small arrays, so few, larger files.
 RECIPE_BLOCK = 65536
@@ -61,7 +50,7 @@ RECIPE = "splitmix64-distinct"
 #: The recipe function of stores whose attributes name none (made before they did).
 LEGACY_RECIPE = "seedsequence-choice"
 
-#: ``batch_size: auto`` sizes a task as this many bytes of cubes: 16 of the article's
+#: ``task_size: auto`` sizes a task as this many bytes of cubes: 16 of the article's
 #: 8 MB cubes, measured at 0.2-0.3 s a task on one thread.
 AUTO_TASK_BYTES = 128 * 2**20
 #: What a shard costs beyond its cubes (writing a file, recording it, the Python around
@@ -74,8 +63,8 @@ AUTO_CUBE_BYTES = 2 * 2**10
 AUTO_MIN_TASKS = 100
 
 
-def batch_size_for(setting: int | str, n_cubes: int, shard_size: int, cube_nbytes: int) -> int:
-    """Cubes per task for the ``batch_size`` setting: itself, or for ``"auto"`` the whole
+def task_size_for(setting: int | str, n_cubes: int, shard_size: int, cube_nbytes: int) -> int:
+    """Cubes per task for the ``task_size`` setting: itself, or for ``"auto"`` the whole
     number of shards whose cubes take about 0.1-1 s to cut and write.
 
     Only the task count depends on it, never the store's bytes.
@@ -105,177 +94,13 @@ class Recipes:
 
 
 @dataclass(frozen=True)
-class Definition:
-    """How a cube's frames, rows and columns are chosen (see the module docstring)."""
-
-    frame_mode: FrameMode = "all"
-    row_mode: RowMode = "first"
-    column_mode: ColumnMode = "random"
-    sorted_columns: bool = False
-    #: Grid axes: the step between windows (None: the window's size, no overlap).
-    frame_stride: int | None = None
-    row_stride: int | None = None
-    column_stride: int | None = None
-    grid_edge: GridEdge = "drop"
-    #: Window starts drawn from a map: a weight map, or a label volume with the share of
-    #: each class and the least fraction of a window's voxels that counts for a class.
-    weights: str | None = None
-    labels: str | None = None
-    label_ratios: tuple[tuple[int, float], ...] = ()
-    label_fraction: float = 0.5
-
-    @property
-    def is_article(self) -> bool:
-        return self == Definition()
-
-    @property
-    def modes(self) -> tuple[str, str, str]:
-        """The mode of each axis (frames, rows, columns)."""
-        return (self.frame_mode, self.row_mode, self.column_mode)
-
-    @property
-    def strides(self) -> tuple[int | None, int | None, int | None]:
-        return (self.frame_stride, self.row_stride, self.column_stride)
-
-    @property
-    def has_grid(self) -> bool:
-        return "grid" in self.modes
-
-    def window_maps(self, storage: Storage, fingerprint: str | None = None) -> WindowMaps | None:
-        """The map the windows are drawn from, reached through ``storage``; None if none."""
-        if self.weights is not None:
-            return WindowMaps("weights", self.weights, storage, fingerprint=fingerprint)
-        if self.labels is not None:
-            return WindowMaps(
-                "labels",
-                self.labels,
-                storage,
-                self.label_ratios,
-                self.label_fraction,
-                fingerprint,
-            )
-        return None
-
-    def grid(
-        self, cube_shape: tuple[int, int, int], frames_shape: tuple[int, int, int]
-    ) -> tuple[np.ndarray, ...]:
-        """The window starts along each axis: the grid's for a grid axis, else ``[0]``
-        (an axis not in the grid counts once)."""
-        return tuple(
-            grid_starts(n, size, stride or size, self.grid_edge)
-            if mode == "grid"
-            else np.zeros(1, dtype=np.int32)
-            for mode, stride, size, n in zip(
-                self.modes, self.strides, cube_shape, frames_shape, strict=True
-            )
-        )
-
-
-#: A cube's depth, height and width, each with the name of the setting that gave it.
-CubeSizes = tuple[tuple[str, int], tuple[str, int], tuple[str, int]]
-
-
-def check_cube_fits(
-    sizes: CubeSizes,
-    definition: Definition,
-    frames_shape: tuple[int, int, int],
-    frames: str = "the frames store has",
-) -> None:
-    """Refuse cubes of ``sizes`` that do not fit frames of ``frames_shape`` (``n_frames,
-    n_rows, n_cols``), in one line naming the setting; ``frames`` says whose shape it is.
-
-    The one check of its kind: a plan makes it, and so does a config of synthetic
-    frames before any frame is made.
-    """
-    n_frames, n_rows, n_cols = frames_shape
-    for name, size in sizes:
-        # One setting may give two sizes (``dim``): it must fit the smaller frame axis.
-        limit = min(n for (other, _), n in zip(sizes, frames_shape, strict=True) if other == name)
-        if not 1 <= size <= limit:
-            raise UserError(
-                f"{name}: {size}; expected 1 to {limit}, since {frames} {n_frames} frames "
-                f"of {n_rows} rows x {n_cols} columns"
-            )
-    depth = sizes[0][1]
-    if definition.frame_mode == "all" and depth != n_frames:
-        raise UserError(
-            f"depth: {depth}; frame_mode all stacks every frame, so depth must be "
-            f"{n_frames} (the frame count); use frame_mode window or subset for fewer frames"
-        )
-    for axis, mode, stride in zip(AXES, definition.modes, definition.strides, strict=True):
-        if stride is not None and mode != "grid":
-            raise UserError(
-                f"{axis}_stride: {stride} needs {axis}_mode grid ({axis}_mode is {mode})"
-            )
-        if stride is not None and stride < 1:
-            raise UserError(f"{axis}_stride: {stride}; expected at least 1")
-    if definition.grid_edge != "drop" and not definition.has_grid:
-        raise UserError(f"grid_edge: {definition.grid_edge} needs an axis in grid mode")
-    _check_map_settings(definition)
-
-
-#: Modes whose windows a map may choose: a window, all frames, the first rows.
-MAP_MODES = (("all", "window"), ("first", "window"), ("window",))
-
-
-def _check_map_settings(definition: Definition) -> None:
-    if definition.labels is None and definition.label_ratios:
-        raise UserError("label_ratios needs labels (the label volume)")
-    if definition.labels is not None and not definition.label_ratios:
-        raise UserError(
-            'labels needs label_ratios: the share of each class, such as {"0": 1, "1": 1}'
-        )
-    if definition.labels is not None and definition.weights is not None:
-        raise UserError("weights and labels: windows are drawn from one map; give one of them")
-    if definition.labels is None and definition.weights is None:
-        return
-    if not 0 < definition.label_fraction <= 1:
-        raise UserError(
-            f"label_fraction: {definition.label_fraction}; expected more than 0, at most 1"
-        )
-    shares = [share for _, share in definition.label_ratios]
-    if any(share < 0 for share in shares) or (shares and sum(shares) <= 0):
-        raise UserError(f"label_ratios: shares {shares}; expected shares of 0 or more, not all 0")
-    setting = "weights" if definition.weights is not None else "labels"
-    for axis, mode, allowed in zip(AXES, definition.modes, MAP_MODES, strict=True):
-        if mode not in allowed:
-            raise UserError(
-                f"{setting} chooses where windows start: {axis}_mode must be "
-                f"{' or '.join(allowed)} (it is {mode})"
-            )
-
-
-def check_grid_count(
-    n_cubes: int,
-    cube_shape: tuple[int, int, int],
-    definition: Definition,
-    frames_shape: tuple[int, int, int],
-) -> None:
-    """Refuse more cubes than a grid has windows, in one line giving the count."""
-    if not definition.has_grid:
-        return
-    counts = [len(starts) for starts in definition.grid(cube_shape, frames_shape)]
-    total = int(np.prod(counts))
-    if n_cubes > total:
-        along = " x ".join(
-            f"{count} {axis}s"
-            for axis, mode, count in zip(AXES, definition.modes, counts, strict=True)
-            if mode == "grid"
-        )
-        raise UserError(
-            f"cubes: {n_cubes}; the grid has {total} windows ({along}), so expected 1 to "
-            f"{total} (cube i is window i of the grid in C order)"
-        )
-
-
-@dataclass(frozen=True)
 class CubePlan:
-    """Which cubes to cut from frames of a given shape, and in which batches.
+    """Which cubes to cut from frames of a given shape, and in which tasks.
 
     Cubes are ``(depth, height, width)``, cut from ``n_frames`` frames of ``n_rows`` x
     ``n_cols`` as ``definition`` says. ``shard_size`` cubes form one shard file of the
-    cube store (the storage layout); ``batch_size`` cubes, a whole number of shards,
-    form one task. The store's bytes depend on the shard size only, so any batch size
+    cube store (the storage layout); ``task_size`` cubes, a whole number of shards,
+    form one task. The store's bytes depend on the shard size only, so any task size
     gives the same store.
     """
 
@@ -287,13 +112,13 @@ class CubePlan:
     n_rows: int
     n_cols: int
     seed: int
-    batch_size: int
+    task_size: int
     shard_size: int
     recipe: str = RECIPE
-    definition: Definition = Definition()
-    #: Where the map of ``definition.weights`` or ``labels`` is, and the digest of its
-    #: values (a new plan reads the map and records the digest; a stored plan checks it).
-    maps: WindowMaps | None = None
+    definition: Definition = Definition()  # noqa: RUF009 (frozen: one shared default)
+    #: The digest of the values of the map ``definition.weights`` or ``labels`` names,
+    #: once read (the cut layer reads it and records it; a stored plan checks it).
+    map_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         if self.recipe not in _RECIPE_FUNCTIONS:
@@ -308,32 +133,19 @@ class CubePlan:
             raise UserError(f"cubes: {self.n_cubes}; expected at least 1")
         if self.shard_size < 1:
             raise UserError(f"shard_size: {self.shard_size}; expected at least 1")
-        if self.batch_size < 1 or self.batch_size % self.shard_size:
+        if self.task_size < 1 or self.task_size % self.shard_size:
             raise UserError(
-                f"batch_size: {self.batch_size}; expected a multiple of shard_size "
+                f"task_size: {self.task_size}; expected a multiple of shard_size "
                 f"({self.shard_size}), so that each task writes whole shards"
             )
         self._check_definition()
-        if (self.maps is None) != (self.definition.window_maps(Storage()) is None):
-            raise ValueError("a plan has maps exactly when its definition names a map")
-        if self.maps is not None and self.maps.fingerprint is None:
-            # A new plan: the map is read and checked now, before anything is written,
-            # and its digest is what every copy of the plan (each task's) checks.
-            digest = self.window_table.fingerprint
-            object.__setattr__(self, "maps", replace(self.maps, fingerprint=digest))
+        if self.map_fingerprint is not None and self.definition.map_spec() is None:
+            raise ValueError("a plan has a map's fingerprint only when its definition names a map")
 
     @property
-    def window_table(self) -> WindowTable:
-        """The table of window starts of the plan's map (read once per process)."""
-        return self.read_window_table()
-
-    def read_window_table(self, fresh: bool = False) -> WindowTable:
-        """The table of the plan's map; ``fresh`` reads the map again to check it."""
-        if self.maps is None:
-            raise ValueError("this plan draws no windows from a map")
-        frames_shape = (self.n_frames, self.n_rows, self.n_cols)
-        definition = self.definition
-        return window_table(self.maps, definition.modes, self.cube_shape, frames_shape, fresh)
+    def map_spec(self) -> MapSpec | None:
+        """The map the plan's windows are drawn from, with its digest; None if none."""
+        return self.definition.map_spec(self.map_fingerprint)
 
     def _check_definition(self) -> None:
         """Refuse a shape that does not fit the frames, naming the setting."""
@@ -359,8 +171,8 @@ class CubePlan:
         return tuple(len(starts) for starts in self.grid_starts)
 
     @property
-    def n_batches(self) -> int:
-        return -(-self.n_cubes // self.batch_size)
+    def n_tasks(self) -> int:
+        return -(-self.n_cubes // self.task_size)
 
     @property
     def recipe_block(self) -> int:
@@ -375,10 +187,10 @@ class CubePlan:
     def cube_shape(self) -> tuple[int, int, int]:
         return (self.depth, self.height, self.width)
 
-    def batch_bounds(self, batch: int) -> tuple[int, int]:
-        """First cube and one past the last cube of ``batch``."""
-        start = batch * self.batch_size
-        return start, min(start + self.batch_size, self.n_cubes)
+    def task_bounds(self, task: int) -> tuple[int, int]:
+        """First cube and one past the last cube of task ``task``."""
+        start = task * self.task_size
+        return start, min(start + self.task_size, self.n_cubes)
 
     @property
     def n_shards(self) -> int:
@@ -389,10 +201,10 @@ class CubePlan:
         start = shard * self.shard_size
         return start, min(start + self.shard_size, self.n_cubes)
 
-    def batch_shards(self, batch: int) -> range:
-        """The shards that batch ``batch`` writes."""
-        per_batch = self.batch_size // self.shard_size
-        return range(batch * per_batch, min((batch + 1) * per_batch, self.n_shards))
+    def task_shards(self, task: int) -> range:
+        """The shards that task ``task`` writes."""
+        per_task = self.task_size // self.shard_size
+        return range(task * per_task, min((task + 1) * per_task, self.n_shards))
 
     def recipe_block_bounds(self, block: int) -> tuple[int, int]:
         start = block * self.recipe_block
@@ -410,140 +222,13 @@ def seedsequence_columns(seed: int, index: int, n_cols: int, dim: int) -> np.nda
     return rng.choice(n_cols, size=dim, replace=False)
 
 
-# -- the counter-based recipe ----------------------------------------------------------
-#
-# Hash ``j`` of cube ``i`` is ``mix64(cube_key(i) + (j + 1) * GOLDEN)``, where
-# ``cube_key(i) = mix64(stream_key + (i + 1) * GOLDEN)``: SplitMix64 twice over, so it is
-# a pure function of (seed, stream, i, j) and any set of cubes is computed at once in
-# uint64 array arithmetic. Each hash gives two 32-bit draws, its high half then its low
-# half. A draw becomes an integer in ``[0, n)`` by Lemire's multiply-shift, skipping the
-# few draws that would favour some values, so every integer is exactly equally likely.
-# Distinct values are the first ``count`` values of the stream not seen before:
-# sequential sampling without replacement, uniform over ordered selections.
-
-_GOLDEN = 0x9E3779B97F4A7C15
-_LOW32 = np.uint64(0xFFFFFFFF)
-#: Independent random streams of one cube, one per kind of choice.
-COLUMN_STREAM = 0
-FRAME_STREAM = 1
-ROW_STREAM = 2
-#: Maps: the uniform that picks a window, and the low-discrepancy one that picks a class.
-WINDOW_STREAM = 3
-CLASS_STREAM = 4
-#: Draws computed at once, bounding the memory of a call (~60 MB of temporaries).
-_DRAWS_PER_CHUNK = 1 << 21
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64's output function (Stafford's variant 13), in place on uint64 ``z``."""
-    z ^= z >> np.uint64(30)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(27)
-    z *= np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    return z
-
-
-@lru_cache(maxsize=64)
-def stream_key(seed: int, stream: int) -> int:
-    """64-bit key of one stream of a root seed (numpy's SeedSequence hashes any int)."""
-    state = np.random.SeedSequence(seed, spawn_key=(stream,)).generate_state(1, np.uint64)
-    return int(state[0])
-
-
-def cube_keys(seed: int, stream: int, cubes: np.ndarray) -> np.ndarray:
-    """(n,) uint64 key of each cube's ``stream``."""
-    keys = np.asarray(cubes, dtype=np.uint64) + np.uint64(1)
-    keys *= np.uint64(_GOLDEN)
-    keys += np.uint64(stream_key(seed, stream))
-    return _mix64(keys)
-
-
-def _draws(keys: np.ndarray, n: int, n_draws: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draws ``0 .. n_draws`` (an even number) of each key as integers in ``[0, n)``.
-
-    Returns (len(keys), n_draws) int32 values and a bool mask of the valid ones: an
-    invalid draw is one that Lemire's method rejects to keep the values exactly uniform.
-    """
-    steps = np.arange(1, n_draws // 2 + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
-    hashes = _mix64(keys[:, None] + steps[None, :])
-    halves = np.empty((len(keys), n_draws // 2, 2), dtype=np.uint64)
-    np.right_shift(hashes, np.uint64(32), out=halves[..., 0])
-    np.bitwise_and(hashes, _LOW32, out=halves[..., 1])
-    draws = halves.reshape(len(keys), n_draws)
-    draws *= np.uint64(n)
-    valid = (draws & _LOW32) >= np.uint64((1 << 32) % n)
-    return (draws >> np.uint64(32)).astype(np.int32), valid
-
-
-def _expected_draws(n: int, count: int) -> int:
-    """Draws (an even number) that almost always hold ``count`` distinct values below ``n``."""
-    # Coupon collector: n * (H(n) - H(n - count)) draws on average.
-    mean = n * float(np.sum(1.0 / np.arange(n - count + 1, n + 1)))
-    extra = max(mean - count, 0.0)
-    draws = count + int(np.ceil(extra + 4 * np.sqrt(extra))) + 4
-    return draws + draws % 2
-
-
-def first_distinct(keys: np.ndarray, n: int, count: int) -> np.ndarray:
-    """(len(keys), count) int32: for each key, the first ``count`` distinct valid draws in
-    ``[0, n)``, in the order drawn.
-
-    Works through the keys in chunks of bounded memory; the rare key whose first draws
-    hold too few distinct values is done again with twice as many.
-    """
-    if not 1 <= count <= n < 1 << 31:
-        raise ValueError(f"cannot draw {count} distinct integers below {n}")
-    out = np.empty((len(keys), count), dtype=np.int32)
-    n_draws = _expected_draws(n, count)
-    todo = np.arange(len(keys))
-    while todo.size:
-        rows = max(1, _DRAWS_PER_CHUNK // n_draws)
-        short = [
-            part[_first_distinct_into(out, part, keys[part], n, count, n_draws)]
-            for part in np.array_split(todo, -(-todo.size // rows))
-        ]
-        todo = np.concatenate(short)
-        n_draws *= 2
-    return out
-
-
-def _first_distinct_into(
-    out: np.ndarray, rows: np.ndarray, keys: np.ndarray, n: int, count: int, n_draws: int
-) -> np.ndarray:
-    """Fill ``out[rows]`` from ``n_draws`` draws of ``keys``; the mask of rows left short."""
-    values, keep = _draws(keys, n, n_draws)
-    # Sort each row's draws by value, then by draw number: a value equal to its left
-    # neighbour was drawn later, so is no longer new. Invalid draws are labelled with
-    # distinct values from ``n`` up. int32 labels, when they fit, sort fastest.
-    shift = n_draws.bit_length()
-    dtype = np.int32 if (n + n_draws) << shift < 1 << 31 else np.int64
-    order = np.arange(n_draws, dtype=dtype)
-    labels: np.ndarray = values.astype(dtype)
-    labels <<= shift
-    labels |= order
-    if not keep.all():
-        labels = np.where(keep, labels, np.left_shift(n + order, shift) | order)
-    labels.sort(axis=1)
-    labelled = labels >> shift
-    repeats = np.flatnonzero(labelled[:, 1:] == labelled[:, :-1])
-    row, at = np.divmod(repeats, n_draws - 1)
-    keep[row, labels[row, at + 1] & ((1 << shift) - 1)] = False
-    rank = np.cumsum(keep, axis=1, dtype=np.int32)
-    full = rank[:, -1] >= count
-    if not full.all():
-        values, keep, rank = values[full], keep[full], rank[full]
-    out[rows[full]] = values[keep & (rank <= count)].reshape(-1, count)
-    return ~full
-
-
 # -- recipes ---------------------------------------------------------------------------
 
 
 def cube_columns(seed: int, index: int, n_cols: int, dim: int) -> np.ndarray:
     """The ``dim`` distinct source columns of cube ``index``, in cube order (one cube of
     :func:`columns_of`)."""
-    return first_distinct(cube_keys(seed, COLUMN_STREAM, np.array([index])), n_cols, dim)[0]
+    return first_distinct(cube_keys(seed, COLUMN_DRAWS, np.array([index])), n_cols, dim)[0]
 
 
 def _window_starts(keys: np.ndarray, n: int, size: int) -> np.ndarray:
@@ -567,7 +252,7 @@ def _counter_frames(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
         return _windows(_grid_window_starts(plan, cubes, 0), depth)
     if mode == "all":
         return np.broadcast_to(np.arange(depth, dtype=np.int32), (n, depth))
-    keys = cube_keys(plan.seed, FRAME_STREAM, cubes)
+    keys = cube_keys(plan.seed, FRAME_DRAWS, cubes)
     if mode == "window":
         return _windows(_window_starts(keys, plan.n_frames, depth), depth)
     return np.sort(first_distinct(keys, plan.n_frames, depth), axis=1)
@@ -578,13 +263,13 @@ def _counter_rows(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
         return np.zeros(len(cubes), dtype=np.int32)
     if plan.definition.row_mode == "grid":
         return _grid_window_starts(plan, cubes, 1)
-    return _window_starts(cube_keys(plan.seed, ROW_STREAM, cubes), plan.n_rows, plan.height)
+    return _window_starts(cube_keys(plan.seed, ROW_DRAWS, cubes), plan.n_rows, plan.height)
 
 
 def _counter_columns(plan: CubePlan, cubes: np.ndarray) -> np.ndarray:
     if plan.definition.column_mode == "grid":
         return _windows(_grid_window_starts(plan, cubes, 2), plan.width)
-    keys = cube_keys(plan.seed, COLUMN_STREAM, cubes)
+    keys = cube_keys(plan.seed, COLUMN_DRAWS, cubes)
     if plan.definition.column_mode == "window":
         return _windows(_window_starts(keys, plan.n_cols, plan.width), plan.width)
     columns = first_distinct(keys, plan.n_cols, plan.width)
@@ -596,14 +281,13 @@ def _unit_floats(hashes: np.ndarray) -> np.ndarray:
     return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def _map_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
+def _map_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable) -> Recipes:
     """Windows whose starts the plan's map draws: a uniform of each cube's own stream
     picks the start; classes come from a Weyl sequence over the cube index (golden-ratio
     steps), whose shares of any run of cubes stay within a few cubes of the asked ones."""
-    table = plan.window_table
-    window_u = _unit_floats(_mix64(cube_keys(plan.seed, WINDOW_STREAM, cubes)))
-    steps = np.asarray(cubes, dtype=np.uint64) * np.uint64(_GOLDEN)
-    class_u = _unit_floats(steps + np.uint64(stream_key(plan.seed, CLASS_STREAM)))
+    window_u = _unit_floats(mix64(cube_keys(plan.seed, WINDOW_DRAWS, cubes)))
+    steps = np.asarray(cubes, dtype=np.uint64) * np.uint64(GOLDEN)
+    class_u = _unit_floats(steps + np.uint64(draw_key(plan.seed, CLASS_DRAWS)))
     flat = table.draw(window_u, class_u)
     frame, row, column = np.unravel_index(flat, table.starts_shape)
     return Recipes(
@@ -613,17 +297,17 @@ def _map_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
     )
 
 
-def _counter_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
-    if plan.maps is not None:
-        return _map_recipes(plan, cubes)
-    # One stream per kind of choice, so that changing how one is made leaves the others
+def _counter_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable | None) -> Recipes:
+    if table is not None:
+        return _map_recipes(plan, cubes, table)
+    # One key per kind of choice, so that changing how one is made leaves the others
     # as they were (the article's columns are the same under any frame or row mode).
     return Recipes(
         _counter_frames(plan, cubes), _counter_rows(plan, cubes), _counter_columns(plan, cubes)
     )
 
 
-def _seedsequence_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
+def _seedsequence_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable | None) -> Recipes:
     # The article's definition only (checked by CubePlan).
     picked = [seedsequence_columns(plan.seed, int(i), plan.n_cols, plan.width) for i in cubes]
     n, depth = len(cubes), plan.depth
@@ -635,7 +319,7 @@ def _seedsequence_recipes(plan: CubePlan, cubes: np.ndarray) -> Recipes:
 
 
 #: Recipe functions by the name a cube store records (``plan.recipe`` in its attributes).
-_RECIPE_FUNCTIONS: dict[str, Callable[[CubePlan, np.ndarray], Recipes]] = {
+_RECIPE_FUNCTIONS: dict[str, Callable[[CubePlan, np.ndarray, WindowTable | None], Recipes]] = {
     RECIPE: _counter_recipes,
     LEGACY_RECIPE: _seedsequence_recipes,
 }
@@ -646,17 +330,24 @@ def stored_recipe(plan_attrs: Mapping[str, Any]) -> str:
     return str(plan_attrs.get("recipe", LEGACY_RECIPE))
 
 
-def recipes_of(plan: CubePlan, cubes: Sequence[int] | np.ndarray) -> Recipes:
-    """Recipes of the given cubes (any indices, any order): a pure function of the plan."""
+def recipes_of(
+    plan: CubePlan, cubes: Sequence[int] | np.ndarray, table: WindowTable | None = None
+) -> Recipes:
+    """Recipes of the given cubes (any indices, any order): a pure function of the plan
+    and, for windows drawn from a map, of the map's ``table``."""
+    if (table is None) != (plan.map_spec is None):
+        raise ValueError("a plan's recipes take its map's table exactly when it names a map")
     cubes = np.asarray(cubes, dtype=np.int64).reshape(-1)
-    return _RECIPE_FUNCTIONS[plan.recipe](plan, cubes)
+    return _RECIPE_FUNCTIONS[plan.recipe](plan, cubes, table)
 
 
-def columns_of(plan: CubePlan, cubes: Sequence[int] | np.ndarray) -> np.ndarray:
+def columns_of(
+    plan: CubePlan, cubes: Sequence[int] | np.ndarray, table: WindowTable | None = None
+) -> np.ndarray:
     """(n, width) int32 source columns of the given cubes, in the order given."""
-    return recipes_of(plan, cubes).columns
+    return recipes_of(plan, cubes, table).columns
 
 
-def recipes(plan: CubePlan, start: int, stop: int) -> Recipes:
+def recipes(plan: CubePlan, start: int, stop: int, table: WindowTable | None = None) -> Recipes:
     """Recipes of cubes ``start .. stop``."""
-    return recipes_of(plan, np.arange(start, stop))
+    return recipes_of(plan, np.arange(start, stop), table)

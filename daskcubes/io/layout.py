@@ -29,6 +29,7 @@ from daskcubes.errors import UserError
 from daskcubes.io.schema import CHUNK_KEY_ENCODING, CubeSchema
 from daskcubes.io.sources import FrameSource
 from daskcubes.io.storage import AccessMode, Storage, local_path
+from daskcubes.version import __version__
 
 ATTRS = "daskcubes"
 #: Rows per chunk of the frames store: a cube reads only the first ``dim`` rows of each
@@ -39,8 +40,6 @@ FRAME_ROW_CHUNK = 128
 def versions() -> dict[str, str]:
     import dask
     import pyarrow
-
-    from daskcubes import __version__
 
     return {
         "daskcubes": __version__,

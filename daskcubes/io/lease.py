@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -40,7 +40,6 @@ from fsspec.asyn import sync
 from daskcubes.errors import UserError
 from daskcubes.io.layout import now, store_lock
 from daskcubes.io.storage import Storage, local_path, protocol
-from daskcubes.runtime.executors import Executor
 
 #: Protocols whose storage offers the conditional writes a lease needs.
 LEASED_PROTOCOLS = ("file", "s3", "s3a")
@@ -363,7 +362,7 @@ class Lease:
             self._lock.release()
 
 
-def _lease_file(url: str, storage: Storage) -> LeaseFile | None:
+def lease_file(url: str, storage: Storage) -> LeaseFile | None:
     where = lease_url(url)
     path = local_path(where)
     if path is not None:
@@ -373,79 +372,35 @@ def _lease_file(url: str, storage: Storage) -> LeaseFile | None:
     return None
 
 
+@dataclass(frozen=True)
+class LeaseTerms:
+    """The lease a run holds on the store it writes: ``seconds`` it lasts unless renewed;
+    ``break_lease`` takes over another run's at once; ``without_lease`` writes storage
+    that offers no conditional write, unguarded."""
+
+    seconds: float = 60
+    break_lease: bool = False
+    without_lease: bool = False
+
+
 @contextmanager
-def hold_lease(
-    url: str,
-    what: str,
-    storage: Storage,
-    seconds: float,
-    break_lease: bool = False,
-    without_lease: bool = False,
-) -> Iterator[Lease]:
+def hold_lease(url: str, what: str, storage: Storage, terms: LeaseTerms) -> Iterator[Lease]:
     """Hold the lease of the store at ``url`` for the ``with`` block, or raise
     :class:`UserError` naming who holds it, before anything is written."""
     storage.check_reachable(url, what)
-    file = _lease_file(url, storage)
-    if file is None and not without_lease:
+    file = lease_file(url, storage)
+    if file is None and not terms.without_lease:
         raise UserError(
             f"{what} '{url}': {protocol(url)}:// offers no conditional write, so nothing "
             "would stop a second run from writing this store at the same time and corrupting "
             "it; write to a local path or s3://, or pass --write-without-lease if no other "
             "run can write it"
         )
-    lease = Lease(url, what, file, seconds)
+    lease = Lease(url, what, file, terms.seconds)
     with ExitStack() as stack:
         if local_path(url) is not None:
             stack.enter_context(store_lock(url, what))
         if file is not None:
-            lease.acquire(break_lease)
+            lease.acquire(terms.break_lease)
             stack.callback(lease.release)
         yield lease
-
-
-# -- what the workers see -----------------------------------------------------------
-
-#: What works where the workers cannot see a store.
-SHARED_STORAGE = (
-    "give stores as object-store URLs (s3://...) or paths on a filesystem every worker mounts"
-)
-
-
-def _worker_sees(
-    output: tuple[str, str, str] | None,
-    inputs: Sequence[tuple[str, str]],
-    storage: Storage,
-    cluster: str,
-) -> None:
-    """In a worker: raise :class:`UserError` unless it sees each input ``(what, url)`` and
-    the lease of the ``output`` store ``(what, url, run id)`` this run holds."""
-    worker = f"the worker on {socket.gethostname()}, process {os.getpid()}"
-    for what, url in inputs:
-        if not storage.exists(url):
-            raise UserError(
-                f"{what} '{url}': the workers of {cluster} cannot see it ({worker} finds "
-                f"nothing there); {SHARED_STORAGE}"
-            )
-    if output is None:
-        return
-    what, url, run = output
-    file = _lease_file(url, storage)
-    found = file.read() if file is not None else None
-    if found is None or Holder.from_bytes(found[0]).run != run:
-        raise UserError(
-            f"{what} '{url}': the workers of {cluster} cannot see the store this run writes "
-            f"({worker} does not find its lease {lease_url(url)}); {SHARED_STORAGE}"
-        )
-
-
-def check_workers_see(
-    executor: Executor,
-    lease: Lease,
-    inputs: Sequence[tuple[str, str]],
-    storage: Storage,
-    cluster: str,
-) -> None:
-    """Before the first task: check from every worker of ``executor`` that it sees the
-    store this run writes (by its lease) and each input ``(what, url)`` it reads."""
-    output = (lease.what, lease.url, lease.holder.run) if lease.file is not None else None
-    executor.on_each_worker(_worker_sees, output, list(inputs), storage, cluster)

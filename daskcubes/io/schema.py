@@ -20,9 +20,9 @@ from typing import Any
 import zarr
 import zarr.codecs
 
-from daskcubes.core.plan import DEFINED_SEMANTICS, SEMANTICS, CubePlan, Definition, stored_recipe
+from daskcubes.core.definition import DEFINED_SEMANTICS, SEMANTICS, Definition
+from daskcubes.core.plan import CubePlan, stored_recipe
 from daskcubes.errors import UserError
-from daskcubes.io.storage import Storage
 
 #: Chunk keys ``c/i/j/...``: fixed here rather than left to zarr's default, so that the
 #: shard files' names are the schema's.
@@ -84,7 +84,7 @@ def _codecs(compressor: str) -> Any:
 class CubeSchema:
     """Everything that defines a cube store's bytes; a resumed run must match it all.
 
-    The plan's ``batch_size`` (how cubes are grouped into tasks) is not part of it.
+    The plan's ``task_size`` (how cubes are grouped into tasks) is not part of it.
     """
 
     plan: CubePlan
@@ -102,19 +102,8 @@ class CubeSchema:
             "depth": plan.depth,
             "height": plan.height,
             "width": plan.width,
-            "frame_mode": definition.frame_mode,
-            "row_mode": definition.row_mode,
-            "column_mode": definition.column_mode,
-            "sorted_columns": definition.sorted_columns,
-            "frame_stride": definition.frame_stride,
-            "row_stride": definition.row_stride,
-            "column_stride": definition.column_stride,
-            "grid_edge": definition.grid_edge,
-            "weights": definition.weights,
-            "labels": definition.labels,
-            "label_ratios": [list(pair) for pair in definition.label_ratios],
-            "label_fraction": definition.label_fraction,
-            "map_fingerprint": plan.maps.fingerprint if plan.maps else None,
+            **definition.to_dict(),
+            "map_fingerprint": plan.map_fingerprint,
             "n_frames": plan.n_frames,
             "n_rows": plan.n_rows,
             "n_cols": plan.n_cols,
@@ -127,14 +116,10 @@ class CubeSchema:
         }
 
     @classmethod
-    def from_attrs(
-        cls, attrs: dict[str, Any], batch_size: int | None = None, storage: Storage | None = None
-    ) -> CubeSchema:
+    def from_attrs(cls, attrs: dict[str, Any], task_size: int | None = None) -> CubeSchema:
         """The schema a store's ``daskcubes.plan`` attribute records.
 
-        ``batch_size`` groups the plan's cubes into tasks; by default one shard per task.
-        ``storage`` reaches the map that windows were drawn from, if any (read, and
-        checked against the digest recorded, only when a recipe is asked for).
+        ``task_size`` groups the plan's cubes into tasks; by default one shard per task.
         Stores made before the definition was recorded hold the article's cubes of edge
         ``dim`` from all ``depth`` frames.
         """
@@ -143,21 +128,6 @@ class CubeSchema:
                 f"cube store made with cube semantics {attrs.get('semantics')!r}; this "
                 f"version of daskcubes knows {SEMANTICS!r} and {DEFINED_SEMANTICS!r}"
             )
-        article = Definition()
-        definition = Definition(
-            frame_mode=attrs.get("frame_mode", article.frame_mode),
-            row_mode=attrs.get("row_mode", article.row_mode),
-            column_mode=attrs.get("column_mode", article.column_mode),
-            sorted_columns=attrs.get("sorted_columns", article.sorted_columns),
-            frame_stride=attrs.get("frame_stride"),
-            row_stride=attrs.get("row_stride"),
-            column_stride=attrs.get("column_stride"),
-            grid_edge=attrs.get("grid_edge", article.grid_edge),
-            weights=attrs.get("weights"),
-            labels=attrs.get("labels"),
-            label_ratios=tuple((int(c), float(s)) for c, s in attrs.get("label_ratios", ())),
-            label_fraction=attrs.get("label_fraction", article.label_fraction),
-        )
         plan = CubePlan(
             n_cubes=attrs["n_cubes"],
             depth=attrs["depth"],
@@ -167,11 +137,11 @@ class CubeSchema:
             n_rows=attrs["n_rows"],
             n_cols=attrs["n_cols"],
             seed=attrs["seed"],
-            batch_size=batch_size or attrs["shard_size"],
+            task_size=task_size or attrs["shard_size"],
             shard_size=attrs["shard_size"],
             recipe=stored_recipe(attrs),
-            definition=definition,
-            maps=definition.window_maps(storage or Storage(), attrs.get("map_fingerprint")),
+            definition=Definition.from_dict(attrs),
+            map_fingerprint=attrs.get("map_fingerprint"),
         )
         return cls(plan, attrs["dtype"], attrs["compressor"], attrs["frames_fingerprint"])
 

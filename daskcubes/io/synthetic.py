@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,6 @@ import pyarrow.parquet as pq
 from dask.base import tokenize
 from dask.typing import Key
 
-from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.io.frames import find_frame_files, inspect_frames
 from daskcubes.io.layout import WriteMode
@@ -20,6 +20,19 @@ from daskcubes.io.progress import Work
 from daskcubes.io.storage import Storage
 
 DECIMALS = 10
+
+
+@dataclass(frozen=True)
+class SyntheticFrames:
+    """``n_frames`` synthetic frames of ``n_rows`` x ``n_cols``, of the set ``seed``, as
+    ``frame_format`` files in ``directory``."""
+
+    directory: str
+    frame_format: str
+    n_frames: int
+    n_rows: int
+    n_cols: int
+    seed: int
 
 
 def synthetic_frame(seed: int, index: int, n_rows: int, n_cols: int) -> np.ndarray:
@@ -75,29 +88,29 @@ def prepare_frame_directory(directory: str, mode: WriteMode, storage: Storage) -
         raise UserError(f"frames '{directory}': cannot create directory ({exc.strerror})") from None
 
 
-def synthetic_frames_made(config: Config, storage: Storage) -> set[int]:
-    """The synthetic frames of ``config`` whose files exist (each is written whole)."""
-    fmt = config.frame_format
+def synthetic_frames_made(frames: SyntheticFrames, storage: Storage) -> set[int]:
+    """The synthetic frames of ``frames`` whose files exist (each is written whole)."""
+    fmt = frames.frame_format
     return {
         i
-        for i in range(config.n_frames)
-        if storage.exists(synthetic_frame_path(config.frames, fmt, i))
+        for i in range(frames.n_frames)
+        if storage.exists(synthetic_frame_path(frames.directory, fmt, i))
     }
 
 
-def synthetic_tasks(config: Config, storage: Storage, done: set[int]) -> Work:
+def synthetic_tasks(frames: SyntheticFrames, storage: Storage, done: set[int]) -> Work:
     """One task per synthetic frame not yet made; each finishes ``("frames", [i])``."""
-    token = tokenize(config)
-    keys = {i: (f"generate-{token}", i) for i in range(config.n_frames) if i not in done}
+    token = tokenize(frames)
+    keys = {i: (f"generate-{token}", i) for i in range(frames.n_frames) if i not in done}
     graph: dict[Key, Any] = {
         key: (
             write_synthetic_frame,
-            config.frames,
-            config.frame_format,
-            config.seed,
+            frames.directory,
+            frames.frame_format,
+            frames.seed,
             i,
-            config.n_rows,
-            config.n_cols,
+            frames.n_rows,
+            frames.n_cols,
             storage,
         )
         for i, key in keys.items()
@@ -105,14 +118,14 @@ def synthetic_tasks(config: Config, storage: Storage, done: set[int]) -> Work:
     return Work(graph, {key: ("frames", [i]) for i, key in keys.items()})
 
 
-def check_synthetic_frames(config: Config, storage: Storage) -> int:
-    """Bytes of the frame files in ``config.frames``, once they are the frames this run
+def check_synthetic_frames(frames: SyntheticFrames, storage: Storage) -> int:
+    """Bytes of the frame files in ``frames.directory``, once they are the frames this run
     makes; else (files left by another run, kept by ``--resume``) a :class:`UserError`."""
-    files, spec = inspect_frames(find_frame_files(config.frames, storage), storage)
-    if (len(files), spec.n_rows, spec.n_cols) != (config.n_frames, config.n_rows, config.n_cols):
+    files, spec = inspect_frames(find_frame_files(frames.directory, storage), storage)
+    if (len(files), spec.n_rows, spec.n_cols) != (frames.n_frames, frames.n_rows, frames.n_cols):
         raise UserError(
-            f"frames '{config.frames}': holds {len(files)} frames of {spec.n_rows} x "
-            f"{spec.n_cols}; this run makes {config.n_frames} of {config.n_rows} x "
-            f"{config.n_cols} (pass --overwrite to replace them)"
+            f"frames '{frames.directory}': holds {len(files)} frames of {spec.n_rows} x "
+            f"{spec.n_cols}; this run makes {frames.n_frames} of {frames.n_rows} x "
+            f"{frames.n_cols} (pass --overwrite to replace them)"
         )
     return sum(f.size for f in files)

@@ -37,10 +37,11 @@ except ImportError as error:
     ) from error
 
 from daskcubes.config import Config
-from daskcubes.train.batches import BatchPlan, CubeSource, DeviceCubeSource, EpochCursor, Position
+from daskcubes.jobs import open_stream
+from daskcubes.train.batches import BatchPlan, EpochCursor, Position
+from daskcubes.train.buffers import CubeSource, DeviceCubeSource
 from daskcubes.train.device import OnDevice, Pending, Staging, usable_device
 from daskcubes.train.reader import open_cubes
-from daskcubes.train.stream import CubeStream, open_stream
 
 # Shared-memory buffers each worker keeps: its batches waiting in the loader's queue
 # (``prefetch_factor``, 2 by default), the one the training loop holds, and the one
@@ -90,11 +91,7 @@ class CubeDataset(Dataset):
                     "collate_fn=CubeDataset.collate (or pin_memory=True) to the DataLoader"
                 )
             if isinstance(self.spec, Config):
-                self._opened = (
-                    CubeStream(self.spec)
-                    if self.device is None
-                    else open_stream(self.spec, self.device)
-                )
+                self._opened = open_stream(self.spec, self.device)
             else:
                 store = open_cubes(self.spec, allow_incomplete=self.allow_incomplete)
                 self._opened = store if self.device is None else OnDevice(store, self.device)

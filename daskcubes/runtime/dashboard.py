@@ -4,9 +4,14 @@ Dask's own progress panel counts the tasks the scheduler knows of, and a daskcub
 hands the scheduler its tasks in waves, releasing each as it finishes (so that a million
 cubes never sit in the scheduler at once): the panel shows the wave in flight, not the
 run. The driver, which learns of every finished task, publishes the run's progress into
-the scheduler's metadata (:data:`METADATA_KEY`), and a scheduler plugin serves it at
-``/daskcubes`` beside the dashboard's own pages: done of the total, the rate and the
-time left, refreshed every second; ``/daskcubes/progress.json`` gives the same as JSON.
+the scheduler's metadata (:data:`METADATA_KEY`), and the page at ``/daskcubes`` beside the
+dashboard's own pages shows it: done of the total, the rate and the time left, refreshed
+every second; ``/daskcubes/progress.json`` gives the same as JSON.
+
+The page is mounted as distributed mounts its own: this module's :data:`routes`, named
+in the setting ``distributed.scheduler.http.routes`` when daskcubes starts the cluster
+(:mod:`daskcubes.runtime.executors`). On a cluster someone else started, the scheduler
+plugin :class:`ProgressPage` adds the same routes once it runs there.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
-from tornado import web
+from distributed.http.utils import RequestHandler
 
 #: The scheduler metadata key the driver publishes a run's progress under.
 METADATA_KEY = "daskcubes-progress"
@@ -73,28 +78,31 @@ refresh();
 """
 
 
-class _Page(web.RequestHandler):
-    def initialize(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
-
+class _Page(RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.write(_HTML)
 
 
-class _Progress(web.RequestHandler):
-    def initialize(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
-
+class _Progress(RequestHandler):
     def get(self) -> None:
-        progress = self.scheduler.get_metadata([METADATA_KEY], default=None) or {}
+        progress = self.server.get_metadata([METADATA_KEY], default=None) or {}
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(json.dumps(progress))
 
 
+#: The page's routes, as distributed's ``distributed.scheduler.http.routes`` modules give
+#: theirs (each handler gets the scheduler as ``dask_server``).
+routes: list[tuple[str, type, dict[str, Any]]] = [
+    (rf"/{PAGE}/progress.json", _Progress, {}),
+    (rf"/{PAGE}/?", _Page, {}),
+]
+
+
 class ProgressPage(SchedulerPlugin):
-    """Serves the run's progress page on the scheduler's dashboard server."""
+    """Adds the page's :data:`routes` to a running scheduler's dashboard server (a
+    cluster daskcubes did not start)."""
 
     name = "daskcubes-progress-page"
 
@@ -102,9 +110,12 @@ class ProgressPage(SchedulerPlugin):
         application = getattr(scheduler, "http_application", None)
         if application is None or getattr(scheduler, "_daskcubes_page", False):
             return
-        routes = [(rf"/{PAGE}/progress.json", _Progress), (rf"/{PAGE}/?", _Page)]
         application.add_handlers(
-            ".*$", [(path, handler, {"scheduler": scheduler}) for path, handler in routes]
+            ".*$",
+            [
+                (path, handler, {**kwargs, "dask_server": scheduler})
+                for path, handler, kwargs in routes
+            ],
         )
         scheduler._daskcubes_page = True  # a plugin registered again adds no second route
 

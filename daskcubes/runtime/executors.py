@@ -1,9 +1,11 @@
 """Executors: run a dask graph's tasks and report each one as it finishes.
 
 An executor never knows what a cube is: it gets a graph, the keys whose completion
-matters, and a callback. :func:`open_executor` makes one from a :class:`Config` for a
-whole run, so that every stage shares one cluster. The single-threaded ``sync``
-executor is the test oracle: every other executor must produce byte-identical stores.
+matters, and a callback. :func:`create_executor` builds one from its name and options
+(``sync``, ``threads``, ``processes``, ``distributed``), for a whole run, so that every
+stage shares one cluster; ``close()`` lets go of what it started. The single-threaded
+``sync`` executor is the test oracle: every other executor must produce byte-identical
+stores.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,7 +31,6 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.optimization import cull
 from dask.typing import Key
 
-from daskcubes.config import Config
 from daskcubes.errors import UserError
 
 if TYPE_CHECKING:  # imported lazily elsewhere: local runs never start distributed
@@ -52,6 +53,12 @@ def needed(dsk: Mapping[Key, Any], keys: Sequence[Key]) -> dict[Key, Any]:
 
 
 class Executor(Protocol):
+    #: Where the tasks run, as messages name it ("this threads run", a scheduler's address).
+    @property
+    def where(self) -> str: ...
+
+    def close(self) -> None: ...
+
     def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
         """Compute ``keys`` of ``dsk`` (results discarded), calling ``on_done(key)`` for each."""
 
@@ -91,6 +98,13 @@ class LocalExecutor:
 
     scheduler: str = "threads"
     workers: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"this {self.scheduler} run"
+
+    def close(self) -> None:
+        """Nothing to let go of: dask's local schedulers start their pools per run."""
 
     def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
         get = _LOCAL_GETS[self.scheduler]
@@ -132,17 +146,18 @@ class DistributedExecutor:
     """
 
     client: Client
+    where: str = "this distributed run"
     wave: int = 1000
     #: Seconds to wait for a first worker to join a cluster that has none yet.
     join_timeout: float = 60
+    #: What this executor started (a cluster, its client, a report): closed by close().
+    started: ExitStack = field(default_factory=ExitStack, compare=False)
 
-    def __post_init__(self) -> None:
-        from daskcubes.runtime.dashboard import ProgressPage
-
-        try:  # the page needs daskcubes where the scheduler runs; the run does not
-            self.client.register_plugin(ProgressPage())
-        except Exception as exc:  # any failure to unpickle or to start it there
-            logging.getLogger("distributed").warning("no daskcubes dashboard page: %s", exc)
+    def close(self) -> None:
+        """Close what this executor started, in reverse: the report, the client, then
+        the cluster (its workers, then its scheduler), so that no worker is left
+        heartbeating to a closed scheduler. A client given to it is left running."""
+        self.started.close()
 
     def publish(self, progress: dict[str, Any]) -> None:
         from daskcubes.runtime.dashboard import METADATA_KEY
@@ -281,7 +296,19 @@ def _connect(address: str, timeout: int) -> Client:
         ) from None
 
 
-def _local_cluster(config: Config, log_file: str | None) -> LocalCluster:
+def _add_page(client: Client) -> None:
+    """The run's page on a cluster daskcubes did not start, through a scheduler plugin."""
+    from daskcubes.runtime.dashboard import ProgressPage
+
+    try:  # the page needs daskcubes where the scheduler runs; the run does not
+        client.register_plugin(ProgressPage())
+    except Exception as exc:  # any failure to unpickle or to start it there
+        logging.getLogger("distributed").warning("no daskcubes dashboard page: %s", exc)
+
+
+def _local_cluster(
+    workers: int | None, threads_per_worker: int | None, dashboard_address: str
+) -> LocalCluster:
     from distributed import LocalCluster
 
     # dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which also turns off
@@ -299,58 +326,88 @@ def _local_cluster(config: Config, log_file: str | None) -> LocalCluster:
     # 4 ms a task, measured, for tasks of 1 ms. Without it each worker gets its share of
     # a wave at once; the waves of DistributedExecutor.run already bound what is queued.
     saturation = "distributed.scheduler.worker-saturation"
-    with dask.config.set({trim: None, saturation: math.inf}):
+    # The run's page is mounted beside Dask's own, as distributed mounts its pages.
+    routes = "distributed.scheduler.http.routes"
+    pages = [*dask.config.get(routes), "daskcubes.runtime.dashboard"]
+    with dask.config.set({trim: None, saturation: math.inf, routes: pages}):
         return LocalCluster(
             # Worker processes print dask's warnings to stderr unless silenced; their real
             # failures reach the driver as task errors.
-            silence_logs=logging.CRITICAL if log_file else logging.WARNING,
-            n_workers=config.workers,
-            threads_per_worker=config.threads_per_worker,
+            silence_logs=logging.CRITICAL if _dask_log_file() else logging.WARNING,
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
             processes=True,  # process workers under Nannies, which restart a worker that dies
             host="127.0.0.1",
-            dashboard_address=config.dashboard_address,
+            dashboard_address=dashboard_address,
         )
 
 
-@contextmanager
-def open_executor(config: Config, reuse: Executor | None = None) -> Iterator[Executor]:
-    """The executor ``config`` asks for, open for the duration of the ``with`` block.
+#: The executors :func:`create_executor` knows, by name.
+EXECUTORS = (*_LOCAL_GETS, "distributed")
 
-    A distributed run starts a LocalCluster (or connects to ``cluster_address``) through a
-    client that is not made dask's default (the caller's own computations stay where they
-    were), prints the dashboard link, saves the performance report on exit when
-    ``config.report`` is set, and closes what it started. ``reuse``, if given, is yielded
-    as it is.
+
+def create_executor(name: str, **options: Any) -> Executor:
+    """The executor called ``name``, built from ``options``.
+
+    - ``sync``, ``threads``, ``processes``: Dask's local schedulers; ``workers`` threads
+      or processes (default: one per core).
+    - ``distributed``: ``client``, a ``distributed.Client`` used as it is (and left
+      running); or ``address``, a scheduler to connect to (within ``connect_timeout``
+      seconds); or neither, a LocalCluster of ``workers`` processes of
+      ``threads_per_worker`` threads with its dashboard at ``dashboard_address``.
+      ``report`` saves Dask's performance report of the run to that HTML file. The
+      client is not made dask's default (the caller's own computations stay where they
+      were), and the dashboard's link is printed.
+
+    Raises ``ValueError`` for an unknown name. Call ``close()`` when done.
     """
-    if reuse is not None:
-        yield reuse
-        return
-    if not config.distributed:
-        yield LocalExecutor(config.scheduler, config.workers)
-        return
+    if name in _LOCAL_GETS:
+        return LocalExecutor(name, **options)
+    if name == "distributed":
+        return _distributed(**options)
+    raise ValueError(
+        f"Unrecognized executor name: {name!r}; expected one of {', '.join(EXECUTORS)}"
+    )
+
+
+def _distributed(
+    client: Client | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    dashboard_address: str = "127.0.0.1:8787",
+    connect_timeout: int = 20,
+    report: str | None = None,
+) -> DistributedExecutor:
     from distributed import Client, performance_report
 
     from daskcubes.runtime.dashboard import page_link
 
-    address = config.cluster_address
-    log_file = _dask_log_file()
-    # Closed in reverse: the report, the client, then the cluster (its workers, then its
-    # scheduler), so that no worker is left heartbeating to a closed scheduler.
+    # What is started here is closed at once if a later step fails, else by close().
     with ExitStack() as stack:
-        if address is None:
-            cluster = stack.enter_context(_local_cluster(config, log_file))
-            client = stack.enter_context(Client(cluster, set_as_default=False))
+        if client is not None:
+            where = str(client.scheduler_info()["address"])
+            _add_page(client)
+        elif address is not None:
+            client = stack.enter_context(_connect(address, connect_timeout))
+            where = address
+            _add_page(client)
         else:
-            client = stack.enter_context(_connect(address, config.connect_timeout))
+            cluster = stack.enter_context(
+                _local_cluster(workers, threads_per_worker, dashboard_address)
+            )
+            client = stack.enter_context(Client(cluster, set_as_default=False))
+            where = "this distributed run"
+        log_file = _dask_log_file()
         logs = f" (dask's warnings: {log_file})" if log_file else ""
         page = page_link(client.dashboard_link)
         print(
             f"daskcubes: Dask dashboard {client.dashboard_link}, the run's progress {page}{logs}",
             file=sys.stderr,
         )
-        if config.report:
+        if report:
             # The report asks for the current client: ours, for its duration only.
             stack.enter_context(client.as_current())
             # BokehJS embedded, so that the report renders on nodes without internet.
-            stack.enter_context(performance_report(filename=config.report, mode="inline"))
-        yield DistributedExecutor(client)
+            stack.enter_context(performance_report(filename=report, mode="inline"))
+        return DistributedExecutor(client, where, started=stack.pop_all())

@@ -1,6 +1,8 @@
-"""The stages of a run, wired from a :class:`Config`: generate → ingest → sample.
+"""The stages of a run: generate → ingest → sample.
 
-Each stage validates its inputs before writing anything, holds the lease of the store
+Each stage takes what it makes as plain values (a job), the executor it runs on and the
+terms of the lease it holds; :mod:`daskcubes.jobs` makes those from the settings. Each
+stage validates its inputs before writing anything, holds the lease of the store
 it writes (see :mod:`daskcubes.io.lease`), runs only the tasks whose work is not yet
 recorded as finished, records each finished task in the store (see
 :mod:`daskcubes.io.progress`), and marks the store complete at the end. ``mode`` says
@@ -21,24 +23,25 @@ import numpy as np
 from dask.typing import Key
 from tqdm import tqdm
 
-from daskcubes.config import Config
 from daskcubes.cut.cutter import warm_worker
+from daskcubes.cut.job import for_workers
 from daskcubes.errors import UserError
 from daskcubes.io.layout import WriteMode, create_cube_store, create_frames_store, mark_complete
-from daskcubes.io.lease import check_workers_see, hold_lease
+from daskcubes.io.lease import LeaseTerms, hold_lease
 from daskcubes.io.progress import Progress, ProgressRecord, Work
 from daskcubes.io.schema import CubeSchema
-from daskcubes.io.sources import FrameSource, location_source
+from daskcubes.io.sources import FrameSource
 from daskcubes.io.storage import Storage, StorageUnavailable
 from daskcubes.io.synthetic import (
+    SyntheticFrames,
     check_synthetic_frames,
     prepare_frame_directory,
     synthetic_frames_made,
     synthetic_tasks,
 )
-from daskcubes.runtime.executors import Executor, open_executor
-from daskcubes.runtime.ingest_tasks import ingest_tasks
-from daskcubes.runtime.tasks import SampleJob, sample_job, sample_tasks
+from daskcubes.runtime.executors import Executor
+from daskcubes.runtime.tasks import SampleJob, ingest_tasks, sample_tasks
+from daskcubes.runtime.workers import check_workers_see
 
 
 @dataclass(frozen=True)
@@ -217,41 +220,36 @@ def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[],
         yield bar.update
 
 
-def run_stage(
-    stage: Stage[Any],
-    config: Config,
-    mode: WriteMode,
-    show_progress: bool,
-    executor: Executor | None,
-) -> StageResult:
+@dataclass(frozen=True)
+class StageOptions:
+    """How a stage runs, whatever it makes: on ``executor``, holding a lease of ``lease``
+    terms on its output, which ``mode`` refuses (``new``), replaces (``overwrite``) or
+    finishes (``resume``); ``show_progress`` draws a progress bar."""
+
+    executor: Executor
+    lease: LeaseTerms = LeaseTerms()  # noqa: RUF009 (frozen: one shared default)
+    mode: WriteMode = "new"
+    show_progress: bool = True
+
+
+def run_stage(stage: Stage[Any], options: StageOptions) -> StageResult:
     """The lifecycle every stage shares: take the output's lease, check that the workers
     see the output and the inputs, create or resume the output, run the tasks whose work
     is not yet recorded as finished, recording each as it ends, and mark the output
     complete if the lease is still this run's.
 
-    Runs on ``executor``, or on one opened from ``config`` for this stage alone. The
-    record is saved however the run ends (an error, Ctrl-C), so that ``--resume`` redoes
-    only what did not finish.
+    The record is saved however the run ends (an error, Ctrl-C), so that ``--resume``
+    redoes only what did not finish.
     """
     entered = time.perf_counter()
     with ExitStack() as stack:
-        run_on = stack.enter_context(open_executor(config, executor))
+        run_on = options.executor
         prepared = stage.prepare(run_on)
-        held = stack.enter_context(
-            hold_lease(
-                stage.path,
-                stage.what,
-                stage.storage,
-                config.lease_seconds,
-                config.break_lease,
-                config.write_without_lease,
-            )
-        )
+        held = stack.enter_context(hold_lease(stage.path, stage.what, stage.storage, options.lease))
         try:
-            cluster = config.cluster_address or f"this {config.scheduler} run"
-            check_workers_see(run_on, held, stage.inputs, stage.storage, cluster)
+            check_workers_see(run_on, held, stage.inputs, stage.storage, run_on.where)
             stage.load(run_on, prepared)
-            progress = stage.open(mode)
+            progress = stage.open(options.mode)
             if progress is None:
                 return StageResult(
                     stage.name,
@@ -267,7 +265,7 @@ def run_stage(
             work = stage.work(prepared, progress.done)
             started = time.perf_counter()
             watch = _Watch(stage, run_on, progress, len(work.finishes), resumed)
-            with _progress_bar(len(work.finishes), stage.name, show_progress) as advance:
+            with _progress_bar(len(work.finishes), stage.name, options.show_progress) as advance:
 
                 def on_done(key: Key) -> None:
                     held.check()  # a run that lost its lease stops writing
@@ -305,55 +303,37 @@ def run_stage(
     )
 
 
-def generate(
-    config: Config,
-    mode: WriteMode = "new",
-    show_progress: bool = True,
-    executor: Executor | None = None,
-) -> StageResult:
-    """Write ``n_frames`` synthetic frame files into the ``frames`` directory.
+def generate(frames: SyntheticFrames, storage: Storage, options: StageOptions) -> StageResult:
+    """Write the synthetic ``frames``, one file each, into their directory.
 
     Frame files are written whole or not at all, so resuming writes only the missing ones.
     """
-    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
 
     def open_frames(mode: WriteMode) -> Progress:
-        prepare_frame_directory(config.frames, mode, storage)
-        return Progress({"frames": synthetic_frames_made(config, storage)})
+        prepare_frame_directory(frames.directory, mode, storage)
+        return Progress({"frames": synthetic_frames_made(frames, storage)})
 
     stage = Stage(
         "generate",
         "frames",
-        config.frames,
+        frames.directory,
         "frames",
-        config.n_frames,
+        frames.n_frames,
         0,
         prepare=lambda executor: None,
         open=open_frames,
-        work=lambda _, done: synthetic_tasks(config, storage, done["frames"]),
+        work=lambda _, done: synthetic_tasks(frames, storage, done["frames"]),
         made=lambda done: len(done["frames"]),
         finish=lambda: None,  # a frame file exists only once whole: nothing to mark
         storage=storage,
     )
-    result = run_stage(stage, config, mode, show_progress, executor)
-    return replace(result, nbytes=check_synthetic_frames(config, storage))
+    result = run_stage(stage, options)
+    return replace(result, nbytes=check_synthetic_frames(frames, storage))
 
 
-def ingest(
-    config: Config,
-    mode: WriteMode = "new",
-    show_progress: bool = True,
-    executor: Executor | None = None,
-    source: FrameSource | None = None,
-) -> StageResult:
-    """Write the frames (``source``, by default those ``config.frames`` names) into the zarr
-    frames store, then mark it complete."""
-    storage = Storage.of(config.storage_options, config.storage_retry_seconds)
-    if source is None:
-        source = location_source(
-            config.frames, config.frames_variable, storage, config.allow_nonfinite
-        )
-    path = config.frames_store
+def ingest(source: FrameSource, path: str, storage: Storage, options: StageOptions) -> StageResult:
+    """Write the frames of ``source`` into the zarr frames store at ``path``, then mark it
+    complete."""
     n_frames = source.shape[0]
 
     def open_store(mode: WriteMode) -> Progress | None:
@@ -375,75 +355,48 @@ def ingest(
         storage=storage,
         inputs=(("frames", source.location),) if source.location else (),
     )
-    return run_stage(stage, config, mode, show_progress, executor)
+    return run_stage(stage, options)
 
 
 def sample(
-    config: Config,
-    mode: WriteMode = "new",
-    show_progress: bool = True,
-    executor: Executor | None = None,
+    job: SampleJob, compressor: str, provenance: dict[str, Any], options: StageOptions
 ) -> StageResult:
-    """Cut ``cubes`` cubes from the frames store into the cube store, then mark it complete."""
-    checked = sample_job(config)  # the frames store and the plan, before any worker starts
+    """Cut the cubes of ``job`` from its frames store into its cube store (``job.out``,
+    with ``compressor`` and the ``provenance`` attributes), then mark it complete."""
+    cut = job.cut
+    plan, frames, storage = cut.plan, cut.frames, cut.storage
 
     def prepare(executor: Executor) -> SampleJob:
         # The source budget depends on the workers: known once the executor is open.
-        return sample_job(config, executor.worker_memory(), executor.worker_threads())
+        workers = for_workers(cut, executor.worker_memory(), executor.worker_threads())
+        return replace(job, cut=workers)
 
-    def load(executor: Executor, job: SampleJob) -> None:
+    def load(executor: Executor, ready: SampleJob) -> None:
         # A source kept whole is loaded on every worker now: start-up, not cutting.
-        executor.on_each_worker(warm_worker, job.cut)
+        executor.on_each_worker(warm_worker, ready.cut)
 
-    plan, frames, storage = checked.cut.plan, checked.cut.frames, checked.cut.storage
-    schema = CubeSchema(plan, config.dtype, config.compressor, frames.fingerprint)
-    provenance = {
-        "config": config.model_dump(exclude={"storage_options"}),  # may hold credentials
-        "seed": config.seed,
-        "frames_store": {"path": frames.path, "fingerprint": frames.fingerprint},
-    }
+    schema = CubeSchema(plan, cut.dtype, compressor, frames.fingerprint)
 
     def open_store(mode: WriteMode) -> Progress | None:
-        attrs = create_cube_store(config.out, schema, provenance, mode, storage)
-        return None if attrs["complete"] else ProgressRecord(config.out, storage)
+        attrs = create_cube_store(job.out, schema, provenance, mode, storage)
+        return None if attrs["complete"] else ProgressRecord(job.out, storage)
 
     stage = Stage(
         "sample",
         "cube store",
-        config.out,
+        job.out,
         "cubes",
         plan.n_cubes,
-        plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(config.dtype).itemsize,
+        plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(cut.dtype).itemsize,
         prepare=prepare,
         load=load,
         open=open_store,
-        work=lambda job, done: sample_tasks(
-            job, done.get("shards", set()), done.get("recipes", set())
+        work=lambda ready, done: sample_tasks(
+            ready, done.get("shards", set()), done.get("recipes", set())
         ),
         made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
-        finish=lambda: mark_complete(config.out, storage, cubes=plan.n_cubes),
+        finish=lambda: mark_complete(job.out, storage, cubes=plan.n_cubes),
         storage=storage,
-        inputs=(("frames store", config.frames_store),),
+        inputs=(("frames store", frames.path),),
     )
-    return run_stage(stage, config, mode, show_progress, executor)
-
-
-def run(
-    config: Config,
-    mode: WriteMode = "new",
-    show_progress: bool = True,
-    executor: Executor | None = None,
-) -> RunResult:
-    """The whole job: (synthetic frames →) frames store → cube store, on one executor
-    (``executor``, or one opened from ``config`` for the run).
-
-    Starting the executor (a cluster) counts as the first stage's start-up.
-    """
-    entered = time.perf_counter()
-    with open_executor(config, executor) as executor:
-        opened = time.perf_counter() - entered
-        results = [generate(config, mode, show_progress, executor)] if config.synthetic else []
-        results.append(ingest(config, mode, show_progress, executor))
-        results.append(sample(config, mode, show_progress, executor))
-    results[0] = replace(results[0], startup=results[0].startup + opened)
-    return RunResult(results)
+    return run_stage(stage, options)

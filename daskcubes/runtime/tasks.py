@@ -1,9 +1,15 @@
-"""Sampling tasks: each writes one batch of cubes (one shard or more) or one block of
-recipes into the cube store.
+"""The tasks of the stages: ingest tasks write frames into the frames store; sampling
+tasks write the cubes of one task (one shard or more) or one block of recipes into the
+cube store. Every task writes whole chunks, so no locks are needed.
 
-A task carries only a small :class:`SampleJob` (the cut, :class:`~daskcubes.cut.cutter.CutJob`,
-and where to write) and an integer; the cut itself is :mod:`daskcubes.cut.cutter`'s. Each task
-writes whole chunks, so no locks are needed.
+Ingest: the frames come as a :class:`~daskcubes.io.sources.FrameSource`, a dask array
+with one chunk per frame (read from a frame file, or taken from an array); each write
+task takes one chunk and writes it whole into its slot of the frames store. Memory stays
+bounded by the frames in flight (about one per worker thread), never by their number.
+
+Sampling: a task carries only a small :class:`SampleJob` (the cut,
+:class:`~daskcubes.cut.job.CutJob`, and where to write) and an integer; the cut itself
+is :mod:`daskcubes.cut.cutter`'s.
 """
 
 from __future__ import annotations
@@ -12,15 +18,17 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import zarr
 from dask.base import tokenize
 from dask.typing import Key
 
-from daskcubes.config import Config
-from daskcubes.core.plan import recipes
-from daskcubes.cut.cutter import CutJob, cut_job, cut_range
+from daskcubes.cut.cutter import cut_range
+from daskcubes.cut.job import CutJob, job_recipes
 from daskcubes.io.progress import Finishes, Work
 from daskcubes.io.shards import write_shard
+from daskcubes.io.sources import FrameSource
+from daskcubes.io.storage import Storage
 
 
 @dataclass(frozen=True)
@@ -31,13 +39,6 @@ class SampleJob:
     out: str
 
 
-def sample_job(config: Config, worker_memory: int | None = None, threads: int = 1) -> SampleJob:
-    """The sampling job for ``config`` on workers of ``worker_memory`` bytes (default:
-    this machine's available memory) and ``threads`` threads (see
-    :func:`~daskcubes.cut.cutter.cut_job`)."""
-    return SampleJob(cut_job(config, worker_memory, threads), config.out)
-
-
 @lru_cache(maxsize=8)
 def _open_output(job: SampleJob, name: str) -> zarr.Array:
     # Keyed by the whole job: a store replaced at the same path is opened afresh. Empty
@@ -46,9 +47,9 @@ def _open_output(job: SampleJob, name: str) -> zarr.Array:
     return array.with_config({"write_empty_chunks": True})
 
 
-def write_cube_batch(job: SampleJob, batch: int) -> None:
-    """Cut batch ``batch`` and write it as whole shards of ``cubes``."""
-    start, stop = job.cut.plan.batch_bounds(batch)
+def write_cube_task(job: SampleJob, task: int) -> None:
+    """Cut the cubes of task ``task`` and write them as whole shards of ``cubes``."""
+    start, stop = job.cut.plan.task_bounds(task)
     cubes = cut_range(job.cut, start, stop)
     size = job.cut.plan.shard_size
     for offset in range(0, stop - start, size):
@@ -60,16 +61,16 @@ def write_cube_batch(job: SampleJob, batch: int) -> None:
 def write_recipe_block(job: SampleJob, block: int) -> None:
     """Write the recipes of one block of cubes into ``columns``, ``rows`` and ``frames``."""
     start, stop = job.cut.plan.recipe_block_bounds(block)
-    batch = recipes(job.cut.plan, start, stop)
-    _open_output(job, "columns")[start:stop] = batch.columns
-    _open_output(job, "rows")[start:stop] = batch.rows
-    _open_output(job, "frames")[start:stop] = batch.frames
+    block_recipes = job_recipes(job.cut, np.arange(start, stop))
+    _open_output(job, "columns")[start:stop] = block_recipes.columns
+    _open_output(job, "rows")[start:stop] = block_recipes.rows
+    _open_output(job, "frames")[start:stop] = block_recipes.frames
 
 
 def sample_tasks(job: SampleJob, shards_done: set[int], recipes_done: set[int]) -> Work:
-    """Tasks for the recipe blocks and the batches of cubes not yet done.
+    """Tasks for the recipe blocks and the cubes not yet done.
 
-    Each task finishes ``("recipes", [block])`` or ``("shards", [shard, ...])``. A batch
+    Each task finishes ``("recipes", [block])`` or ``("shards", [shard, ...])``. A task
     with any unfinished shard is redone whole; rewriting a finished shard writes the same
     bytes.
     """
@@ -82,10 +83,30 @@ def sample_tasks(job: SampleJob, shards_done: set[int], recipes_done: set[int]) 
             key = (f"recipes-{token}", block)
             graph[key] = (write_recipe_block, job, block)
             finishes[key] = ("recipes", [block])
-    for batch in range(plan.n_batches):
-        shards = plan.batch_shards(batch)
+    for task in range(plan.n_tasks):
+        shards = plan.task_shards(task)
         if not set(shards) <= shards_done:
-            key = (f"sample-{token}", batch)
-            graph[key] = (write_cube_batch, job, batch)
+            key = (f"sample-{token}", task)
+            graph[key] = (write_cube_task, job, task)
             finishes[key] = ("shards", list(shards))
+    return Work(graph, finishes)
+
+
+def write_frame(values: np.ndarray, index: int, store: str, storage: Storage) -> None:
+    """Write ``values`` (one chunk of a source: ``(1, n_rows, n_cols)``) as frame ``index``."""
+    storage.open_array(store, "frames", mode="r+")[index] = values[0]
+
+
+def ingest_tasks(source: FrameSource, store: str, storage: Storage, done: set[int]) -> Work:
+    """The source's tasks and one write task per frame not in ``done``; each write task
+    finishes its frame. Culling leaves out the reads of finished frames."""
+    array = source.array
+    token = tokenize(source.fingerprint, array.name, store)
+    graph: dict[Key, Any] = dict(array.__dask_graph__())
+    finishes: Finishes = {}
+    for i in range(source.shape[0]):
+        if i not in done:
+            key = (f"ingest-{token}", i)
+            graph[key] = (write_frame, (array.name, i, 0, 0), i, store, storage)
+            finishes[key] = ("frames", [i])
     return Work(graph, finishes)

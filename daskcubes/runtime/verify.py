@@ -17,9 +17,11 @@ import numpy as np
 import zarr
 
 from daskcubes.core.plan import CubePlan, recipes
-from daskcubes.cut.cutter import cut_range, store_cut_job
+from daskcubes.cut.cutter import cut_range
+from daskcubes.cut.job import store_cut_job
 from daskcubes.errors import UserError
 from daskcubes.io.layout import frames_store_info, open_group, store_attrs
+from daskcubes.io.maps import window_table
 from daskcubes.io.progress import recorded_progress
 from daskcubes.io.schema import CubeSchema
 from daskcubes.io.shards import MISSING, decode_index, index_nbytes
@@ -175,7 +177,7 @@ def verify_cube_store(
     if attrs.get("kind") != "cubes":
         report.problems.append(f"holds {attrs.get('kind')}, not cubes")
         return report
-    schema = CubeSchema.from_attrs(attrs["plan"], storage=storage)
+    schema = CubeSchema.from_attrs(attrs["plan"])
     plan, dtype = schema.plan, schema.dtype
     report.facts.append(
         f"{plan.n_cubes} cubes of {plan.cube_shape} {dtype} in {plan.n_shards} shards, "
@@ -209,9 +211,12 @@ def verify_cube_store(
             )
         else:
             job = store_cut_job(schema, frames, storage)  # on this one thread
-    if plan.maps is not None:
+    table = None
+    if plan.map_spec is not None:
         try:  # the map the windows were drawn from: still there, with the same values
-            plan.read_window_table(fresh=True)
+            frames_shape = (plan.n_frames, plan.n_rows, plan.n_cols)
+            modes, cube_shape = plan.definition.modes, plan.cube_shape
+            table = window_table(plan.map_spec, storage, modes, cube_shape, frames_shape, True)
         except UserError as exc:
             report.problems.append(f"windows cannot be drawn again: {exc}")
             return report
@@ -222,7 +227,7 @@ def verify_cube_store(
         except Exception as exc:  # any decoding failure is a finding, not a crash
             report.problems.append(f"cube {index}: unreadable ({exc})")
             continue
-        planned = recipes(plan, index, index + 1)
+        planned = recipes(plan, index, index + 1, table)
         expected = (planned.frames[0], planned.rows[0], planned.columns[0])
         if not all(map(np.array_equal, recorded, expected)):
             report.problems.append(

@@ -10,65 +10,21 @@ background thread that stays ``prefetch`` batches ahead of the training loop.
 
 from __future__ import annotations
 
-import os
 import queue
-import sys
 import threading
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from daskcubes.errors import UserError
+from daskcubes.train.buffers import BufferRing, CubeSource, DeviceCubeSource, default_threads
 
 T = TypeVar("T")
-
-
-class CubeSource(Protocol):
-    """Anything batches can be read from: :class:`~daskcubes.train.reader.CubeStore` or
-    :class:`~daskcubes.train.stream.CubeStream`.
-
-    ``read`` must be safe to call from several threads at once for disjoint ``out``.
-    """
-
-    def __len__(self) -> int: ...
-
-    @property
-    def cube_shape(self) -> tuple[int, int, int]: ...
-
-    @property
-    def dtype(self) -> np.dtype: ...
-
-    def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
-
-
-class PendingCubes(Protocol):
-    """A batch a device source has started; ``ready()`` gives it to the training loop."""
-
-    def ready(self) -> Any: ...
-
-
-@runtime_checkable
-class DeviceCubeSource(Protocol):
-    """A source that hands batches out on a torch device (:mod:`daskcubes.train.device`):
-    ``start`` begins a batch in the thread that reads ahead, and the loop's thread gets
-    it from the pending batch's ``ready``. ``fresh`` asks for memory of its own."""
-
-    def __len__(self) -> int: ...
-
-    @property
-    def cube_shape(self) -> tuple[int, int, int]: ...
-
-    @property
-    def dtype(self) -> np.dtype: ...
-
-    def start(self, positions: np.ndarray, fresh: bool = False) -> PendingCubes: ...
-
-    def read(self, positions: np.ndarray, out: Any = None) -> Any: ...
 
 
 class Batch(NamedTuple):
@@ -209,41 +165,6 @@ class EpochCursor:
         self.position = Position(epoch, taken)
 
 
-class BufferRing:
-    """Output buffers of ``(batch_size, *cube_shape)`` reused batch after batch.
-
-    A buffer is reused only when nothing else refers to it: every numpy view of it (and
-    every ``torch.from_numpy`` tensor) holds a reference to it, so a batch the caller
-    still holds, or one waiting in the prefetch queue, is never overwritten; the ring
-    takes a fresh buffer instead. Reuse saves the page faults of fresh memory (a
-    batch of article cubes is 128 MB).
-    """
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, keep: int) -> None:
-        self.shape = shape
-        self.dtype = dtype
-        self.keep = keep
-        self._buffers: list[np.ndarray] = []
-        self._free_count = 0  # the reference count of a buffer only the ring holds
-        self._lock = threading.Lock()
-
-    def _references(self, slot: int) -> int:
-        return sys.getrefcount(self._buffers[slot])
-
-    def take(self, n: int) -> np.ndarray:
-        """A ``(n, *cube_shape)`` array in a buffer that nothing else refers to."""
-        with self._lock:
-            for slot in range(len(self._buffers)):
-                if self._references(slot) <= self._free_count:
-                    return self._buffers[slot][:n]
-            if len(self._buffers) < self.keep:
-                self._buffers.append(np.empty(self.shape, self.dtype))
-                # Counted the same way as above, while only the ring holds the buffer.
-                self._free_count = self._references(len(self._buffers) - 1)
-                return self._buffers[-1][:n]
-        return np.empty((n, *self.shape[1:]), self.dtype)
-
-
 class _Failure(NamedTuple):
     error: BaseException
 
@@ -297,11 +218,6 @@ def prefetched(items: Iterator[T], depth: int) -> Generator[T, None, None]:
     finally:
         stop.set()
         thread.join()
-
-
-def default_threads() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class Batches:

@@ -35,11 +35,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from daskcubes.config import Config
-from daskcubes.core.plan import CubePlan, Recipes, recipes_of
-from daskcubes.cut.cutter import CutJob, available_memory, cut_job
+from daskcubes.core.plan import CubePlan, Recipes
+from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
 from daskcubes.errors import UserError
-from daskcubes.train.batches import BufferRing, CubeSource
+from daskcubes.train.buffers import BufferRing, CubeSource
 from daskcubes.train.reader import CubeIndexing
 
 #: Batches handed out at once from one source's reused buffers: one being cut, two
@@ -323,19 +322,18 @@ class DeviceBatches:
 
 
 class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
-    """The cubes of ``config``, cut on ``device`` when read: stream mode on a device.
+    """The cubes of ``job``, cut on ``device`` when read: stream mode on a device.
 
     Reads like :class:`~daskcubes.train.stream.CubeStream` (``len``, indexing, :meth:`read`)
-    but gives ``torch`` tensors on ``device`` in the config's dtype;
+    but gives ``torch`` tensors on ``device`` in the job's dtype;
     :class:`~daskcubes.train.batches.Batches` over it cuts every batch on the device, the next
     one while the loop trains on this one. The source is uploaded on the first read.
     """
 
-    def __init__(self, config: Config, device: DeviceLike) -> None:
+    def __init__(self, job: CutJob, device: DeviceLike) -> None:
         found = usable_device(device)
-        self.config = config
         # The budget is the device's: its free memory, or max_slab_bytes.
-        self.job = cut_job(config, free_memory(found), threads=1)
+        self.job = for_workers(job, free_memory(found), threads=1)
         plan = self.job.plan
         super().__init__(found, plan.n_cubes, plan.cube_shape, np.dtype(self.job.dtype))
         self.source = DeviceSource(self.job, found)
@@ -350,7 +348,7 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
     def start(self, positions: np.ndarray, fresh: bool = False) -> Pending:
         """Begin cutting the cubes at ``positions`` on the device."""
         positions = np.asarray(positions, dtype=np.int64)
-        recipes = recipes_of(self.job.plan, positions)  # on the host, vectorised
+        recipes = job_recipes(self.job, positions)  # on the host, vectorised
         check_recipes(recipes, self.job.plan, positions, self.where)
         with self._lock, _on(self.stream):
             out = self.output(len(positions), fresh)

@@ -25,12 +25,12 @@ from bench.anchors import article_step3
 from bench.ceilings import cut_ceiling_rate
 from bench.data import Setup, on_threads, read_frames, timed
 from bench.rows import CUBES_PER_S, Key, Row
+from daskcubes import open_stream
 from daskcubes.core.kernels import gather_cubes
 from daskcubes.core.plan import recipes
 from daskcubes.cut.cutter import CutJob, cut_job, cut_range, warm_worker, worker_slab
 from daskcubes.runtime.executors import LocalExecutor
 from daskcubes.train.batches import Batches
-from daskcubes.train.stream import open_stream
 
 #: Alternating rounds of every row; each row reports its median.
 ROUNDS = 3

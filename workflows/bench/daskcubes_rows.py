@@ -10,14 +10,14 @@ import zarr
 
 from bench.data import Setup, on_threads, scratch_path
 from bench.rows import CUBES_PER_S, FILES_PER_S, Key, Row
+from daskcubes import jobs
 from daskcubes.config import Config
 from daskcubes.io.shards import write_shard
-from daskcubes.runtime import stages
 
 
 def measure_ingest(setup: Setup) -> list[Row]:
     """daskcubes ingest: parquet frame files into the frames store (writing included)."""
-    result = stages.ingest(setup.config(), mode="overwrite", show_progress=False)
+    result = jobs.ingest(setup.config(), mode="overwrite", show_progress=False)
     return [Row(Key.INGEST, result.rate, FILES_PER_S)]
 
 
@@ -25,7 +25,7 @@ def end_to_end_rate(setup: Setup, threads: int, cubes: int, dtype: str) -> float
     """Cubes per second of daskcubes ``sample`` into a fresh cube store under scratch."""
     with scratch_path(setup, "cubes.zarr") as path:
         config = setup.config(out=str(path), cubes=cubes, workers=threads, dtype=dtype)
-        return stages.sample(config, mode="overwrite", show_progress=False).rate
+        return jobs.sample(config, mode="overwrite", show_progress=False).rate
 
 
 def measure_daskcubes(setup: Setup) -> list[Row]:

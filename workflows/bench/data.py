@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from bench.rows import Workload
+from daskcubes import jobs
 from daskcubes.config import Config
 from daskcubes.core.plan import cube_columns
 from daskcubes.io.storage import Storage
 from daskcubes.io.synthetic import write_synthetic_frame
-from daskcubes.runtime import stages
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,13 @@ def scratch_path(setup: Setup, name: str) -> Iterator[Path]:
 
 def prepare(setup: Setup) -> None:
     """Synthetic parquet frames, a few CSV frames, and the daskcubes frames store."""
-    stages.generate(setup.config(synthetic=True), mode="overwrite", show_progress=False)
+    jobs.generate(setup.config(synthetic=True), mode="overwrite", show_progress=False)
     Path(setup.csv_frames).mkdir(parents=True, exist_ok=True)
     for i in range(min(setup.few, setup.n_frames)):
         write_synthetic_frame(
             setup.csv_frames, "csv", 0, i, setup.n_rows, setup.n_cols, Storage.of()
         )
-    stages.ingest(setup.config(), mode="overwrite", show_progress=False)
+    jobs.ingest(setup.config(), mode="overwrite", show_progress=False)
 
 
 def parquet_files(setup: Setup) -> list[Path]:

@@ -9,11 +9,11 @@ from bench.cut_rows import generation_rate
 from bench.data import Setup, scratch_path, timed
 from bench.probes import _peak_mib, in_fresh_process
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, importable
+from daskcubes import jobs
 from daskcubes.core.kernels import gather_cubes
 from daskcubes.cut.cutter import cut_job, load_slab
 from daskcubes.io.layout import frames_store_info
 from daskcubes.io.storage import Storage
-from daskcubes.runtime import stages
 
 #: The frames store is this many times the budget of the out-of-core run.
 OVER_BUDGET = 4
@@ -94,7 +94,7 @@ def out_of_core_in_process(setup: Setup, out: str) -> tuple[float, float, float]
     job = cut_job(config, threads=1)
     assert not job.source.whole
     before = _peak_mib()
-    stages.sample(config, mode="overwrite", show_progress=False)
+    jobs.sample(config, mode="overwrite", show_progress=False)
     batch = job.plan.batch_size * int(np.prod(job.plan.cube_shape)) * 8
     return before, _peak_mib(), (budget + batch) / 2**20
 

@@ -16,16 +16,16 @@ import tempfile
 from pathlib import Path
 
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, Workload
+from daskcubes import jobs
 from daskcubes.config import Config
-from daskcubes.runtime import stages
-from daskcubes.runtime.executors import Executor, open_executor
+from daskcubes.runtime.executors import Executor
 from daskcubes.testing import assert_stores_identical
 
 CLUSTER = {"scheduler": "distributed", "workers": 2, "threads_per_worker": 1}
 
 
 def _rate(config: Config, executor: Executor) -> float:
-    return stages.sample(config, "overwrite", show_progress=False, executor=executor).rate
+    return jobs.sample(config, "overwrite", show_progress=False, executor=executor).rate
 
 
 def measure(work: Workload, repeats: int = 5) -> list[Row]:
@@ -50,7 +50,7 @@ def measure(work: Workload, repeats: int = 5) -> list[Row]:
         }
     )
     threads_rates, cluster_rates = [], []
-    with open_executor(threaded) as on_threads, open_executor(cluster) as on_cluster:
+    with jobs.executor_for(threaded) as on_threads, jobs.executor_for(cluster) as on_cluster:
         _rate(threaded, on_threads)  # loads the slab
         _rate(cluster, on_cluster)
         for _ in range(repeats):  # interleaved, so that both see the same machine load
@@ -84,8 +84,8 @@ def make_frames_store(root: Path, n_frames: int, n_rows: int, n_cols: int) -> st
             "dim": min(100, n_rows, n_cols),
         }
     )
-    stages.generate(config, show_progress=False)
-    stages.ingest(config, show_progress=False)
+    jobs.generate(config, show_progress=False)
+    jobs.ingest(config, show_progress=False)
     return config.frames_store
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.data import Setup, scratch_path
 from bench.rows import MIB, SECONDS, Key, Row
-from daskcubes.runtime import stages
+from daskcubes import jobs
 from daskcubes.runtime.tasks import sample_job
 
 
@@ -52,7 +52,7 @@ def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
 
 def sample_in_process(setup: Setup, cubes: int, store: str) -> float:
     """Peak MiB of a whole daskcubes ``sample`` run of ``cubes`` cubes."""
-    stages.sample(setup.config(cubes=cubes, out=store), mode="overwrite", show_progress=False)
+    jobs.sample(setup.config(cubes=cubes, out=store), mode="overwrite", show_progress=False)
     return _peak_mib()
 
 

@@ -32,13 +32,11 @@ import zarr
 from bench.anchors import article_step3
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, Workload, importable
 from bench.targets import TARGETS, target_lines
-from daskcubes import open_cubes
+from daskcubes import jobs, open_cubes, open_stream
 from daskcubes.config import Config
 from daskcubes.core.plan import cube_columns
 from daskcubes.io.schema import CubeSchema
-from daskcubes.runtime import stages
 from daskcubes.train.batches import Batches
-from daskcubes.train.stream import open_stream
 
 BATCH = 16
 #: Cubes the device gather runs on the CPU: it is about ten times slower than the host's
@@ -171,7 +169,7 @@ def measure(work: Workload) -> list[Row]:
         dtype=work.dtype,
         workers=work.threads,
     )
-    stages.sample(config, mode="overwrite", show_progress=False)
+    jobs.sample(config, mode="overwrite", show_progress=False)
     try:
         store = Batches(open_cubes(config.out), BATCH, shuffle=True, seed=1, prefetch=0)
         stream = Batches(open_stream(config), BATCH, shuffle=True, seed=1, prefetch=0)
@@ -222,8 +220,8 @@ def main() -> None:
         if frames_store is None:
             frames_store = str(scratch / "frames.zarr")
             made = Config(frames=str(scratch / "frames"), frames_store=frames_store, cubes=1)
-            stages.generate(made, mode="overwrite", show_progress=False)
-            stages.ingest(made, mode="overwrite", show_progress=False)
+            jobs.generate(made, mode="overwrite", show_progress=False)
+            jobs.ingest(made, mode="overwrite", show_progress=False)
         work = Workload(frames_store, str(scratch), args.cubes, args.threads, args.dtype, 100)
         rows = [*measure(work), step3_on_frames_store(work)]
     finally:
