@@ -33,9 +33,8 @@ from bench.data import Setup
 from bench.definitions import window_shape
 from bench.probes import _peak_mib, in_fresh_process
 from bench.rows import CUBES_PER_S, SECONDS, Key, Row, importable
+from daskcubes import Batches, open_stream
 from daskcubes.core.plan import recipes_of
-from daskcubes.train.batches import Batches
-from daskcubes.train.stream import open_stream
 
 BATCH = 16
 #: Windows in every axis, for the uniform, weighted and label-balanced rows.
