@@ -53,6 +53,14 @@ class Setup:
     plan_cubes: int
     memory_cubes: tuple[int, int]
     memory_dir: str
+    #: bench.million: its small cubes, whether it runs a LocalCluster too, the seconds
+    #: after which a run counts as failed, and the article-shape runs' cubes and the
+    #: folder where their frames store is made once and kept (no such runs at 0 cubes).
+    million_cubes: int = 1_000_000
+    million_cluster: bool = True
+    million_timeout: float = 900
+    article_cubes: int = 64
+    article_root: str = "/dev/shm/daskcubes-article"
 
     def config(self, **overrides: Any) -> Config:
         """A daskcubes config on this setup's frames store, writing into scratch."""

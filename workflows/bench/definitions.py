@@ -14,6 +14,8 @@ from bench.rows import CUBES_PER_S, RATIO, Key, Row, importable
 
 #: The frames store is this many times the budget of the out-of-core run.
 OVER_BUDGET = 4
+#: Cubes per task of the out-of-core run.
+OUT_OF_CORE_TASK = 16
 
 
 def window_shape(setup: Setup) -> dict[str, int]:
@@ -81,11 +83,11 @@ def out_of_core_in_process(setup: Setup, out: str) -> tuple[float, float, float]
         row_mode="window",
         max_slab_bytes=budget,
         workers=1,
-        batch_size=16,
+        batch_size=OUT_OF_CORE_TASK,
     )
     before = _peak_mib()
     daskcubes.sample(config, mode="overwrite", progress=False)
-    batch = config.batch_size * setup.n_frames * setup.dim**2 * 8  # float64 cubes
+    batch = OUT_OF_CORE_TASK * setup.n_frames * setup.dim**2 * 8  # float64 cubes
     return before, _peak_mib(), (budget + batch) / 2**20
 
 
