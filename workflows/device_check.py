@@ -34,13 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import dask.array as da
 import numpy as np
 import torch
+from bench.data import make_frames_store, random_frames
 
-import daskcubes
-from daskcubes import Batches, open_stream
-from daskcubes.config import Config
+from daskcubes import Batches, Config, open_stream
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEATS = 2
@@ -208,15 +206,6 @@ def gpu_tests() -> str:
     return f"exit {done.returncode}: {lines[-1] if lines else done.stderr.strip()[-200:]}"
 
 
-def make_frames_store(path: Path, shapes: Shapes) -> str:
-    """A frames store of random float64 frames, one chunk per frame."""
-    shape = (shapes.n_frames, shapes.n_rows, shapes.n_cols)
-    frames = da.random.default_rng(0).random(shape, chunks=(1, shapes.n_rows, shapes.n_cols))
-    store = str(path / "frames.zarr")
-    daskcubes.ingest(frames=frames, frames_store=store, mode="overwrite", progress=False)
-    return store
-
-
 def verdicts(results: dict[str, dict[str, float]]) -> list[str]:
     lines = []
     for target in TARGETS:
@@ -248,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     try:
-        store = make_frames_store(scratch, shapes)
+        frames = random_frames(shapes.n_frames, shapes.n_rows, shapes.n_cols)
+        store = make_frames_store(str(scratch / "frames.zarr"), frames)
         results = {
             dtype: measure(store, shapes, dtype, device, args.batch, cap) for dtype in DTYPES
         }

@@ -24,9 +24,10 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from bench.data import make_frames_store, random_frames
 from torch import nn
 
-from daskcubes import Batches, jobs, load_config, open_stream
+from daskcubes import Batches, load_config, open_stream
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     config = load_config(args.config, cubes=args.cubes, frames_store=args.frames_store)
     if args.make_frames and rank == 0:
-        jobs.generate(config, mode="overwrite", show_progress=False)
-        jobs.ingest(config, mode="overwrite", show_progress=False)
+        frames = random_frames(config.n_frames, config.n_rows, config.n_cols)
+        make_frames_store(config.frames_store, frames)
     dist.barrier()
 
     stream = open_stream(config, device)  # this rank's slab, on this rank's device

@@ -16,13 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from daskcubes import Config, jobs, open_cubes
+from bench.data import make_frames_store, random_frames
+
+import daskcubes
+from daskcubes import Config, open_cubes
 from daskcubes.testing import s3_server
 
 
 def measure(out: str, config: Config, storage_options: dict[str, str]) -> tuple[float, float]:
     """Cubes/s writing ``out`` (sample stage) and reading it back whole."""
-    written = jobs.sample(config.model_copy(update={"out": out}), show_progress=False)
+    written = daskcubes.sample(config, out=out, progress=False)
     store = open_cubes(out, storage_options=storage_options)
     started = time.perf_counter()
     for start in range(0, len(store), config.shard_size):
@@ -56,8 +59,8 @@ def main() -> None:
                 dim=args.dim,
                 storage_options=options,
             )
-            jobs.generate(config, show_progress=False)
-            jobs.ingest(config, show_progress=False)
+            frames = random_frames(config.n_frames, config.n_rows, config.n_cols)
+            make_frames_store(config.frames_store, frames)
             rows = {
                 "local (tmpfs)": measure(f"{scratch}/cubes.zarr", config, options),
                 "S3 (loopback)": measure("s3://roundtrip/cubes.zarr", config, options),

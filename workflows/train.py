@@ -28,9 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from daskcubes import load_config, open_cubes, open_stream
-from daskcubes.errors import UserError
-from daskcubes.train.batches import Batches, CubeSource
+from daskcubes import (
+    Batches,
+    CubeStore,
+    CubeStream,
+    UserError,
+    load_config,
+    open_cubes,
+    open_stream,
+)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -64,7 +70,7 @@ class Autoencoder(nn.Module):
         return nn.functional.mse_loss(decoded, target)
 
 
-def source_of(args: argparse.Namespace) -> CubeSource:
+def source_of(args: argparse.Namespace) -> CubeStore | CubeStream:
     if args.store:
         return open_cubes(args.store)
     return open_stream(load_config(args.stream, cubes=args.cubes, seed=args.cube_seed))

@@ -12,7 +12,7 @@ import numpy as np
 
 from bench.data import Setup, on_threads, scratch_path
 from bench.rows import CUBES_PER_S, Key, Row
-from daskcubes.config import Config
+from daskcubes import Config
 
 FALLBACK_CACHE = 64 * 2**20  # bytes, when the machine does not say
 

@@ -1,9 +1,10 @@
 """The command line: the run's setup, the measurements in table order, and the report.
 
 Every measurement is a function ``measure(setup) -> list[Row]``; :data:`MEASUREMENTS`
-lists them in table order. Another workflow joins the table with one line,
-``joined(module.measure)``, where its ``measure(workload) -> list[Row]`` keys its rows
-by :class:`~bench.rows.Key`.
+lists them in table order, and :data:`OPT_IN` those that run only when ``--only`` names
+them (``million``: minutes, and processes of its own). Another workflow joins the table
+with one line, ``joined(module.measure)``, where its ``measure(workload) -> list[Row]``
+keys its rows by :class:`~bench.rows.Key`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from bench import (
     daskcubes_rows,
     definitions,
     distributed,
+    million,
     patches,
     probes,
     reading,
 )
 from bench.data import Setup, article_array, prepare, read_frames
 from bench.report import charts, machine, table
+from bench.rows import OPT_IN as OPT_IN_KEYS
 from bench.rows import Key, Row, Workload, derived_rows
 from bench.targets import TARGETS, target_lines
 
@@ -67,6 +70,7 @@ MEASUREMENTS: list[Measurement] = [
     joined(distributed.measure),
     joined(reading.measure),
 ]
+OPT_IN: list[Measurement] = [million.measure_million]
 
 
 def measure_threads(setup: Setup) -> dict[Key, dict[int, float]]:
@@ -115,11 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("--memory-dir", default=tempfile.gettempdir(), help="where those runs write")
     add("--scratch", default=default_scratch(), help="where data is written (deleted after)")
     add("--out", default="benchmark-results", help="folder for benchmark.json and charts")
-    names = sorted({measurement_name(measure) for measure in MEASUREMENTS})
+    names = sorted({measurement_name(measure) for measure in MEASUREMENTS + OPT_IN})
     add(
         "--only",
         help=f"comma-separated measurements to run, of {', '.join(names)}; the targets "
-        "their rows decide are checked, the threads chart is left out",
+        "their rows decide are checked, the threads chart is left out (million runs only "
+        "when named)",
+    )
+    add("--million-cubes", type=int, help="million: small cubes (default 1,000,000; quick 20,000)")
+    add("--no-cluster", action="store_true", help="million: threads only, no LocalCluster")
+    add("--million-timeout", type=float, default=900, help="million: seconds a run may take")
+    add("--article-cubes", type=int, help="million: article-shape cubes (default 64; quick 0)")
+    add(
+        "--article-root",
+        default="/dev/shm/daskcubes-article",
+        help="million: where the article-shape frames store is made once and kept",
     )
     return parser
 
@@ -147,6 +161,11 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         plan_cubes=args.plan_cubes,
         memory_cubes=(int(memory[0]), int(memory[1])),
         memory_dir=args.memory_dir,
+        million_cubes=args.million_cubes or (20_000 if quick else 1_000_000),
+        million_cluster=not args.no_cluster,
+        million_timeout=args.million_timeout,
+        article_cubes=(0 if quick else 64) if args.article_cubes is None else args.article_cubes,
+        article_root=args.article_root,
     )
 
 
@@ -155,10 +174,13 @@ def run(setup: Setup, command: str, out: Path, only: set[str] | None = None) -> 
     targets, write JSON and charts into ``out``."""
     rows: list[Row] = []
     chosen = [m for m in MEASUREMENTS if only is None or measurement_name(m) in only]
+    opted = [m for m in OPT_IN if only is not None and measurement_name(m) in only]
     threads: dict[Key, dict[int, float]] = {}
     Path(setup.scratch).mkdir(parents=True, exist_ok=True)
     try:
-        prepare(setup)
+        if chosen:  # the opt-in measurements make their own data
+            prepare(setup)
+        chosen += opted
         for measure in chosen:
             found = measure(setup)
             for row in found:
@@ -171,7 +193,12 @@ def run(setup: Setup, command: str, out: Path, only: set[str] | None = None) -> 
         shutil.rmtree(setup.scratch, ignore_errors=True)
     about = machine()
     measured = {row.key for row in rows}
-    decided = [t for t in TARGETS if only is None or t.keys <= measured]
+    # A full run decides every target but the opt-in rows' (a missing row is an error).
+    decided = [
+        t
+        for t in TARGETS
+        if t.keys <= measured or (only is None and not t.keys & OPT_IN_KEYS.keys())
+    ]
     report = [
         f"machine: {about['cores']} cores, {about['memory_gib']} GiB",
         f"command: {command}",
@@ -201,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = " ".join(["python workflows/benchmark.py", *argv])
     only = set(args.only.split(",")) if args.only else None
-    unknown = sorted((only or set()) - {measurement_name(m) for m in MEASUREMENTS})
+    unknown = sorted((only or set()) - {measurement_name(m) for m in MEASUREMENTS + OPT_IN})
     if unknown:
         build_parser().error(f"--only: unknown measurements {', '.join(unknown)}")
     run(setup_from_args(args), command, Path(args.out), only)

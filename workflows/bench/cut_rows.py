@@ -18,6 +18,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+import dask.threaded
 import numpy as np
 from dask.typing import Key as TaskKey
 
@@ -25,12 +26,10 @@ from bench.anchors import article_step3
 from bench.ceilings import cut_ceiling_rate
 from bench.data import Setup, on_threads, read_frames, timed
 from bench.rows import CUBES_PER_S, Key, Row
-from daskcubes import open_stream
+from daskcubes import Batches, jobs, open_stream
 from daskcubes.core.kernels import gather_cubes
-from daskcubes.core.plan import recipes
-from daskcubes.cut.cutter import CutJob, cut_job, cut_range, warm_worker, worker_slab
-from daskcubes.runtime.executors import LocalExecutor
-from daskcubes.train.batches import Batches
+from daskcubes.cut.cutter import cut_range, warm_worker, worker_slab
+from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
 
 #: Alternating rounds of every row; each row reports its median.
 ROUNDS = 3
@@ -39,17 +38,27 @@ LOOP_BATCH = 16
 
 
 def _job(setup: Setup, cubes: int, threads: int, **settings: Any) -> CutJob:
-    job = cut_job(setup.config(cubes=cubes, **settings), threads=threads)
+    job = for_workers(
+        jobs.cut_job(setup.config(cubes=cubes, **settings)), available_memory(), threads
+    )
     warm_worker(job)  # compiled and loaded once per worker in a real run: not the rate
     return job
 
 
+def task_bounds(job: CutJob) -> list[tuple[int, int]]:
+    """The cubes of each task of ``job``'s run, ``(start, stop)``, as its plan cuts them
+    into tasks (the one place here that knows the plan's names for them)."""
+    plan = job.plan
+    return [plan.task_bounds(t) for t in range(plan.n_tasks)]
+
+
 def kernel_rate(job: CutJob, threads: int) -> float:
-    """The kernel alone: every batch's recipes computed beforehand, then
+    """The kernel alone: every task's recipes computed beforehand, then
     ``gather_cubes`` on the worker slab into one buffer per thread."""
     plan, slab = job.plan, worker_slab(job)
-    batches = [recipes(plan, *plan.batch_bounds(b)) for b in range(plan.n_batches)]
-    buffers = [np.empty((plan.batch_size, *plan.cube_shape), job.dtype) for _ in range(threads)]
+    batches = [job_recipes(job, np.arange(*bounds)) for bounds in task_bounds(job)]
+    size = max(stop - start for start, stop in task_bounds(job))
+    buffers = [np.empty((size, *plan.cube_shape), job.dtype) for _ in range(threads)]
 
     def work(k: int) -> None:
         for batch in batches[k::threads]:
@@ -60,24 +69,24 @@ def kernel_rate(job: CutJob, threads: int) -> float:
 
 
 def cutter_rate(job: CutJob, threads: int) -> float:
-    """:func:`~daskcubes.cut.cutter.cut_range` batch by batch on threads, without dask."""
-    plan = job.plan
+    """:func:`~daskcubes.cut.cutter.cut_range` task by task on threads, without dask."""
+    tasks = task_bounds(job)
 
     def work(k: int) -> None:
-        for b in range(k, plan.n_batches, threads):
-            cut_range(job, *plan.batch_bounds(b))
+        for bounds in tasks[k::threads]:
+            cut_range(job, *bounds)
 
-    return plan.n_cubes / on_threads(threads, work)
+    return job.plan.n_cubes / on_threads(threads, work)
 
 
 def tasks_rate(job: CutJob, threads: int) -> float:
     """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads."""
     graph: dict[TaskKey, Any] = {
-        ("generate", b): (cut_range, job, *job.plan.batch_bounds(b))
-        for b in range(job.plan.n_batches)
+        ("generate", b): (cut_range, job, *bounds) for b, bounds in enumerate(task_bounds(job))
     }
-    executor = LocalExecutor("threads", threads)
-    return job.plan.n_cubes / timed(lambda: executor.run(graph, list(graph), lambda key: None))
+    # dask's threaded scheduler, as daskcubes runs its tasks on ``scheduler: threads``.
+    get = dask.threaded.get
+    return job.plan.n_cubes / timed(lambda: get(graph, list(graph), num_workers=threads))
 
 
 def generation_rate(setup: Setup, threads: int, cubes: int, **settings: Any) -> float:

@@ -8,16 +8,16 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+import daskcubes
 from bench.data import Setup, on_threads, scratch_path
 from bench.rows import CUBES_PER_S, FILES_PER_S, Key, Row
-from daskcubes import jobs
-from daskcubes.config import Config
+from daskcubes import Config
 from daskcubes.io.shards import write_shard
 
 
 def measure_ingest(setup: Setup) -> list[Row]:
     """daskcubes ingest: parquet frame files into the frames store (writing included)."""
-    result = jobs.ingest(setup.config(), mode="overwrite", show_progress=False)
+    result = daskcubes.ingest(setup.config(), mode="overwrite", progress=False)
     return [Row(Key.INGEST, result.rate, FILES_PER_S)]
 
 
@@ -25,7 +25,7 @@ def end_to_end_rate(setup: Setup, threads: int, cubes: int, dtype: str) -> float
     """Cubes per second of daskcubes ``sample`` into a fresh cube store under scratch."""
     with scratch_path(setup, "cubes.zarr") as path:
         config = setup.config(out=str(path), cubes=cubes, workers=threads, dtype=dtype)
-        return jobs.sample(config, mode="overwrite", show_progress=False).rate
+        return daskcubes.sample(config, mode="overwrite", progress=False).rate
 
 
 def measure_daskcubes(setup: Setup) -> list[Row]:

@@ -1,7 +1,15 @@
-"""What a run works on: its :class:`Setup`, the data it prepares, and small helpers."""
+"""What a run works on: its :class:`Setup`, the data it prepares, and small helpers.
+
+:func:`make_frames_store` is the one way the workflows make a frames store: through
+the public :func:`daskcubes.ingest`, from frame files or from an array such as
+:func:`random_frames`. This module imports nothing beyond what ``import daskcubes``
+imports itself, so that ``workflows/device_check.py`` can use it on a GPU machine.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -9,17 +17,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 
+import daskcubes
 from bench.rows import Workload
-from daskcubes import jobs
-from daskcubes.config import Config
+from daskcubes import Config
 from daskcubes.core.plan import cube_columns
-from daskcubes.io.storage import Storage
-from daskcubes.io.synthetic import write_synthetic_frame
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,14 @@ class Setup:
     plan_cubes: int
     memory_cubes: tuple[int, int]
     memory_dir: str
+    #: bench.million: its small cubes, whether it runs a LocalCluster too, the seconds
+    #: after which a run counts as failed, and the article-shape runs' cubes and the
+    #: folder where their frames store is made once and kept (no such runs at 0 cubes).
+    million_cubes: int = 1_000_000
+    million_cluster: bool = True
+    million_timeout: float = 900
+    article_cubes: int = 64
+    article_root: str = "/dev/shm/daskcubes-article"
 
     def config(self, **overrides: Any) -> Config:
         """A daskcubes config on this setup's frames store, writing into scratch."""
@@ -105,15 +120,59 @@ def scratch_path(setup: Setup, name: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def random_frames(n_frames: int, n_rows: int, n_cols: int, seed: int = 0) -> da.Array:
+    """``n_frames`` frames of ``n_rows`` x ``n_cols`` random float64, one chunk per frame
+    (made lazily, a frame at a time)."""
+    shape = (n_frames, n_rows, n_cols)
+    return da.random.default_rng(seed).random(shape, chunks=(1, n_rows, n_cols))
+
+
+def make_frames_store(
+    frames_store: str, frames: Any, mode: Literal["overwrite", "resume"] = "overwrite"
+) -> str:
+    """The frames store at ``frames_store``, made by :func:`daskcubes.ingest` from
+    ``frames``: a folder of frame files, or a numpy or dask array (frame, row, column).
+    ``mode="resume"`` keeps a complete store as it is. Returns ``frames_store``."""
+    daskcubes.ingest(frames=frames, frames_store=frames_store, mode=mode, progress=False)
+    return frames_store
+
+
+def write_frame_files(folder: str, frames: da.Array, fmt: str, count: int) -> None:
+    """The first ``count`` of ``frames`` as files ``frame_<i>.<fmt>`` (parquet or csv),
+    one table of named float columns each, as the article stores its frames."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        table = pd.DataFrame(np.asarray(frames[i]))
+        table.columns = [f"c{j}" for j in range(table.shape[1])]
+        if fmt == "parquet":
+            table.to_parquet(Path(folder) / f"frame_{i}.parquet", index=False)
+        else:
+            table.to_csv(Path(folder) / f"frame_{i}.csv", index=False)
+
+
 def prepare(setup: Setup) -> None:
-    """Synthetic parquet frames, a few CSV frames, and the daskcubes frames store."""
-    jobs.generate(setup.config(synthetic=True), mode="overwrite", show_progress=False)
-    Path(setup.csv_frames).mkdir(parents=True, exist_ok=True)
-    for i in range(min(setup.few, setup.n_frames)):
-        write_synthetic_frame(
-            setup.csv_frames, "csv", 0, i, setup.n_rows, setup.n_cols, Storage.of()
-        )
-    jobs.ingest(setup.config(), mode="overwrite", show_progress=False)
+    """Random parquet frames, a few of them as CSV, and their daskcubes frames store
+    (ingested from the parquet files)."""
+    frames = random_frames(setup.n_frames, setup.n_rows, setup.n_cols)
+    write_frame_files(setup.frames, frames, "parquet", setup.n_frames)
+    write_frame_files(setup.csv_frames, frames, "csv", min(setup.few, setup.n_frames))
+    make_frames_store(setup.frames_store, setup.frames)
+
+
+def store_digest(store: str) -> str:
+    """A hash of every file of a local store but the group's ``zarr.json`` (which records
+    when and how the run went), with the files' paths."""
+    digest = hashlib.blake2b(digest_size=16)
+    root = Path(store)
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if path == root / "zarr.json":
+                continue
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def parquet_files(setup: Setup) -> list[Path]:

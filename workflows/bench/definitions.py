@@ -4,19 +4,18 @@ against xbatcher, and sampling a frames store larger than the memory budget."""
 from __future__ import annotations
 
 import numpy as np
+import zarr
 
+import daskcubes
 from bench.cut_rows import generation_rate
 from bench.data import Setup, scratch_path, timed
 from bench.probes import _peak_mib, in_fresh_process
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, importable
-from daskcubes import jobs
-from daskcubes.core.kernels import gather_cubes
-from daskcubes.cut.cutter import cut_job, load_slab
-from daskcubes.io.layout import frames_store_info
-from daskcubes.io.storage import Storage
 
 #: The frames store is this many times the budget of the out-of-core run.
 OVER_BUDGET = 4
+#: Cubes per task of the out-of-core run.
+OUT_OF_CORE_TASK = 16
 
 
 def window_shape(setup: Setup) -> dict[str, int]:
@@ -40,8 +39,8 @@ def windows_rate(setup: Setup) -> float:
 def xbatcher_rate(setup: Setup) -> float:
     """Patches per second of ``xbatcher.BatchGenerator`` over ``xarray.open_zarr`` of the
     frames store, as its documentation shows (``input_dims`` the window shape), each
-    patch loaded into numpy; checks that each patch holds the values daskcubes cuts for
-    the same window."""
+    patch loaded into numpy; checks that each patch holds its window of the frames store
+    (a daskcubes cube of that window, by the cube's definition)."""
     import xarray as xr
     import xbatcher
 
@@ -63,17 +62,12 @@ def xbatcher_rate(setup: Setup) -> float:
 
 
 def _check_same_windows(setup: Setup, generator: object, patches: list[np.ndarray]) -> None:
-    info = frames_store_info(setup.frames_store, Storage.of())
-    slab = load_slab(info, Storage.of(), setup.dtype, range(info.shape[0]), range(info.shape[1]))
+    frames = zarr.open_array(setup.frames_store, path="frames", mode="r")
     selectors = generator._batch_selectors.selectors  # type: ignore[attr-defined]
     for k, patch in enumerate(patches):
         (window,) = selectors[k]
-        frame, row, col = (window[d] for d in ("frame", "row", "col"))
-        cube = np.empty((1, *patch.shape), dtype=setup.dtype)
-        frames = np.arange(frame.start, frame.stop)[None, :]
-        columns = np.arange(col.start, col.stop)[None, :]
-        gather_cubes(slab, frames, np.array([row.start]), columns, cube)
-        if not np.array_equal(cube[0], patch.astype(setup.dtype)):
+        cube = np.asarray(frames[tuple(window[d] for d in ("frame", "row", "col"))])
+        if not np.array_equal(cube.astype(setup.dtype), patch.astype(setup.dtype)):
             raise AssertionError(f"xbatcher patch {k} differs from daskcubes' cube of {window}")
 
 
@@ -89,13 +83,11 @@ def out_of_core_in_process(setup: Setup, out: str) -> tuple[float, float, float]
         row_mode="window",
         max_slab_bytes=budget,
         workers=1,
-        batch_size=16,
+        task_size=OUT_OF_CORE_TASK,
     )
-    job = cut_job(config, threads=1)
-    assert not job.source.whole
     before = _peak_mib()
-    jobs.sample(config, mode="overwrite", show_progress=False)
-    batch = job.plan.batch_size * int(np.prod(job.plan.cube_shape)) * 8
+    daskcubes.sample(config, mode="overwrite", progress=False)
+    batch = OUT_OF_CORE_TASK * setup.n_frames * setup.dim**2 * 8  # float64 cubes
     return before, _peak_mib(), (budget + batch) / 2**20
 
 

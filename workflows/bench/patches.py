@@ -33,9 +33,8 @@ from bench.data import Setup
 from bench.definitions import window_shape
 from bench.probes import _peak_mib, in_fresh_process
 from bench.rows import CUBES_PER_S, SECONDS, Key, Row, importable
-from daskcubes import open_stream
-from daskcubes.core.plan import recipes_of
-from daskcubes.train.batches import Batches
+from daskcubes import Batches, open_stream
+from daskcubes.cut.job import job_recipes
 
 BATCH = 16
 #: Windows in every axis, for the uniform, weighted and label-balanced rows.
@@ -121,7 +120,7 @@ def plan_weighted(setup: Setup, maps: tuple[str, str], n: int) -> tuple[float, f
     started = time.perf_counter()
     stream = open_stream(daskcubes_config(setup, "weighted", maps, n))
     summarised = time.perf_counter()
-    recipes_of(stream.job.plan, np.arange(n))
+    job_recipes(stream.job, np.arange(n))
     return summarised - started, time.perf_counter() - summarised
 
 

@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+import daskcubes
 from bench.anchors import article_step3
+from bench.data import make_frames_store, random_frames
 from bench.rows import CUBES_PER_S, RATIO, Key, Row, Workload, importable
 from bench.targets import TARGETS, target_lines
-from daskcubes import jobs, open_cubes, open_stream
-from daskcubes.config import Config
+from daskcubes import Batches, Config, open_cubes, open_stream
 from daskcubes.core.plan import cube_columns
-from daskcubes.io.schema import CubeSchema
-from daskcubes.train.batches import Batches
 
 BATCH = 16
 #: Cubes the device gather runs on the CPU: it is about ten times slower than the host's
@@ -73,10 +72,12 @@ def fromfile_batches(config: Config, batches: list[np.ndarray]) -> Callable[[], 
     store = open_cubes(config.out)
     count = int(np.prod(store.cube_shape))
     nbytes = count * store.dtype.itemsize
-    schema = CubeSchema.from_attrs(store.attrs["plan"])
+    # The cubes array's grid is its shards' (zarr's sharding codec): its key of a grid
+    # cell is the shard's file.
+    metadata = store.cubes.metadata
 
     def shard_file(shard: int) -> Path:
-        return Path(config.out) / schema.shard_key(shard)
+        return Path(config.out) / "cubes" / metadata.encode_chunk_key((shard, 0, 0, 0))
 
     def run() -> None:
         for indices in batches:
@@ -169,7 +170,7 @@ def measure(work: Workload) -> list[Row]:
         dtype=work.dtype,
         workers=work.threads,
     )
-    jobs.sample(config, mode="overwrite", show_progress=False)
+    daskcubes.sample(config, mode="overwrite", progress=False)
     try:
         store = Batches(open_cubes(config.out), BATCH, shuffle=True, seed=1, prefetch=0)
         stream = Batches(open_stream(config), BATCH, shuffle=True, seed=1, prefetch=0)
@@ -218,10 +219,10 @@ def main() -> None:
     try:
         frames_store = args.frames_store
         if frames_store is None:
-            frames_store = str(scratch / "frames.zarr")
-            made = Config(frames=str(scratch / "frames"), frames_store=frames_store, cubes=1)
-            jobs.generate(made, mode="overwrite", show_progress=False)
-            jobs.ingest(made, mode="overwrite", show_progress=False)
+            # The default preset's frames: 100 of 1000 x 1000.
+            frames_store = make_frames_store(
+                str(scratch / "frames.zarr"), random_frames(100, 1000, 1000)
+            )
         work = Workload(frames_store, str(scratch), args.cubes, args.threads, args.dtype, 100)
         rows = [*measure(work), step3_on_frames_store(work)]
     finally:

@@ -78,6 +78,41 @@ class Key(StrEnum):
     MONAI_GRID = "patches: MONAI GridPatchDataset"
     MONAI_WEIGHTED = "patches: MONAI RandWeightedCropd"
     MONAI_LABELS = "patches: MONAI RandCropByPosNegLabeld"
+    # bench.million (``--only million``): threads are 2 threads; a LocalCluster is 2
+    # workers x 1 thread, its scheduler in the driver process.
+    MILLION_CUBES = "many small cubes: cubes per run"
+    MILLION_TASKS = "many small cubes: tasks per run"
+    MILLION_THREADS_FINISHED = "many small cubes, threads: finished (1 yes, 0 no)"
+    MILLION_THREADS_SECONDS = "many small cubes, threads: sample time"
+    MILLION_THREADS_TASKS_PER_S = "many small cubes, threads: tasks/s"
+    MILLION_THREADS_PER_TASK = "many small cubes, threads: time per task"
+    MILLION_THREADS_DRIVER_PEAK = "many small cubes, threads: driver peak RSS"
+    MILLION_THREADS_WORKER_PEAK = "many small cubes, threads: peak RSS of the largest worker"
+    MILLION_CLUSTER_FINISHED = "many small cubes, LocalCluster: finished (1 yes, 0 no)"
+    MILLION_CLUSTER_SECONDS = "many small cubes, LocalCluster: sample time"
+    MILLION_CLUSTER_TASKS_PER_S = "many small cubes, LocalCluster: tasks/s"
+    MILLION_CLUSTER_PER_TASK = "many small cubes, LocalCluster: time per task"
+    MILLION_CLUSTER_DRIVER_PEAK = "many small cubes, LocalCluster: driver peak RSS"
+    MILLION_CLUSTER_WORKER_PEAK = "many small cubes, LocalCluster: peak RSS of the largest worker"
+    MILLION_CLUSTER_VS_THREADS = "many small cubes: LocalCluster time / threads time"
+    MILLION_CLUSTER_IDENTICAL = (
+        "many small cubes: LocalCluster store identical to threads (1 yes, 0 no)"
+    )
+    MILLION_RECORD_SAVE = "completion record: one save at the kill's state"
+    MILLION_RECORD_BYTES = "completion record: the group's zarr.json at the kill"
+    MILLION_RECORD_RANGES = "completion record: shard ranges at the kill"
+    MILLION_KILLED_AT = "resume after SIGKILL: shards recorded at the kill"
+    MILLION_REDONE = "resume after SIGKILL: batches redone"
+    MILLION_REDONE_SHARE = "resume after SIGKILL: share of batches redone"
+    MILLION_IDENTICAL = "resume after SIGKILL: identical to the clean run (1 yes, 0 no)"
+    MILLION_VERIFY = "verify of the resumed store"
+    MILLION_ARTICLE_THREADS = "article shapes, threads: rate"
+    MILLION_ARTICLE_THREADS_HOURS = "article shapes, threads: a million cubes projected"
+    MILLION_ARTICLE_CLUSTER = "article shapes, LocalCluster: rate"
+    MILLION_ARTICLE_CLUSTER_HOURS = "article shapes, LocalCluster: a million cubes projected"
+    MILLION_ARTICLE_STREAM = "article shapes, stream mode: rate"
+    MILLION_ARTICLE_STREAM_HOURS = "article shapes, stream mode: a million cubes projected"
+    MILLION_ARTICLE_BYTES = "article shapes: 1,000,000 cubes stored"
 
 
 ARTICLE = "the article's ladder"
@@ -85,6 +120,7 @@ BASELINE = "other baselines"
 DASKCUBES = "daskcubes"
 CEILING = "the machine's ceilings"
 PATCH_LIBRARIES = "3-D patch libraries"
+MILLION = "a million cubes"
 
 GROUP: dict[Key, str] = {
     **dict.fromkeys(
@@ -108,7 +144,12 @@ GROUP: dict[Key, str] = {
         [key for key in Key if key.name.startswith(("TORCHIO_", "MONAI_"))], PATCH_LIBRARIES
     ),
 }
+GROUP.update({key: MILLION for key in Key if key.name.startswith("MILLION_")})
 GROUP.update({key: DASKCUBES for key in Key if key not in GROUP})
+
+#: Rows measured only when ``--only`` names their measurement (it takes minutes and
+#: processes of its own), by that measurement's name.
+OPT_IN: dict[Key, str] = {key: "million" for key in Key if key.name.startswith("MILLION_")}
 
 #: The module a row needs beyond the README's test line: without it the row is skipped.
 NEEDS: dict[Key, str] = {

@@ -140,6 +140,36 @@ TARGETS: list[Target] = [
     ),
     Target("planning peak memory <= 1 GiB", Key.PLAN_MEMORY, None, 1024, at_most=True),
     Target(
+        "a million small cubes in 62,500 tasks on threads <= 40 s",
+        Key.MILLION_THREADS_SECONDS,
+        None,
+        40,
+        at_most=True,
+    ),
+    Target(
+        "a million small cubes: LocalCluster <= 1.5x threads",
+        Key.MILLION_CLUSTER_VS_THREADS,
+        None,
+        1.5,
+        at_most=True,
+    ),
+    *(
+        Target(f"a million small cubes: {name} <= 1 GiB", key, None, 1024, at_most=True)
+        for name, key in (
+            ("threads' driver peak RSS", Key.MILLION_THREADS_DRIVER_PEAK),
+            ("LocalCluster's driver (and scheduler) peak RSS", Key.MILLION_CLUSTER_DRIVER_PEAK),
+        )
+    ),
+    Target(
+        "resume after SIGKILL at ~50%: <= 2% of batches redone",
+        Key.MILLION_REDONE_SHARE,
+        None,
+        2,
+        at_most=True,
+    ),
+    Target("resume after SIGKILL: byte-identical", Key.MILLION_IDENTICAL, None, 1),
+    Target("verify of the million-cube store <= 30 s", Key.MILLION_VERIFY, None, 30, at_most=True),
+    Target(
         "peak memory, larger run <= 1.2x smaller run",
         Key.MEMORY_LARGE,
         Key.MEMORY_SMALL,
