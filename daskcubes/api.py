@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from pydantic import ValidationError
 
@@ -140,6 +140,18 @@ def sample(
 ) -> StageResult:
     """Cut the cubes of the settings from the frames store into the cube store (``out``)."""
     return _stage(jobs.sample, config, client, mode, progress, settings)
+
+
+@overload
+def open_stream(
+    config: ConfigLike = None, device: None = None, gather: Gather | None = None, **settings: Any
+) -> CubeStream: ...
+
+
+@overload
+def open_stream(
+    config: ConfigLike, device: Any, gather: Gather | None = None, **settings: Any
+) -> CubeStream | DeviceStream | OnDevice: ...
 
 
 def open_stream(

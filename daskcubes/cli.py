@@ -243,7 +243,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _describe_os_error(error: OSError) -> str:
-    where = f"{error.filename}: " if error.filename else ""
+    where = f"{error.filename}: " if error.filename else ""  # a file, or the store written
     text = f"{where}{error.strerror or error}"
     if error.errno == errno.ENOSPC:
         text += "; free some space, then run the same command with --resume to finish"

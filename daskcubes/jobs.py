@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from daskcubes.config import Config
 from daskcubes.cut.job import CutJob, plan_cut
@@ -171,6 +171,18 @@ def run(
         results.append(sample(config, mode, show_progress, on))
     results[0] = replace(results[0], startup=results[0].startup + opened)
     return RunResult(results)
+
+
+@overload
+def open_stream(
+    config: Config, device: None = None, gather: Gather | None = None
+) -> CubeStream: ...
+
+
+@overload
+def open_stream(
+    config: Config, device: Any, gather: Gather | None = None
+) -> CubeStream | DeviceStream | OnDevice: ...
 
 
 def open_stream(

@@ -83,6 +83,13 @@ class ActOnDone:
         self._action = action
         self._at = set(at)
 
+    @property
+    def where(self) -> str:
+        return self._executor.where
+
+    def close(self) -> None:
+        """The cluster is the caller's: left running."""
+
     def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
         done = 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,6 +13,7 @@ from daskcubes import jobs
 from daskcubes.io.layout import mark_complete, open_group, store_attrs
 from daskcubes.io.progress import ProgressRecord, from_ranges, recorded_progress, to_ranges
 from daskcubes.io.storage import Storage
+from daskcubes.runtime import stages
 from tests.conftest import small_config
 
 units = st.lists(st.integers(0, 200), max_size=60)
@@ -44,3 +46,21 @@ def test_saves_between_finishes_record_every_unit(tmp_path: Path) -> None:
     assert recorded_progress(reopened) == {"shards": {0, 1, 2, 5, 7, 9}, "recipes": {0}}
     assert ProgressRecord(config.out, storage).done == recorded_progress(reopened)
     mark_complete(config.out, storage)
+
+
+def test_without_a_terminal_progress_is_a_line_now_and_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Into a log file (stderr is no terminal here) a run writes whole lines, not redraws:
+    one at the end, and one per interval before it."""
+    config = small_config(tmp_path, task_size=4)
+    jobs.run(config, show_progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    ends = [line for line in err.splitlines() if line.startswith("daskcubes: sample: ")]
+    assert ends == ["daskcubes: sample: 11 of 11 tasks (100%)" + ends[0].split("(100%)")[1]]
+    monkeypatch.setattr(stages, "LOG_INTERVAL", 0.0)  # a line for every task
+    jobs.sample(config, mode="overwrite", show_progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len([line for line in lines if line.startswith("daskcubes: sample: ")]) == 12
+    assert "\r" not in "".join(lines)

@@ -204,12 +204,13 @@ def test_full_disk_ends_with_one_line_and_resumes_once_space_is_freed(
     frames_ready: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = [*frame_args(frames_ready), "--cubes", "400", "--shard-size", "4"]
-    args += ["--batch-size", "4"]
+    args += ["--task-size", "4"]
     full = [*args, "--out", str(small_disk / "cubes.zarr")]  # 400 x 12 KiB = 4.8 MB > 3 MiB
     assert main(["sample", *full]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "No space left on device" in err and "--resume" in err
+    assert f"cube store '{small_disk / 'cubes.zarr'}'" in err  # names the store being written
     assert not json.loads((small_disk / "cubes.zarr" / "zarr.json").read_text())["attributes"][
         "daskcubes"
     ]["complete"]

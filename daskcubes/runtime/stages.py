@@ -12,7 +12,10 @@ finish it (``resume``).
 
 from __future__ import annotations
 
+import errno
 import html
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -21,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 from dask.typing import Key
-from tqdm import tqdm
+from tqdm.auto import tqdm as auto_tqdm
 
 from daskcubes.cut.cutter import warm_worker
 from daskcubes.cut.job import for_workers
@@ -214,10 +217,51 @@ class _Watch:
         self._published = time.monotonic()
 
 
+#: Least seconds between two lines of progress where stderr is not a terminal.
+LOG_INTERVAL = 30.0
+
+
+class _ProgressLines:
+    """Progress as a line now and then (every :data:`LOG_INTERVAL` seconds, and at the
+    end), for a log file or a batch job's output, where a redrawn bar would leave
+    thousands of redraws."""
+
+    def __init__(self, total: int, what: str) -> None:
+        self.total, self.what, self.done = total, what, 0
+        self.started = self.written = time.monotonic()
+
+    def update(self) -> None:
+        self.done += 1
+        if time.monotonic() - self.written >= LOG_INTERVAL:
+            self.write()
+
+    def write(self) -> None:
+        seconds = time.monotonic() - self.started
+        rate = self.done / seconds if seconds > 0 else 0.0
+        left = f", {(self.total - self.done) / rate:.0f} s left" if rate > 0 else ""
+        share = self.done / self.total if self.total else 1.0
+        print(
+            f"daskcubes: {self.what}: {self.done} of {self.total} tasks ({share:.0%}), "
+            f"{rate:.1f} tasks/s{left if self.done < self.total else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.written = time.monotonic()
+
+
 @contextmanager
 def _progress_bar(total: int, what: str, enabled: bool) -> Iterator[Callable[[], object]]:
-    with tqdm(total=total, desc=what, unit="task", disable=not enabled, leave=False) as bar:
-        yield bar.update
+    """A progress bar in a terminal or a notebook (tqdm's auto mode picks the widget);
+    elsewhere a line now and then; nothing when not ``enabled``."""
+    if not enabled:
+        yield lambda: None
+    elif sys.stderr.isatty() or "ipykernel" in sys.modules:
+        with auto_tqdm(total=total, desc=what, unit="task", leave=False) as bar:
+            yield bar.update
+    else:
+        lines = _ProgressLines(total, what)
+        yield lines.update
+        lines.write()
 
 
 @dataclass(frozen=True)
@@ -284,6 +328,13 @@ def run_stage(stage: Stage[Any], options: StageOptions) -> StageResult:
             seconds = time.perf_counter() - started
             held.confirm()
             stage.finish()
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            # A full disk stops any task, which rarely knows the store it was writing.
+            raise OSError(
+                error.errno, os.strerror(error.errno), f"{stage.what} '{stage.path}'"
+            ) from error
         except StorageUnavailable as error:
             raise UserError(
                 f"{stage.what} '{stage.path}': storage {error.endpoint} did not answer for "

@@ -36,8 +36,8 @@ def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
     frames store's facts) and the task graph of a fresh run.
 
     The public API plans and runs in one call, so this row calls :mod:`daskcubes.jobs`
-    and the runtime layer's :mod:`daskcubes.runtime.tasks`; what the store's creation adds (writing its metadata)
-    does not grow with the cubes."""
+    and the runtime layer's :mod:`daskcubes.runtime.tasks`; what the store's creation
+    adds (writing its metadata) does not grow with the cubes."""
     started = time.perf_counter()
     config = setup.config(cubes=setup.plan_cubes, out=store)
     job = SampleJob(jobs.cut_job(config), config.out)
