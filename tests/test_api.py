@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import daskcubes
-from daskcubes.runtime.executors import DistributedExecutor
+from daskcubes.runtime.executors import DistributedExecutor, create_executor
 from daskcubes.testing import assert_stores_identical
 from tests.conftest import small_config
 
@@ -87,3 +89,54 @@ def test_importing_daskcubes_imports_no_torch(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_open_stream_takes_what_the_stages_take(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    daskcubes.run(config, progress=False)
+    stored = daskcubes.open_cubes(config.out)[:]
+    assert daskcubes.open_stream(config)[:].tobytes() == stored.tobytes()
+    overridden = daskcubes.open_stream(config, cubes=8)
+    assert len(overridden) == 8 and overridden[:].tobytes() == stored[:8].tobytes()
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(json.dumps(config.model_dump(mode="json")))  # JSON is YAML
+    by_file = daskcubes.open_stream(str(preset), cubes=8)
+    assert by_file[:].tobytes() == stored[:8].tobytes()
+
+
+def test_open_stream_of_a_cube_store_says_what_opens_stores(tmp_path: Path) -> None:
+    config = small_config(tmp_path)
+    daskcubes.run(config, progress=False)
+    with pytest.raises(
+        daskcubes.UserError,
+        match=r"^'[^']*cubes.zarr' is a zarr store, not a "
+        r"config: daskcubes.open_cubes\(.*\) opens cube stores[^\n]*$",
+    ):
+        daskcubes.open_stream(config.out)
+
+
+def test_errors_from_python_name_the_setting_and_quote_it_short(tmp_path: Path) -> None:
+    with pytest.raises(daskcubes.UserError) as raised:
+        daskcubes.sample(small_config(tmp_path), cubes=-3, progress=False)
+    assert str(raised.value).startswith("setting 'cubes': Input should be greater than")
+    assert "command line" not in str(raised.value)
+    arrays = {"a": np.zeros((3, 40, 40)), "b": np.ones((3, 40, 40))}
+    with pytest.raises(daskcubes.UserError) as raised:
+        daskcubes.ingest(frames_store=arrays, progress=False)  # type: ignore[arg-type]
+    message = str(raised.value)
+    assert message.startswith("setting 'frames_store': Input should be a valid string (got {")
+    assert "\n" not in message and len(message) < 200
+    with pytest.raises(daskcubes.UserError, match=r"^setting 'cubes': .*\(got -3\)$"):
+        daskcubes.load_config(cubes=-3)
+
+
+def test_an_executor_is_built_from_its_name(tmp_path: Path) -> None:
+    threads = create_executor("threads", workers=2)
+    assert threads.worker_threads() == 2 and threads.where == "this threads run"
+    threads.close()
+    with pytest.raises(
+        ValueError,
+        match=r"^Unrecognized executor name: 'spark'; expected one of "
+        r"sync, threads, processes, distributed$",
+    ):
+        create_executor("spark")

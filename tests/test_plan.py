@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from daskcubes import jobs
 from daskcubes.cli import main
 from daskcubes.config import Config, load_config
 from daskcubes.core import draws
+from daskcubes.core.definition import Definition
 from daskcubes.core.plan import (
     AUTO_MIN_TASKS,
     LEGACY_RECIPE,
@@ -27,6 +29,7 @@ from daskcubes.core.plan import (
 )
 from daskcubes.cut import job as job_module
 from daskcubes.errors import UserError
+from daskcubes.io.schema import CubeSchema
 from daskcubes.train.reader import open_cubes
 from tests.conftest import small_config
 
@@ -284,3 +287,22 @@ def test_a_bad_task_size_names_the_setting(value: object) -> None:
         load_config(task_size=value)
     assert load_config(task_size="12").task_size == 12
     assert load_config(batch_size="12").task_size == 12  # its documented older name
+
+
+def test_the_definition_has_one_spelling() -> None:
+    """Settings, a store's attributes and the plan go through to_dict/from_dict."""
+    defined = Definition(
+        frame_mode="window",
+        row_mode="window",
+        column_mode="window",
+        labels="labels.zarr",
+        label_ratios=((0, 1.0), (2, 3.0)),
+        label_fraction=0.25,
+    )
+    assert Definition.from_dict(defined.to_dict()) == defined
+    assert json.loads(json.dumps(defined.to_dict())) == defined.to_dict()
+    config = load_config(**{**defined.to_dict(), "label_ratios": {"2": 3, "0": 1}})
+    assert config.definition == defined
+    assert Definition.from_dict({"n_cubes": 3}) == Definition()  # older stores: the article's
+    schema = CubeSchema(plan(definition=defined, depth=3), "float64", "none", "digest")
+    assert CubeSchema.from_attrs(schema.attrs()).plan.definition == defined
