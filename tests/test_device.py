@@ -30,8 +30,7 @@ from daskcubes.train.device import (  # noqa: E402
     OnDevice,
     cube_index,
 )
-from tests.conftest import small_config  # noqa: E402
-from tests.test_definitions import DEFINITIONS  # noqa: E402
+from tests.helpers import DEFINITIONS, small_config  # noqa: E402
 
 #: Every device the tests cut on: the CPU always, CUDA where a GPU is (marked ``gpu``).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -37,9 +37,17 @@ from daskcubes.io.storage import Storage
 from daskcubes.runtime import stages
 from daskcubes.runtime.executors import DistributedExecutor, LocalExecutor, OnDone
 from daskcubes.testing import OutageProxy, s3_server, store_files
-from tests.conftest import small_config
-from tests.test_distributed import DASK, ActOnDone, dask_processes
-from tests.test_s3 import KEY, SECRET, _with_bucket, recorded_shards, remote_files
+from tests.helpers import (
+    DASK,
+    KEY,
+    SECRET,
+    ActOnDone,
+    dask_processes,
+    recorded_shards,
+    remote_files,
+    small_config,
+    with_bucket,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +59,7 @@ FRAMES_STORE = "s3://cubes/frames.zarr"
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An S3 server with a bucket 'cubes' holding a small frames store (3 x 20 x 30)."""
     with s3_server() as url:
-        for ready in _with_bucket(url):
+        for ready in with_bucket(url):
             frames = tmp_path_factory.mktemp("frames") / "frames"
             args = ["--frames", str(frames), "--frames-store", FRAMES_STORE, "--quiet"]
             args += ["--n-frames", "3", "--n-rows", "20", "--n-cols", "30", "--dim", "8"]

@@ -28,7 +28,7 @@ from daskcubes.cut import cutter
 from daskcubes.errors import UserError
 from daskcubes.runtime import stages
 from daskcubes.train.reader import open_cubes
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 def plan(**overrides: Any) -> CubePlan:

@@ -17,7 +17,7 @@ from daskcubes.runtime import stages
 from daskcubes.train.batches import Batches, BatchPlan, prefetched
 from daskcubes.train.reader import CubeStore
 from daskcubes.train.stream import open_stream
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from daskcubes import open_cubes
 from daskcubes.config import Config
 from daskcubes.runtime import stages
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 # CI installs torch; skip only where it is not installed at all.
 torch = pytest.importorskip("torch")

@@ -18,9 +18,7 @@ from daskcubes.errors import UserError
 from daskcubes.runtime import stages
 from daskcubes.testing import assert_stores_identical, expected_cubes
 from daskcubes.train.stream import open_stream
-from tests.conftest import small_config
-from tests.test_pipeline import source_frames
-from tests.test_workflow import small_args
+from tests.helpers import small_args, small_config, source_frames
 
 #: Frames of 6 x 30 x 20; axes with strides, overlaps (stride < size) and both edges.
 GRIDS: dict[str, dict[str, Any]] = {
