@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +248,72 @@ def dask_processes(root: Path, commands: list[list[str]], n_workers: int) -> Ite
         yield address
     finally:
         _stop(processes)
+
+
+# -- a run killed mid-way, for certain --------------------------------------------------
+
+#: ``python -c`` code that runs ``python -m daskcubes.workflow ARGS`` (``argv[3:]``) whose
+#: driver, once its completion record holds ``argv[1]`` shards, saves the record, touches
+#: the file ``argv[2]`` and sleeps: the run can then neither finish nor mark its store
+#: complete before it is killed (the task threads may still write shards the record lacks,
+#: as in a run killed between two saves).
+_STOPS_AT_SHARDS = """
+import runpy, sys, time
+from pathlib import Path
+from daskcubes.io.progress import ProgressRecord
+
+at, stopped = int(sys.argv[1]), Path(sys.argv[2])
+finished = ProgressRecord.finished
+
+def finished_then_stop(self, kind, units):
+    finished(self, kind, units)
+    if kind == "shards" and len(self.done[kind]) >= at:
+        self.save()
+        stopped.touch()
+        time.sleep(3600)
+
+ProgressRecord.finished = finished_then_stop
+sys.argv = ["daskcubes.workflow", *sys.argv[3:]]
+runpy.run_module("daskcubes.workflow", run_name="__main__", alter_sys=True)
+"""
+
+
+@dataclass(frozen=True)
+class Killed:
+    """How a run meant to be killed mid-way ended."""
+
+    #: Its exit status: ``-signal.SIGKILL`` once killed.
+    status: int
+    #: Whether its driver had stopped at the shard count asked for when it was killed.
+    stopped: bool
+    #: What it printed (stdout and stderr).
+    output: str
+
+
+def kill_mid_run(args: list[str], at_shards: int, root: Path, timeout: float = 120) -> Killed:
+    """Run ``python -m daskcubes.workflow ARGS`` in a process group of its own, stop its
+    driver once ``at_shards`` shards are in the completion record, and SIGKILL the group;
+    a run that ends before it stops is not killed, one that does not stop within
+    ``timeout`` seconds is killed then (``stopped`` is then false). Files go under ``root``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    stopped, log = root / "stopped", root / "killed.log"
+    command = [sys.executable, "-c", _STOPS_AT_SHARDS, str(at_shards), str(stopped), *args]
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, "PYTHONPATH": path},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not stopped.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    return Killed(process.returncode, stopped.exists(), log.read_text())
