@@ -8,7 +8,8 @@ import pytest
 
 from daskcubes.config import Config
 from daskcubes.runtime.executors import DistributedExecutor, open_executor
-from tests.helpers import DASHBOARD, EXECUTORS, small_config
+from daskcubes.testing import s3_server
+from tests.helpers import DASHBOARD, EXECUTORS, small_config, with_bucket
 
 
 def cuda_available() -> bool:
@@ -63,3 +64,12 @@ def executor_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
         cluster: DistributedExecutor = request.getfixturevalue("local_cluster")
         settings = {**settings, "scheduler": cluster.client.scheduler_info()["address"]}
     return settings
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One S3-compatible server (moto's, in its own process) on loopback for the session
+    (for each xdist worker), with a bucket 'cubes' and the test credentials in the
+    environment, as users keep them; each test keeps to a prefix of its own."""
+    with s3_server() as url:
+        yield from with_bucket(url)

@@ -51,15 +51,15 @@ def test_a_small_run_kills_resumes_and_verifies(
         return million.Run(killed.status, math.nan, 0.0, 0.0, 0.0, killed.output)
 
     monkeypatch.setattr(million, "run_sample", killed_mid_way)
-    rows = million.measure(tmp_path, cubes=800, cluster=False)
+    rows = million.measure(tmp_path, cubes=3000, cluster=False)
     values = {key: value for key, value, _ in rows}
     assert len(values) == len(rows), "row keys are unique"
-    assert values[million.TASKS] == 50  # 800 cubes in tasks of 16
+    assert values[million.TASKS] == 188  # 3000 cubes in tasks of 16
     assert values[million.THREADS.finished] == 1
 
     [(killed, recorded, complete)] = kills
     assert killed.stopped and killed.status == -signal.SIGKILL, killed.output
-    assert 25 <= recorded < 50, "killed half-way, at the shards it was stopped at"
+    assert 94 <= recorded < 188, "killed half-way, at the shards it was stopped at"
     assert not complete, "the store was not complete when it was killed"
     assert values[million.KILLED_AT] == recorded
     assert values[million.IDENTICAL] == 1, "the resumed store equals the clean one"

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +18,21 @@ import xarray as xr
 from daskcubes import open_cubes
 from daskcubes.cli import main
 from daskcubes.testing import s3_server, store_files
-from tests.helpers import KEY, SECRET, recorded_shards, remote_files, with_bucket
+from tests.helpers import KEY, SECRET, recorded_shards, remote_files
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """An S3 server with a bucket 'cubes'; credentials in the environment, as users keep them."""
-    with s3_server() as url:
-        yield from with_bucket(url)
+@pytest.fixture
+def endpoint(s3_endpoint: str) -> str:
+    """The session's S3 server (a bucket 'cubes'; credentials in the environment)."""
+    return s3_endpoint
 
 
 @pytest.fixture
 def bucket(endpoint: str, request: pytest.FixtureRequest) -> str:
     """A fresh prefix of the bucket for one test."""
-    return f"s3://cubes/{request.node.name}"
+    return f"s3://cubes/s3/{request.node.name}"
 
 
 def options(endpoint: str) -> str:
