@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -8,56 +7,10 @@ from typing import Any
 import pytest
 
 from daskcubes import jobs
-from daskcubes.config import PRESETS, Config
+from daskcubes.config import Config
 from daskcubes.runtime.executors import DistributedExecutor
-
-#: Names of the shipped presets (``--config NAME``).
-PRESET_NAMES = sorted(
-    p.name.removesuffix(".yaml") for p in PRESETS.iterdir() if p.name.endswith(".yaml")
-)
-#: The default dashboard host with any free port, so that runs never collide.
-DASHBOARD = Config.model_validate({}).dashboard_address.rsplit(":", 1)[0] + ":0"
-#: The executor matrix: settings that run a job on each executor (batch sizes differ too:
-#: they must not change the store). ``distributed`` runs on the session's LocalCluster.
-EXECUTORS: dict[str, dict[str, Any]] = {
-    "sync": {"scheduler": "sync", "task_size": 4},
-    "threads": {"scheduler": "threads", "workers": 3, "task_size": 4},
-    "processes": {"scheduler": "processes", "workers": 2, "task_size": 16},
-    "distributed": {"task_size": 8},
-}
-
-
-def small_config(root: Path, **overrides: Any) -> Config:
-    """Settings of a small run whose files all live under ``root``."""
-    values: dict[str, Any] = {
-        "frames": str(root / "frames"),
-        "frames_store": str(root / "frames.zarr"),
-        "out": str(root / "cubes.zarr"),
-        "n_frames": 5,
-        "n_rows": 12,
-        "n_cols": 20,
-        "cubes": 40,
-        "dim": 6,
-        "seed": 7,
-        "shard_size": 4,
-        "task_size": 8,
-        "scheduler": "sync",
-    }
-    return Config(**{**values, **overrides})
-
-
-def cli_args(config: Config) -> list[str]:
-    """Command-line options that give ``config``."""
-    args = []
-    for name, value in config.model_dump().items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, dict):
-            args += [flag, json.dumps(value)]
-        elif value is not None:
-            args += [flag, str(value)]
-    return [*args, "--quiet"]
+from daskcubes.testing import s3_server
+from tests.helpers import DASHBOARD, EXECUTORS, small_config, with_bucket
 
 
 def cuda_available() -> bool:
@@ -112,3 +65,12 @@ def executor_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
         cluster: DistributedExecutor = request.getfixturevalue("local_cluster")
         settings = {**settings, "scheduler": cluster.client.scheduler_info()["address"]}
     return settings
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One S3-compatible server (moto's, in its own process) on loopback for the session
+    (for each xdist worker), with a bucket 'cubes' and the test credentials in the
+    environment, as users keep them; each test keeps to a prefix of its own."""
+    with s3_server() as url:
+        yield from with_bucket(url)

@@ -16,7 +16,7 @@ import pytest
 import daskcubes
 from daskcubes.runtime.executors import DistributedExecutor, create_executor
 from daskcubes.testing import assert_stores_identical
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 def settings(root: Path, **overrides: Any) -> dict[str, Any]:

@@ -20,9 +20,7 @@ from daskcubes.cut.job import for_workers
 from daskcubes.errors import UserError
 from daskcubes.io.schema import CubeSchema
 from daskcubes.testing import assert_stores_identical, expected_cubes, store_files
-from tests.conftest import DASHBOARD, cli_args, small_config
-from tests.test_pipeline import source_frames
-from tests.test_workflow import small_args
+from tests.helpers import DASHBOARD, DEFINITIONS, cli_args, small_args, small_config, source_frames
 
 
 def store_digest(path: str | Path) -> str:
@@ -58,31 +56,6 @@ def test_the_default_definition_makes_the_same_bytes_as_before(tmp_path: Path, n
     config = small_config(tmp_path, **overrides)
     jobs.run(config, show_progress=False)
     assert store_digest(config.out) == digest
-
-
-#: Definitions on frames of 6 frames x 30 rows x 20 columns.
-DEFINITIONS: dict[str, dict[str, Any]] = {
-    "row-window": {"row_mode": "window"},
-    "frame-window": {"frame_mode": "window", "depth": 3},
-    "frame-subset": {"frame_mode": "subset", "depth": 4},
-    "column-window": {"column_mode": "window"},
-    "sorted-columns": {"sorted_columns": True},
-    "all-windows": {
-        "frame_mode": "window",
-        "row_mode": "window",
-        "column_mode": "window",
-        "depth": 2,
-        "height": 7,
-        "width": 3,
-    },
-    "non-cubic": {
-        "height": 9,
-        "width": 4,
-        "row_mode": "window",
-        "frame_mode": "subset",
-        "depth": 5,
-    },
-}
 
 
 def definition_config(root: Path, name: str, **overrides: Any) -> Config:

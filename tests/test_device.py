@@ -29,8 +29,7 @@ from daskcubes.train.device import (  # noqa: E402
     OnDevice,
     cube_index,
 )
-from tests.conftest import small_config  # noqa: E402
-from tests.test_definitions import DEFINITIONS  # noqa: E402
+from tests.helpers import DEFINITIONS, small_config  # noqa: E402
 
 #: Every device the tests cut on: the CPU always, CUDA where a GPU is (marked ``gpu``).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -116,15 +115,29 @@ def test_host_gather_and_stored_cubes_reach_the_device_with_the_same_bytes(
 
 
 def test_on_the_cpu_the_stream_cuts_on_the_host_and_hands_out_its_memory(
-    config: Config,
+    config: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     jobs.run(config, show_progress=False)
     stream = open_stream(config, "cpu")
     assert isinstance(stream, OnDevice)  # the host's cutter is the faster one there
-    batch = next(iter(Batches(stream, 8, prefetch=0)))
-    assert isinstance(batch.cubes, torch.Tensor)
-    # The ring buffer the host cut into, as a tensor: no copy.
-    assert batch.cubes.numpy().base is not None
+    cut_into: list[int] = []  # addresses: a reference would keep the ring from reusing it
+    read = stream.host.read
+
+    def recording_read(positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        assert out is not None  # Batches hands the host a buffer of its ring to cut into
+        cut_into.append(out.__array_interface__["data"][0])
+        return read(positions, out)
+
+    monkeypatch.setattr(stream.host, "read", recording_read)
+    batches = Batches(stream, 8, prefetch=0, threads=1)
+    stored = open_cubes(config.out)[:]
+    for i, (ids, cubes) in enumerate(batches):
+        assert isinstance(cubes, torch.Tensor)
+        assert cubes.numpy().tobytes() == stored[ids].tobytes()
+        # The ring buffer the host cut into, as a tensor: no copy.
+        assert cubes.data_ptr() == cut_into[i]
+        assert any(np.shares_memory(cubes.numpy(), ring) for ring in batches.ring._buffers)
+    assert len(cut_into) == len(batches) == 5
 
 
 # -- recipes checked on the host ---------------------------------------------------------

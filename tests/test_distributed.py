@@ -9,11 +9,8 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,7 +19,6 @@ import dask
 import dask.array as da
 import psutil
 import pytest
-from dask.typing import Key
 from distributed import Client, LocalCluster
 
 from daskcubes import jobs
@@ -34,9 +30,9 @@ from daskcubes.io.layout import open_group, store_attrs
 from daskcubes.io.storage import Storage
 from daskcubes.runtime import stages
 from daskcubes.runtime.dashboard import page_link
-from daskcubes.runtime.executors import DistributedExecutor, OnDone, dask_logs_to
+from daskcubes.runtime.executors import DistributedExecutor, dask_logs_to
 from daskcubes.testing import assert_stores_identical
-from tests.conftest import DASHBOARD, cli_args, small_config
+from tests.helpers import DASHBOARD, DASK, ActOnDone, cli_args, dask_processes, small_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -66,101 +62,6 @@ def distributed_config(oracle: Config, root: Path, **overrides: Any) -> Config:
         **overrides,
     }
     return Config.model_validate(values)
-
-
-class ActOnDone:
-    """An executor that runs ``action(client)`` when the ``at``-th tasks of a graph (by
-    default the first) finish, while the rest of the run is still outstanding."""
-
-    def __init__(
-        self,
-        executor: DistributedExecutor,
-        action: Callable[[Client], None],
-        at: Sequence[int] = (1,),
-    ) -> None:
-        self.client = executor.client
-        self._executor = executor
-        self._action = action
-        self._at = set(at)
-
-    @property
-    def where(self) -> str:
-        return self._executor.where
-
-    def close(self) -> None:
-        """The cluster is the caller's: left running."""
-
-    def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
-        done = 0
-
-        def act_then_report(key: Key) -> None:
-            nonlocal done
-            on_done(key)
-            done += 1
-            if done in self._at:
-                self._action(self.client)
-
-        self._executor.run(dsk, keys, act_then_report)
-
-    def publish(self, progress: dict[str, Any]) -> None:
-        self._executor.publish(progress)
-
-    def worker_memory(self) -> int:
-        return self._executor.worker_memory()
-
-    def on_each_worker(self, function: Callable[..., object], *args: Any) -> None:
-        self._executor.on_each_worker(function, *args)
-
-    def worker_threads(self) -> int:
-        return self._executor.worker_threads()
-
-
-# -- an existing cluster: `dask scheduler` and two `dask worker` processes ------------------
-
-
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-#: ``python -m dask``, as the tests start its scheduler and workers.
-DASK = [sys.executable, "-m", "dask"]
-
-
-@contextmanager
-def dask_processes(root: Path, commands: list[list[str]], n_workers: int) -> Iterator[str]:
-    """Run real ``dask scheduler`` and ``dask worker`` ``commands`` (each given the same
-    scheduler file under ``root``, with daskcubes importable and logs under ``root``);
-    yield the scheduler's address once ``n_workers`` workers joined, and stop them all."""
-    scheduler_file = root / "scheduler.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        for i, command in enumerate(commands):
-            with (root / f"process-{i}.log").open("wb") as log:  # the process keeps a copy
-                processes.append(
-                    subprocess.Popen(
-                        [*command, "--scheduler-file", str(scheduler_file)],
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    )
-                )
-        with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-            client.wait_for_workers(n_workers, timeout=60)
-            address = client.scheduler.address
-        yield address
-    finally:
-        _stop(processes)
 
 
 @pytest.fixture(scope="module")

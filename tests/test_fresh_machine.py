@@ -21,7 +21,23 @@ TORCH_TESTS = [
 ]
 
 
+def torch_installed() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: The pytest plugins of the test extra that the run needs (autoloading is off).
+PLUGINS = ["-p", "xdist.plugin", "-p", "pytest_timeout", "-p", "hypothesis.extra.pytestplugin"]
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not torch_installed(),
+    reason="torch is not installed: this run is itself the run of the tests without it",
+)
 def test_the_tests_pass_where_torch_is_not_installed(tmp_path: Path) -> None:
     hidden = tmp_path / "hidden"
     for module in ("torch", "torchdata", "torchio", "monai"):
@@ -32,9 +48,22 @@ def test_the_tests_pass_where_torch_is_not_installed(tmp_path: Path) -> None:
         )
     path = os.pathsep.join([str(hidden), str(ROOT), os.environ.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TORCH_TESTS],
+        # -n 0: on the worker that runs this test, not on as many more as there are cores;
+        # only the plugins the project installs (none that a machine may have besides).
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            "0",
+            *PLUGINS,
+            *TORCH_TESTS,
+        ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": path},
+        env={**os.environ, "PYTHONPATH": path, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         capture_output=True,
         text=True,
         check=False,

@@ -21,8 +21,7 @@ from daskcubes.errors import UserError
 from daskcubes.io.maps import window_table
 from daskcubes.io.storage import Storage
 from daskcubes.testing import assert_stores_identical
-from tests.conftest import small_config
-from tests.test_workflow import small_args
+from tests.helpers import small_args, small_config
 
 #: A small volume and window: 3 x 10 x 8 = 240 window starts.
 VOLUME = (4, 12, 10)

@@ -36,33 +36,40 @@ from daskcubes.io.layout import open_group, store_attrs
 from daskcubes.io.lease import Holder, lease_url
 from daskcubes.io.storage import Storage
 from daskcubes.runtime.executors import DistributedExecutor, LocalExecutor, OnDone
-from daskcubes.testing import OutageProxy, s3_server, store_files
-from tests.conftest import small_config
-from tests.test_distributed import DASK, ActOnDone, dask_processes
-from tests.test_s3 import KEY, SECRET, _with_bucket, recorded_shards, remote_files
+from daskcubes.testing import OutageProxy, store_files
+from tests.helpers import (
+    DASK,
+    KEY,
+    SECRET,
+    ActOnDone,
+    dask_processes,
+    recorded_shards,
+    remote_files,
+    small_config,
+)
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-FRAMES_STORE = "s3://cubes/frames.zarr"
+FRAMES_STORE = "s3://cubes/object-storage/frames.zarr"
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An S3 server with a bucket 'cubes' holding a small frames store (3 x 20 x 30)."""
-    with s3_server() as url:
-        for ready in _with_bucket(url):
-            frames = tmp_path_factory.mktemp("frames") / "frames"
-            args = ["--frames", str(frames), "--frames-store", FRAMES_STORE, "--quiet"]
-            args += ["--n-frames", "3", "--n-rows", "20", "--n-cols", "30", "--dim", "8"]
-            args += ["--storage-options", json.dumps({"endpoint_url": url})]
-            assert main(["generate", *args, "--synthetic"]) == 0
-            assert main(["ingest", *args]) == 0
-            yield ready
+def endpoint(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The session's S3 server, its bucket 'cubes' holding a small frames store (3 x 20 x 30)."""
+    frames = tmp_path_factory.mktemp("frames") / "frames"
+    args = ["--frames", str(frames), "--frames-store", FRAMES_STORE, "--quiet"]
+    args += ["--n-frames", "3", "--n-rows", "20", "--n-cols", "30", "--dim", "8"]
+    args += ["--storage-options", json.dumps({"endpoint_url": s3_endpoint})]
+    assert main(["generate", *args, "--synthetic"]) == 0
+    assert main(["ingest", *args]) == 0
+    return s3_endpoint
 
 
 def out_url(request: pytest.FixtureRequest) -> str:
-    return f"s3://cubes/{re.sub(r'[^a-z0-9]+', '-', request.node.name.lower())}/c.zarr"
+    return (
+        f"s3://cubes/object-storage/{re.sub(r'[^a-z0-9]+', '-', request.node.name.lower())}/c.zarr"
+    )
 
 
 def sample_args(endpoint: str, out: str, cubes: int = 200, seed: int = 2) -> list[str]:

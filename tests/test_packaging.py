@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PRESET_NAMES
+from tests.helpers import PRESET_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,23 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from dask.typing import Key
-from natsort import natsorted
 
 from daskcubes import jobs, open_cubes
 from daskcubes.config import Config
 from daskcubes.io.schema import CubeSchema
 from daskcubes.testing import assert_stores_identical, expected_cubes
-from tests.conftest import small_config
-
-
-def source_frames(config: Config) -> np.ndarray:
-    """The frame files read independently, with pandas, in natural name order."""
-    paths = natsorted(Path(config.frames).iterdir())
-    read = pd.read_csv if config.frame_format == "csv" else pd.read_parquet
-    return np.stack([read(path).to_numpy() for path in paths])
+from tests.helpers import small_config, source_frames
 
 
 def run(config: Config) -> None:

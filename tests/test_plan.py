@@ -31,7 +31,7 @@ from daskcubes.cut import job as job_module
 from daskcubes.errors import UserError
 from daskcubes.io.schema import CubeSchema
 from daskcubes.train.reader import open_cubes
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 def plan(**overrides: Any) -> CubePlan:

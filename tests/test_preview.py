@@ -10,7 +10,7 @@ from daskcubes import jobs
 from daskcubes.cli import main
 from daskcubes.config import Config
 from daskcubes.preview import cube_figure
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 def test_preview_writes_a_png(

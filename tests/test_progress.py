@@ -14,7 +14,7 @@ from daskcubes.io.layout import mark_complete, open_group, store_attrs
 from daskcubes.io.progress import ProgressRecord, from_ranges, recorded_progress, to_ranges
 from daskcubes.io.storage import Storage
 from daskcubes.runtime import stages
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 units = st.lists(st.integers(0, 200), max_size=60)
 

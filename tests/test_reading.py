@@ -15,7 +15,7 @@ from daskcubes.config import Config
 from daskcubes.errors import UserError
 from daskcubes.train.batches import Batches, BatchPlan, prefetched
 from daskcubes.train.reader import CubeStore
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 @pytest.fixture(scope="module")

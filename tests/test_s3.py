@@ -4,12 +4,10 @@ server, in its own process) on loopback, started and stopped by the fixtures her
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,35 +18,21 @@ import xarray as xr
 from daskcubes import open_cubes
 from daskcubes.cli import main
 from daskcubes.testing import s3_server, store_files
+from tests.helpers import KEY, SECRET, recorded_shards, remote_files
 
 pytestmark = pytest.mark.slow
 
-KEY, SECRET = "daskcubes-test-key", "daskcubes-test-secret"
 
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """An S3 server with a bucket 'cubes'; credentials in the environment, as users keep them."""
-    with s3_server() as url:
-        yield from _with_bucket(url)
-
-
-def _with_bucket(url: str) -> Iterator[str]:
-    saved = {name: os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
-    s3fs.S3FileSystem(endpoint_url=url).mkdir("cubes")
-    yield url
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+@pytest.fixture
+def endpoint(s3_endpoint: str) -> str:
+    """The session's S3 server (a bucket 'cubes'; credentials in the environment)."""
+    return s3_endpoint
 
 
 @pytest.fixture
 def bucket(endpoint: str, request: pytest.FixtureRequest) -> str:
     """A fresh prefix of the bucket for one test."""
-    return f"s3://cubes/{request.node.name}"
+    return f"s3://cubes/s3/{request.node.name}"
 
 
 def options(endpoint: str) -> str:
@@ -62,17 +46,6 @@ def run_args(endpoint: str, frames: str, frames_store: str, out: str) -> list[st
         *("--cubes", "32", "--shard-size", "4", "--batch-size", "8", "--seed", "2"),
         *("--storage-options", options(endpoint), "--quiet"),
     ]
-
-
-def remote_files(endpoint: str, url: str) -> dict[str, bytes]:
-    """Every object of a store on S3 by relative key, except the root group's metadata."""
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-    root = url.removeprefix("s3://")
-    return {
-        key.removeprefix(root + "/"): fs.cat_file(key)
-        for key in fs.find(root)
-        if key != f"{root}/zarr.json"
-    }
 
 
 def test_run_on_s3_equals_the_local_run(endpoint: str, bucket: str, tmp_path: Path) -> None:
@@ -94,16 +67,6 @@ def test_run_on_s3_equals_the_local_run(endpoint: str, bucket: str, tmp_path: Pa
     assert np.array_equal(dataset["cubes"].values, expected)
     assert main(["verify", f"{bucket}/c.zarr", "--against", f"{bucket}/f.zarr",
                  "--storage-options", options(endpoint)]) == 0  # fmt: skip
-
-
-def recorded_shards(endpoint: str, url: str) -> int:
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-    try:
-        attrs = json.loads(fs.cat_file(f"{url.removeprefix('s3://')}/zarr.json"))
-    except FileNotFoundError:
-        return 0
-    progress = attrs["attributes"]["daskcubes"].get("progress") or {}
-    return sum(stop - start for start, stop in progress.get("shards", []))
 
 
 def test_interrupted_run_on_s3_resumes_to_the_same_bytes(

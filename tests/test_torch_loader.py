@@ -11,7 +11,7 @@ import pytest
 
 from daskcubes import jobs, open_cubes
 from daskcubes.config import Config
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 # CI installs torch; skip only where it is not installed at all.
 torch = pytest.importorskip("torch")

@@ -14,7 +14,7 @@ import yaml
 
 from daskcubes import jobs
 from daskcubes.config import Config
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 pytest.importorskip("torch")
 

@@ -19,7 +19,7 @@ from daskcubes.io.schema import CubeSchema
 from daskcubes.io.shards import MISSING, decode_index, index_nbytes
 from daskcubes.io.storage import Storage
 from daskcubes.runtime.verify import verify_cube_store
-from tests.conftest import small_config
+from tests.helpers import small_config
 
 
 @pytest.fixture

@@ -17,16 +17,7 @@ from daskcubes.cli import build_parser, config_from_args, main
 from daskcubes.config import PRESETS, Config, load_config
 from daskcubes.cut import cutter
 from daskcubes.runtime import stages
-from tests.conftest import PRESET_NAMES, cli_args
-
-
-def small_args(root: Path) -> list[str]:
-    return [
-        *("--frames", str(root / "frames"), "--synthetic"),
-        *("--frames-store", str(root / "frames.zarr"), "--out", str(root / "cubes.zarr")),
-        *("--n-frames", "4", "--n-rows", "10", "--n-cols", "12", "--dim", "5"),
-        *("--cubes", "20", "--seed", "3", "--shard-size", "4", "--task-size", "8", "--quiet"),
-    ]
+from tests.helpers import PRESET_NAMES, cli_args, small_args
 
 
 def test_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -273,7 +273,7 @@ def measure_small(
     def args(out: str, *more: str) -> list[str]:
         return [
             "--frames-store", frames_store, "--out", out, "--cubes", str(cubes),
-            "--dim", str(SMALL_DIM), "--shard-size", str(SHARD), "--batch-size", str(SHARD),
+            "--dim", str(SMALL_DIM), "--shard-size", str(SHARD), "--task-size", str(SHARD),
             "--quiet", *more,
         ]  # fmt: skip
 
