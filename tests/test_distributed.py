@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 def oracle(tmp_path_factory: pytest.TempPathFactory) -> Config:
     """A single-threaded run whose stores every distributed run must equal byte for byte."""
     config = small_config(
-        tmp_path_factory.mktemp("sync"), cubes=64, batch_size=4, shard_size=4, n_frames=6
+        tmp_path_factory.mktemp("sync"), cubes=64, task_size=4, shard_size=4, n_frames=6
     )
     jobs.run(config, show_progress=False)
     return config
