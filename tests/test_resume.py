@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import zarr
 
 from daskcubes import UserError, open_cubes
 from daskcubes.cli import main
+from daskcubes.io import layout
+from daskcubes.io import schema as schema_module
 from daskcubes.io.frames import find_frame_files
 from daskcubes.io.layout import mark_complete, remove_leftovers, store_lock
 from daskcubes.io.schema import CubeSchema
@@ -258,3 +263,32 @@ def test_a_complete_store_holds_no_temporary_files_of_lost_writers(frames_ready:
     (out / schema.shard_key(0)).with_name(".0.5e1f.partial").write_bytes(b"torn")
     mark_complete(str(out), Storage.of(), cubes=8)
     assert store_files(out) == expected
+
+
+def test_a_store_of_an_older_layout_resumes_in_it_and_verifies(
+    frames_ready: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store made when chunk keys were ``c/i/0/0/0`` (a folder per shard), interrupted,
+    keeps them when resumed, and reads and verifies as before."""
+    args = ["sample", *cube_args(frames_ready), "--cubes", "20"]
+    assert main([*args, "--out", str(frames_ready / "new.zarr")]) == 0
+    older = {"name": "default", "separator": "/"}
+    with monkeypatch.context() as patch:
+        patch.setattr(layout, "CHUNK_KEY_ENCODING", older)
+        patch.setattr(schema_module, "CHUNK_KEY_ENCODING", older)
+        assert main(args) == 0
+    out = frames_ready / "cubes.zarr"
+    n_shards = len(list((out / "cubes" / "c").glob("*/0/0/0")))
+    assert n_shards > 2 and not list((out / "cubes").glob("c.*"))
+    group = zarr.open_group(str(out), mode="r+")
+    attrs: dict[str, Any] = dict(group.attrs["daskcubes"])  # type: ignore[arg-type]
+    attrs["complete"], attrs["progress"] = None, {"shards": [[0, 2]], "recipes": [[0, 1]]}
+    group.attrs["daskcubes"] = attrs  # as a run killed after two shards leaves it
+    for shard in range(2, n_shards):
+        shutil.rmtree(out / "cubes" / "c" / str(shard))
+    assert main([*args, "--resume"]) == 0
+    assert len(list((out / "cubes" / "c").glob("*/0/0/0"))) == n_shards
+    assert not list((out / "cubes").glob("c.*")), "the resumed run kept the store's layout"
+    assert main(["verify", str(out), "--against", str(frames_ready / "frames.zarr")]) == 0
+    new = open_cubes(str(frames_ready / "new.zarr"))
+    assert open_cubes(str(out))[:].tobytes() == new[:].tobytes()

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
+from daskcubes import jobs
 from daskcubes.core.plan import CubePlan
 from daskcubes.io.layout import create_cube_store
 from daskcubes.io.schema import CubeSchema
 from daskcubes.io.shards import is_raw_layout, write_shard
 from daskcubes.io.storage import Storage
 from daskcubes.testing import assert_stores_identical
+from tests.helpers import small_config
 
 #: 10 cubes of (3, 4, 4), 4 per shard: the last shard is ragged.
 PLAN = CubePlan(
@@ -76,3 +79,15 @@ def test_the_cube_store_takes_the_direct_path(tmp_path: Path) -> None:
     for shard in range(PLAN.n_shards):
         write_shard(storage.open_array(path, "cubes", mode="r+"), shard, np.ones((4, 3, 4, 4)))
     assert all(Path(path, schema.shard_key(shard)).is_file() for shard in range(PLAN.n_shards))
+
+
+def test_a_shard_is_one_file_and_no_folder(tmp_path: Path) -> None:
+    """A million tiny cubes are 62,500 shards: each is one filesystem entry, beside a
+    bounded number for the recipes and the metadata (folders named c/i/0/0 were three
+    more a shard)."""
+    config = small_config(tmp_path, cubes=400, shard_size=1, task_size=1, dim=2)
+    jobs.run(config, show_progress=False)
+    store = Path(config.out)
+    entries = sum(len(folders) + len(files) for _, folders, files in os.walk(store))
+    assert 400 <= entries <= 400 + 16
+    assert len(list((store / "cubes").iterdir())) == 400 + 1  # the shards, zarr.json

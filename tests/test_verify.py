@@ -61,8 +61,8 @@ def test_missing_and_truncated_shards(made: Config, capsys: pytest.CaptureFixtur
     shard(made, 5).write_bytes(data[: len(data) // 2])
     status, out = verify(made, capsys)
     assert status == 1
-    assert "shard cubes/c/2/0/0/0 (cubes 8-11): missing" in out
-    assert "shard cubes/c/5/0/0/0 (cubes 20-23): shard index checksum mismatch" in out
+    assert "shard cubes/c.2.0.0.0 (cubes 8-11): missing" in out
+    assert "shard cubes/c.5.0.0.0 (cubes 20-23): shard index checksum mismatch" in out
     assert not out.strip().endswith("no problems")
 
 
@@ -133,9 +133,9 @@ def test_index_entries_are_checked_in_every_block_of_shards(
     shard(made, 9).unlink()
     status, out = verify(made, capsys)
     assert status == 1
-    assert "shard cubes/c/2/0/0/0 (cubes 8-11): 2 cubes missing from the shard" in out
-    assert "shard cubes/c/4/0/0/0 (cubes 16-19): chunk past the end of the file" in out
-    assert "shard cubes/c/9/0/0/0 (cubes 36-39): missing" in out
+    assert "shard cubes/c.2.0.0.0 (cubes 8-11): 2 cubes missing from the shard" in out
+    assert "shard cubes/c.4.0.0.0 (cubes 16-19): chunk past the end of the file" in out
+    assert "shard cubes/c.9.0.0.0 (cubes 36-39): missing" in out
     assert out.count("PROBLEM: shard") == 3
 
 
@@ -146,7 +146,7 @@ def test_the_last_shard_may_be_partial(tmp_path: Path, capsys: pytest.CaptureFix
     assert status == 0, out
     rewrite_index(shard(config, 10), lambda index: index.__setitem__((1, 0), MISSING))
     status, out = verify(config, capsys)
-    assert "shard cubes/c/10/0/0/0 (cubes 40-41): 1 cubes missing from the shard" in out
+    assert "shard cubes/c.10.0.0.0 (cubes 40-41): 1 cubes missing from the shard" in out
 
 
 def test_ten_bad_shards_are_listed_and_all_counted(
@@ -159,7 +159,7 @@ def test_ten_bad_shards_are_listed_and_all_counted(
         shard(config, index).unlink()
     status, out = verify(config, capsys)
     assert status == 1
-    listed = [f"shard cubes/c/{index}/0/0/0" for index in range(1, 11)]
+    listed = [f"shard cubes/c.{index}.0.0.0" for index in range(1, 11)]
     assert all(f"PROBLEM: {name} " in out for name in listed), out
     assert out.count("PROBLEM: shard") == 10
     assert "... 12 bad shards in all" in out

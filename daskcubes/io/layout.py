@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,7 +89,13 @@ def _is_store_key(parts: tuple[str, ...]) -> bool:
     """Whether a file at relative path ``parts`` is metadata or a chunk of a daskcubes store."""
     if parts[-1] == "zarr.json":
         return True
+    if _DOTTED_CHUNK.fullmatch(parts[-1]):  # c.i.j...: the chunk keys of new stores
+        return True
     return "c" in parts and all(part.isdigit() for part in parts[parts.index("c") + 1 :])
+
+
+#: A chunk key of the encoding with separator ``.`` (:data:`CHUNK_KEY_ENCODING`).
+_DOTTED_CHUNK = re.compile(r"c(\.\d+)+")
 
 
 def remove_leftovers(root: Path) -> None:

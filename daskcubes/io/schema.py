@@ -24,9 +24,13 @@ from daskcubes.core.definition import DEFINED_SEMANTICS, SEMANTICS, Definition
 from daskcubes.core.plan import CubePlan, stored_recipe
 from daskcubes.errors import UserError
 
-#: Chunk keys ``c/i/j/...``: fixed here rather than left to zarr's default, so that the
-#: shard files' names are the schema's.
-CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+#: Chunk keys ``c.i.j...``: fixed here rather than left to zarr's default, so that the
+#: shard files' names are the schema's, and all in their array's folder: one filesystem
+#: entry a shard. zarr's default separator ``/`` gives a shard three folders of its own
+#: (``c/i/0/0/0``): a million tiny cubes left 62,500 files in 187,500 folders, and each
+#: write paid their ``mkdir`` calls. Stores made with ``/`` keep it: readers and writers
+#: take the encoding from the array's metadata (:func:`daskcubes.io.shards.shard_key`).
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
 CUBES = "cubes"
 RECIPE_DTYPE = "int32"
 
@@ -189,5 +193,7 @@ class CubeSchema:
         return [p for spec in self.arrays() if (p := spec.problem(found.get(spec.name)))]
 
     def shard_key(self, shard: int) -> str:
-        """The store key (a path inside the store) of the shard file ``shard`` of ``cubes``."""
-        return "/".join([CUBES, "c", str(shard), *"0" * len(self.plan.cube_shape)])
+        """The store key (a path inside the store) of the shard file ``shard`` of ``cubes``
+        in a store this schema creates."""
+        separator = CHUNK_KEY_ENCODING["separator"]
+        return f"{CUBES}/" + separator.join(["c", str(shard), *"0" * len(self.plan.cube_shape)])

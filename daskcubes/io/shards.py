@@ -56,11 +56,16 @@ def is_raw_layout(array: zarr.Array) -> bool:
     )
 
 
+def shard_key(array: zarr.Array, shard: int) -> str:
+    """The store key of shard ``shard`` of an array sharded along its first axis only, in
+    the array's own chunk key encoding (stores made before ``.`` keep ``/``)."""
+    return f"{array.path}/{array.metadata.encode_chunk_key((shard, *(0,) * (array.ndim - 1)))}"
+
+
 def shard_file(array: zarr.Array, shard: int) -> Path:
     """The local file of shard ``shard`` of an array sharded along its first axis only."""
     assert isinstance(array.store, LocalStore)
-    key = array.metadata.encode_chunk_key((shard, *(0,) * (array.ndim - 1)))
-    return Path(array.store.root) / array.path / key
+    return Path(array.store.root) / shard_key(array, shard)
 
 
 def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
@@ -127,12 +132,16 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
     if not stored:
         path.unlink(missing_ok=True)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     if len(stored) == len(data):
         chunks = [data.data.cast("B")]
     else:
         chunks = [data[i].data.cast("B") for i in stored]
-    write_atomically(path, [*chunks, _index(size, stored, data[0].nbytes)])
+    parts = [*chunks, _index(size, stored, data[0].nbytes)]
+    try:
+        write_atomically(path, parts)
+    except FileNotFoundError:  # the shard's folder, made once (a store of "/" keys: several)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, parts)
 
 
 class RawShards:

@@ -24,7 +24,7 @@ from daskcubes.io.layout import frames_store_info, open_group, store_attrs
 from daskcubes.io.maps import window_table
 from daskcubes.io.progress import recorded_progress
 from daskcubes.io.schema import CubeSchema
-from daskcubes.io.shards import MISSING, decode_index, index_nbytes
+from daskcubes.io.shards import MISSING, decode_index, index_nbytes, shard_key
 from daskcubes.io.storage import Storage, local_path
 
 #: Each shard file's size and last bytes, in shard order; None for a missing file.
@@ -116,22 +116,23 @@ def _shard_problems(plan: CubePlan, first: int, tails: ShardTails) -> dict[int, 
     return problems
 
 
-def _check_shards(report: Report, storage: Storage, path: str, schema: CubeSchema) -> None:
+def _check_shards(
+    report: Report, storage: Storage, path: str, cubes: zarr.Array, plan: CubePlan
+) -> None:
     """Check every shard's index: present, whole (its checksum), and pointing inside the file."""
-    plan = schema.plan
     bad = 0
     listed: list[tuple[int, str]] = []  # the first ten bad shards; the rest are only counted
     tail = index_nbytes(plan.shard_size)
     for first in range(0, plan.n_shards, SHARD_BLOCK):
         block = range(first, min(first + SHARD_BLOCK, plan.n_shards))
-        keys = (schema.shard_key(shard) for shard in block)
+        keys = (shard_key(cubes, shard) for shard in block)
         found = _shard_problems(plan, first, _shard_tails(storage, path, keys, tail))
         bad += len(found)
         listed += sorted(found.items())[: 10 - len(listed)]
     for shard, problem in listed:
         start, stop = plan.shard_bounds(shard)
         report.problems.append(
-            f"shard {schema.shard_key(shard)} (cubes {start}-{stop - 1}): {problem}"
+            f"shard {shard_key(cubes, shard)} (cubes {start}-{stop - 1}): {problem}"
         )
     if bad > 10:
         report.problems.append(f"... {bad} bad shards in all")
@@ -197,7 +198,7 @@ def verify_cube_store(
         return report
 
     cubes = group["cubes"]
-    _check_shards(report, storage, path, schema)
+    _check_shards(report, storage, path, cubes, plan)
     _check_recipes(report, group, plan)
 
     rng = np.random.default_rng(seed)
