@@ -5,12 +5,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from daskcubes import jobs
 from daskcubes.config import Config
 from daskcubes.runtime.executors import DistributedExecutor
 from daskcubes.testing import s3_server
 from tests.helpers import DASHBOARD, EXECUTORS, small_config, with_bucket
+
+# Timing never decides a test: a first example that loads and compiles numba's code (half
+# a second) must not fail hypothesis's deadline.
+settings.register_profile("daskcubes", deadline=None)
+settings.load_profile("daskcubes")
 
 
 def cuda_available() -> bool:

@@ -15,6 +15,7 @@ from daskcubes.cli import main
 from daskcubes.config import Config, load_config
 from daskcubes.core import draws
 from daskcubes.core.definition import Definition
+from daskcubes.core.kernels import compiled_draws
 from daskcubes.core.plan import (
     AUTO_MIN_TASKS,
     LEGACY_RECIPE,
@@ -112,8 +113,27 @@ def test_any_set_of_cubes_equals_the_reference_cube_by_cube(
 def test_chunks_of_the_work_do_not_change_the_recipes(monkeypatch: pytest.MonkeyPatch) -> None:
     p = plan(n_cubes=3000, dim=9, n_cols=12)
     whole = recipes(p, 0, 3000).columns
+    monkeypatch.setattr(draws, "_COMPILED_MAX_N", 0)  # the numpy draws, in chunks
     monkeypatch.setattr(draws, "_DRAWS_PER_CHUNK", 100)
     assert np.array_equal(recipes(p, 0, 3000).columns, whole)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**63),
+    first=st.integers(0, 10**12),
+    n=st.integers(1, 3000),
+    data=st.data(),
+)
+def test_the_compiled_draws_are_the_numpy_draws(
+    seed: int, first: int, n: int, data: st.DataObject
+) -> None:
+    count = data.draw(st.integers(1, min(n, 300)))
+    keys = draws.cube_keys(seed, draws.COLUMN_DRAWS, np.arange(first, first + 50))
+    compiled = draws.first_distinct(keys, n, count)
+    numpy = draws.numpy_first_distinct(keys, n, count, np.empty_like(compiled))
+    assert compiled_draws() is not None  # numba is a dependency: the compiled draws ran
+    assert np.array_equal(compiled, numpy)
 
 
 def test_golden_columns() -> None:

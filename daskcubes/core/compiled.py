@@ -68,3 +68,52 @@ def one_pass(
                 if 0 <= frame < n_frames:
                     for r in range(height):
                         _copy_row(slab[frame, rows[i] + r], columns[i], out[i, f, r])
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+@_jit(nogil=True, inline="always")
+def _mix64(z: np.uint64) -> np.uint64:
+    z ^= z >> np.uint64(30)
+    z *= np.uint64(0xBF58476D1CE4E5B9)
+    z ^= z >> np.uint64(27)
+    z *= np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return z
+
+
+@_jit(nogil=True)
+def first_distinct(keys: np.ndarray, n: int, out: np.ndarray, seen: np.ndarray) -> None:
+    """The draws of :func:`daskcubes.core.draws.first_distinct`, one key at a time:
+    ``out[k]`` gets the first ``out.shape[1]`` distinct valid draws below ``n`` of
+    ``keys[k]``, in the order drawn. ``seen`` is ``n`` booleans, all false, and left so.
+
+    The numpy version draws a block of hashes per key and sorts them to find repeats:
+    about 0.2 ms for a task of 16 tiny cubes, a third of its time; here each draw is
+    made once and checked against ``seen``.
+    """
+    count = out.shape[1]
+    size = np.uint64(n)
+    threshold = np.uint64((1 << 32) % n)
+    for row in range(keys.size):
+        got = 0
+        step = np.uint64(0)
+        while got < count:
+            step += np.uint64(1)
+            hashed = _mix64(keys[row] + step * _GOLDEN)
+            for half in range(2):
+                if got == count:
+                    break
+                draw = (hashed >> np.uint64(32)) if half == 0 else (hashed & _LOW32)
+                product = draw * size
+                if (product & _LOW32) < threshold:
+                    continue  # rejected, so that every value is exactly equally likely
+                value = np.int64(product >> np.uint64(32))
+                if not seen[value]:
+                    seen[value] = True
+                    out[row, got] = value
+                    got += 1
+        for c in range(count):
+            seen[out[row, c]] = False

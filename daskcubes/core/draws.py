@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from daskcubes.core.kernels import compiled_draws
+
 GOLDEN = 0x9E3779B97F4A7C15
 _LOW32 = np.uint64(0xFFFFFFFF)
 #: The kinds of draw of one cube, each from a key of its own.
@@ -83,16 +85,31 @@ def _expected_draws(n: int, count: int) -> int:
     return draws + draws % 2
 
 
+#: The compiled draws keep a flag per value below ``n``: beyond this many (16 MB), the
+#: numpy draws, whose memory does not grow with ``n``.
+_COMPILED_MAX_N = 1 << 24
+
+
 def first_distinct(keys: np.ndarray, n: int, count: int) -> np.ndarray:
     """(len(keys), count) int32: for each key, the first ``count`` distinct valid draws in
     ``[0, n)``, in the order drawn.
 
-    Works through the keys in chunks of bounded memory; the rare key whose first draws
-    hold too few distinct values is done again with twice as many.
+    Compiled where numba is (:func:`daskcubes.core.compiled.first_distinct`, the same
+    values); else in numpy, through the keys in chunks of bounded memory, the rare key
+    whose first draws hold too few distinct values done again with twice as many.
     """
     if not 1 <= count <= n < 1 << 31:
         raise ValueError(f"cannot draw {count} distinct integers below {n}")
     out = np.empty((len(keys), count), dtype=np.int32)
+    compiled = compiled_draws() if n <= _COMPILED_MAX_N else None
+    if compiled is not None:
+        compiled(np.ascontiguousarray(keys, dtype=np.uint64), n, out, np.zeros(n, dtype=bool))
+        return out
+    return numpy_first_distinct(keys, n, count, out)
+
+
+def numpy_first_distinct(keys: np.ndarray, n: int, count: int, out: np.ndarray) -> np.ndarray:
+    """:func:`first_distinct` in numpy, into ``out``."""
     n_draws = _expected_draws(n, count)
     todo = np.arange(len(keys))
     while todo.size:

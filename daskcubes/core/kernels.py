@@ -49,8 +49,18 @@ def _compiled_kernel() -> Callable[..., None] | None:
             with _lock:
                 _compiled.setdefault("errors", compiled.COMPILE_ERRORS)
                 _compiled.setdefault("kernel", compiled.one_pass)
+                _compiled.setdefault("draws", compiled.first_distinct)
     kernel: Callable[..., None] | None = _compiled["kernel"]
     return kernel
+
+
+def compiled_draws() -> Callable[..., None] | None:
+    """The compiled draws (:func:`daskcubes.core.compiled.first_distinct`), where the
+    compiled cut is available; None where it is not."""
+    if _compiled_kernel() is None:
+        return None
+    draws: Callable[..., None] = _compiled["draws"]
+    return draws
 
 
 def compiled_cut_unavailable(reason: object) -> None:
