@@ -267,7 +267,7 @@ class AtenCalls(TorchDispatchMode):
         return result
 
 
-def index_tensors(func: Any, args: list[Any]) -> list[torch.Tensor]:
+def index_tensors(func: Any, args: list[Any]) -> list[Any]:
     """The index tensors an indexing call gets (none for other calls)."""
     if "index" not in func.__name__:
         return []
