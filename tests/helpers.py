@@ -15,16 +15,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from dask.typing import Key
-from distributed import Client
 from natsort import natsorted
 
 from daskcubes.config import PRESETS, Config
 from daskcubes.runtime.executors import DistributedExecutor, OnDone
+
+if TYPE_CHECKING:  # imported where used: tests/test_device.py runs without distributed
+    from dask.typing import Key
+    from distributed import Client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,6 +234,8 @@ def dask_processes(root: Path, commands: list[list[str]], n_workers: int) -> Ite
     """Run real ``dask scheduler`` and ``dask worker`` ``commands`` (each given the same
     scheduler file under ``root``, with daskcubes importable and logs under ``root``);
     yield the scheduler's address once ``n_workers`` workers joined, and stop them all."""
+    from distributed import Client
+
     scheduler_file = root / "scheduler.json"
     env = {
         **os.environ,

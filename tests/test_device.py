@@ -1,7 +1,13 @@
 """Cubes on a torch device: the device gather (on ``device="cpu"`` here, on CUDA where a GPU
 is) gives the bytes of the host stream and of a stored store, for every definition and
-dtype, in core and out of core; bad recipes never reach it; batches, ranks, resumes and
-the torch loader behave as on the host."""
+dtype, in core and out of core; its index stays small on every device; bad recipes never
+reach it; batches, ranks, resumes and the torch loader behave as on the host.
+
+The module runs alone too, as workflows/device_check.py runs it on a GPU machine without
+the rest of the suite's packages (``pytest --noconftest -m gpu tests/test_device.py``):
+it needs no fixture of conftest.py for its ``gpu`` tests, and skips them itself without
+CUDA.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._pytree import tree_flatten  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from daskcubes import Batches, CubeStream, jobs, open_cubes, open_stream  # noqa: E402
@@ -27,12 +35,17 @@ from daskcubes.train.device import (  # noqa: E402
     INDEX_ITEMSIZE,
     DeviceStream,
     OnDevice,
+    Uploads,
+    batch_overhead,
     cube_index,
 )
 from tests.helpers import DEFINITIONS, small_config  # noqa: E402
 
+#: Skips a ``gpu`` test without CUDA (as conftest.py does), for this module run alone.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CPU = torch.device("cpu")
 #: Every device the tests cut on: the CPU always, CUDA where a GPU is (marked ``gpu``).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, needs_cuda])]
 #: The article's definition and every other one of tests/test_definitions.py.
 ALL_DEFINITIONS: dict[str, dict[str, Any]] = {"article": {}, **DEFINITIONS}
 
@@ -198,25 +211,28 @@ def article_plan(n_cubes: int) -> CubePlan:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_index_tensors_of_an_article_batch_are_below_a_thousandth_of_its_bytes(
-    dtype: str,
-) -> None:
+def test_the_index_of_an_article_batch_is_small_beside_its_bytes(dtype: str) -> None:
+    """Uploaded: ``depth + width`` int64 a cube, below a thousandth of the batch; made on
+    the device: the starts of the cube columns, a ``height``-th of its values (2% of a
+    float32 batch's bytes, 1% of a float64 one's)."""
     plan, n = article_plan(64), 16
     recipes = recipes_of(plan, np.arange(n))
-    index = cube_index(
-        recipes.frames, recipes.rows, recipes.columns, plan.height, torch.device("cpu")
-    )
+    shape = (plan.n_frames, plan.height, plan.n_cols)
+    index = cube_index(recipes.frames, recipes.rows, recipes.columns, shape, Uploads(CPU))
     depth, height, width = plan.cube_shape
-    assert index.nbytes == INDEX_ITEMSIZE * n * (depth + height + width)
+    assert index.nbytes == INDEX_ITEMSIZE * n * (depth + width)
     batch_bytes = n * depth * height * width * np.dtype(dtype).itemsize
     assert index.nbytes <= batch_bytes / 1000
+    starts = index.starts()
+    assert starts.numel() * starts.element_size() <= 0.02 * batch_bytes
+    assert batch_overhead(plan, dtype, n) <= 1.03 * batch_bytes
 
 
 @pytest.mark.parametrize("budget", ["whole", "bands", "frame blocks"])
 def test_every_index_the_cut_builds_stays_within_the_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: str
 ) -> None:
-    """``INDEX_ITEMSIZE * (depth + height + width)`` bytes a cube of the batch, whatever
+    """``INDEX_ITEMSIZE * (depth + width)`` bytes a cube of the batch uploaded, whatever
     the layout of the source."""
     config = definition_config(tmp_path, "all-windows")
     jobs.run(config, show_progress=False)
@@ -234,8 +250,69 @@ def test_every_index_the_cut_builds_stays_within_the_bound(
     n = 16
     stream[np.arange(n)]
     assert built
-    per_cube = INDEX_ITEMSIZE * sum(stream.cube_shape)
-    assert max(built) <= n * per_cube
+    depth, _, width = stream.cube_shape
+    assert max(built) <= n * INDEX_ITEMSIZE * (depth + width)
+
+
+class AtenCalls(TorchDispatchMode):
+    """Every aten call made while active, with its arguments and result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Any, list[Any], Any]] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        result = func(*args, **(kwargs or {}))
+        self.calls.append((func, [*args, *(kwargs or {}).values()], result))
+        return result
+
+
+def index_tensors(func: Any, args: list[Any]) -> list[Any]:
+    """The index tensors an indexing call gets (none for other calls)."""
+    if "index" not in func.__name__:
+        return []
+    found = []
+    for arg in args[1:]:
+        if isinstance(arg, (list, tuple)):
+            found += [t for t in arg if isinstance(t, torch.Tensor)]
+        elif isinstance(arg, torch.Tensor) and not arg.is_floating_point():
+            found.append(arg)
+    return found
+
+
+@pytest.mark.parametrize("budget", ["whole", "bands", "frame blocks"])
+@pytest.mark.parametrize("name", ["article", "all-windows"])
+def test_no_index_of_a_device_batch_grows_to_the_output_s_size(
+    tmp_path: Path, name: str, budget: str
+) -> None:
+    """The aten calls of a batch on ``device="cpu"``: no indexing call gets several index
+    tensors that broadcast to its output or the batch's (CUDA expands each of them to
+    that size inside the kernel, where the CPU takes them small), and no int64 tensor
+    has as many values as the output."""
+    config = definition_config(tmp_path, name)
+    jobs.run(config, show_progress=False)
+    if budget != "whole":
+        budgets = out_of_core_budgets(config)
+        if budget not in budgets:
+            pytest.skip(f"{name}: its cubes' rows are all its frames' first rows")
+        config = with_budget(config, budgets[budget])
+    stream = open_stream(config, "cpu", gather="device")
+    n = 16
+    with AtenCalls() as aten:
+        ids, cubes = next(iter(Batches(stream, n, shuffle=True, prefetch=0)))
+    assert host(cubes).tobytes() == open_cubes(config.out)[ids].tobytes()
+    indexing = [(func, index_tensors(func, args), result) for func, args, result in aten.calls]
+    assert any(index for _, index, _ in indexing)
+    for func, index, result in indexing:
+        if len(index) >= 2:
+            broadcast = torch.broadcast_shapes(*(t.shape for t in index))
+            for output in (cubes, result):
+                assert broadcast != output.shape, f"{func}: indices broadcast to {broadcast}"
+    for func, args, result in aten.calls:
+        tensors, _ = tree_flatten([args, result])
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.int64:
+                assert t.numel() < cubes.numel(), f"{func}: int64 of {tuple(t.shape)}"
 
 
 # -- batches, ranks and resumes --------------------------------------------------------
@@ -331,6 +408,7 @@ def test_collate_to_the_cpu_keeps_the_zero_copy_path_of_workers(tmp_path: Path) 
 
 
 @pytest.mark.gpu
+@needs_cuda
 def test_collate_to_a_gpu_stages_batches_through_pinned_memory(tmp_path: Path) -> None:
     config = definition_config(tmp_path, "article")
     jobs.run(config, show_progress=False)
@@ -344,6 +422,7 @@ def test_collate_to_a_gpu_stages_batches_through_pinned_memory(tmp_path: Path) -
 
 
 @pytest.mark.gpu
+@needs_cuda
 def test_batches_on_a_gpu_overlap_and_keep_their_bytes(tmp_path: Path) -> None:
     """Batches cut on the device's own stream and handed to the loop's stream, with a
     step's work queued on the loop's stream between batches."""

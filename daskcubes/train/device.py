@@ -3,14 +3,16 @@ and moved there through staging buffers.
 
 :class:`DeviceStream` is stream mode on a device. The source rows a job needs are
 uploaded as a row-major ``(frames, rows, n_cols)`` tensor in the training dtype (cast on
-the host, once, exactly as the host's cut casts them), and a batch is cut by one gather
-on the device from three small index tensors. The recipes stay the host's: computed in
-vectorised blocks by :func:`daskcubes.core.plan.recipes_of` and checked against the frames
-store on the host, since an out-of-range index on a GPU leaves its CUDA context unusable.
-When the source exceeds the budget (``max_slab_bytes``, by default half the device's free
-memory) it is worked through in the same bands and frame blocks as on the host
-(:class:`daskcubes.cut.cutter.SourceLayout`). Cube ``i`` is bit-identical to cube ``i`` of the
-host stream and of a stored store: a gather copies values, and the values are cast alike.
+the host, once, exactly as the host's cut casts them, and copied from pinned memory
+without blocking), and a batch is cut by one gather on the device (:class:`CubeIndex`).
+The recipes stay the host's: computed in vectorised blocks by
+:func:`daskcubes.core.plan.recipes_of` and checked against the frames store on the host,
+since an out-of-range index on a GPU leaves its CUDA context unusable. When the source
+exceeds the budget (``max_slab_bytes``, by default half the device's free memory once a
+few batches and their temporaries are set aside) it is worked through in the same bands
+and frame blocks as on the host (:class:`daskcubes.cut.cutter.SourceLayout`). Cube ``i``
+is bit-identical to cube ``i`` of the host stream and of a stored store: a gather copies
+values, and the values are cast alike.
 
 :class:`OnDevice` hands the batches of a host source (a cube store, or the host stream)
 to a device: read on the host's threads, put through staging buffers (pinned on CUDA, so
@@ -29,7 +31,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -44,13 +47,15 @@ from daskcubes.train.reader import CubeIndexing
 #: Batches handed out at once from one source's reused buffers: one being cut, two
 #: read ahead (``Batches``' default prefetch), the one the loop holds and the one before.
 KEEP_BUFFERS = 5
-#: Pinned host buffers a batch crosses to a CUDA device through: one being read into
-#: while the copy of the other runs.
+#: Pinned host buffers a batch (or a frame of the source, or a batch's index) crosses to
+#: a CUDA device through: one being filled while the copy of the other runs.
 STAGING_BUFFERS = 2
-#: Bytes of index per cube of a batch: three int64 vectors, the cube's frames (depth),
-#: rows (height) and columns (width). Against the cube's ``depth * height * width``
-#: values that is 0.06% of an article cube in float32, 0.03% in float64.
+#: Bytes of one index value: int64, the dtype torch's indexing takes on every device.
 INDEX_ITEMSIZE = 8
+#: Cubes a batch is assumed to hold when the device's default budget sets memory aside
+#: for the batches (the device check's batch): ``KEEP_BUFFERS`` outputs and what each
+#: needs beyond itself (:func:`batch_overhead`) are left out of the source's share.
+RESERVED_BATCH = 64
 
 DeviceLike = str | torch.device
 
@@ -113,65 +118,157 @@ def check_recipes(recipes: Recipes, plan: CubePlan, positions: np.ndarray, where
             )
 
 
-class CubeIndex(NamedTuple):
-    """Where the values of ``n`` cubes are in a block of source, as int64 tensors:
-    ``frames`` (n, depth), ``rows`` (n, height) and ``columns`` (n, width). Cube ``i``
-    is ``block[frames[i, f], rows[i, r], columns[i, c]]``: ``depth + height + width``
-    indices a cube, never one per value."""
+class Uploads:
+    """Host values onto ``device``: on CUDA through a few pinned host buffers, reused in
+    turn (a buffer is filled again once its last copy is done), and copied with
+    ``non_blocking`` on the current stream; on the CPU written where they go."""
 
-    frames: torch.Tensor
-    rows: torch.Tensor
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._buffers: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
+        self._turn = 0
+
+    def _pinned(self, nbytes: int) -> tuple[int, torch.Tensor]:
+        """A pinned buffer of at least ``nbytes`` whose last copy is done, taken in turn."""
+        slot = self._turn % STAGING_BUFFERS
+        self._turn += 1
+        if len(self._buffers) <= slot or self._buffers[slot][0].numel() < nbytes:
+            # The buffer let go may still be copying: torch's pinned allocator keeps
+            # it until that copy is done.
+            fresh = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+            self._buffers[slot:] = [(fresh, None)]
+        pinned, copied = self._buffers[slot]
+        if copied is not None:
+            copied.synchronize()
+        return slot, pinned
+
+    def put(self, into: torch.Tensor, fill: Callable[[np.ndarray], object]) -> torch.Tensor:
+        """``into`` (a contiguous tensor on the device) holding what ``fill`` writes into a
+        host array of its shape and dtype."""
+        if self.device.type == "cpu":
+            fill(into.numpy())
+            return into
+        slot, pinned = self._pinned(into.numel() * into.element_size())
+        host = pinned[: into.numel() * into.element_size()].view(into.dtype).view(into.shape)
+        fill(host.numpy())
+        into.copy_(host, non_blocking=True)
+        done = torch.cuda.current_stream(self.device).record_event()
+        self._buffers[slot] = (pinned, done)
+        return into
+
+    def array(self, values: np.ndarray) -> torch.Tensor:
+        """``values`` as a new tensor on the device."""
+        into = torch.empty(values.shape, dtype=torch_dtype(values.dtype), device=self.device)
+        return self.put(into, lambda host: np.copyto(host, values))
+
+
+def column_runs(block: torch.Tensor, height: int) -> torch.Tensor:
+    """A view of the row-major ``block`` whose row ``k`` is the run of ``height`` values
+    ``block.flatten()[k + r * n_cols]``: the values of one source column down ``height``
+    rows, from the value at flat offset ``k`` on."""
+    n_cols = block.shape[-1]
+    return block.as_strided((block.numel() - (height - 1) * n_cols, height), (1, n_cols))
+
+
+class CubeIndex(NamedTuple):
+    """Where the values of ``n`` cubes are in a row-major block of source ``(frames, rows,
+    n_cols)``, as int64 tensors on the block's device: ``layers`` (n, depth), the flat
+    offset of each cube layer's first row, and ``columns`` (n, width). Cube ``i`` is
+    ``block.flatten()[layers[i, f] + r * n_cols + columns[i, c]]``.
+
+    The gather hands torch's indexing one index tensor: the ``(n, depth, width)`` starts
+    of the cubes' column runs (``layers + columns``, added on the device) into
+    :func:`column_runs` of the block. Torch's indexing makes every index tensor as large
+    as the output when it gets several with different strides (on CUDA it does so for
+    the broadcast ``frames``, ``rows`` and ``columns`` of each value: 24 MB of int64 an
+    article cube); one index tensor is never expanded, and is read once per run of
+    ``height`` values. So a batch uploads ``depth + width`` int64 a cube, makes ``depth
+    * width`` on the device (a ``height``-th of the output's values: 2% of a float32
+    article batch's bytes), and the cubes are written in place, with no temporary of
+    the output's size.
+    """
+
+    layers: torch.Tensor
     columns: torch.Tensor
 
     @property
     def nbytes(self) -> int:
+        """Bytes of index uploaded."""
         return sum(t.numel() * t.element_size() for t in self)
 
-    def gather_into(self, block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out[i, f, r, c] = block[frames[i, f], rows[i, r], columns[i, c]]``: one
-        gather, the three index tensors broadcast against each other (no copy of them)."""
-        index = [
-            self.frames[:, :, None, None],
-            self.rows[:, None, :, None],
-            self.columns[:, None, None, :],
-        ]
-        return torch.ops.aten.index.Tensor_out(block, index, out=out)
+    def starts(self) -> torch.Tensor:
+        """(n, depth, width): the flat offset of the first value of each cube column."""
+        return self.layers[:, :, None] + self.columns[:, None, :]
 
-    def gathered(self, block: torch.Tensor) -> torch.Tensor:
-        """``block[frames[i], rows[i], columns[i]]`` of one layer per cube:
-        ``frames`` is then (n,), the result (n, height, width)."""
-        return block[self.frames[:, None, None], self.rows[:, :, None], self.columns[:, None, :]]
+    def gather_into(self, block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out[i, f, r, c] = block.flatten()[layers[i, f] + r * n_cols + columns[i, c]]``:
+        one gather of one index tensor, written into ``out`` (n, depth, height, width)
+        through a view that swaps its last two axes."""
+        runs = column_runs(block, out.shape[2])
+        torch.ops.aten.index.Tensor_out(runs, [self.starts()], out=out.transpose(2, 3))
+        return out
+
+    def layer_of(self, block: torch.Tensor, height: int) -> torch.Tensor:
+        """(n, height, width): one layer a cube (``layers`` is then (n, 1))."""
+        return column_runs(block, height)[self.starts()[:, 0]].transpose(1, 2)
 
 
 def cube_index(
-    frames: np.ndarray, rows: np.ndarray, columns: np.ndarray, height: int, device: torch.device
+    frames: np.ndarray,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    block_shape: tuple[int, ...],
+    uploads: Uploads,
 ) -> CubeIndex:
-    """The index tensors on ``device`` of cubes whose layers come from ``frames``, whose
-    first rows are ``rows`` and whose columns are ``columns`` (all counted in a block)."""
-    each_row = rows.astype(np.int64)[:, None] + np.arange(height, dtype=np.int64)
+    """The index on the device of cubes whose layers come from ``frames`` (n, depth),
+    whose first rows are ``rows`` (n,) and whose columns are ``columns`` (n, width), all
+    counted in a block of ``block_shape``: worked out on the host, vectorised, and
+    uploaded in one copy."""
+    _, block_rows, n_cols = block_shape
+    layers = (frames.astype(np.int64) * block_rows + rows.astype(np.int64)[:, None]) * n_cols
+    depth = layers.shape[1]
+    shape = (len(layers), depth + columns.shape[1])
+    both = torch.empty(shape, dtype=torch.int64, device=uploads.device)
 
-    def on_device(values: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64))
-        return host.to(device, non_blocking=True)
+    def fill(host: np.ndarray) -> None:
+        host[:, :depth] = layers
+        host[:, depth:] = columns
 
-    return CubeIndex(on_device(frames), on_device(each_row), on_device(columns))
+    uploads.put(both, fill)
+    return CubeIndex(both[:, :depth], both[:, depth:])
+
+
+def batch_overhead(plan: CubePlan, dtype: np.dtype | str, n: int) -> int:
+    """Device bytes a batch of ``n`` cubes needs beyond its output and the source, at
+    most: its index (uploaded, and the starts made of it) and, out of core, the cubes
+    gathered whole from one block before they are put in place (the output's size)."""
+    depth, height, width = plan.cube_shape
+    index = INDEX_ITEMSIZE * n * (depth + width + depth * width)
+    return index + n * depth * height * width * np.dtype(dtype).itemsize
 
 
 # -- the source on the device ---------------------------------------------------------
 
 
-def upload_rows(job: CutJob, frames: range, rows: range, device: torch.device) -> torch.Tensor:
+def upload_rows(
+    job: CutJob, frames: range, rows: range, device: torch.device, uploads: Uploads | None = None
+) -> torch.Tensor:
     """``(len(frames), len(rows), n_cols)`` source values in the job's dtype on ``device``,
-    row-major, read and cast on the host one frame at a time (so that the host holds one
-    frame's rows at once, and the values are those the host's cut holds)."""
+    row-major, read and cast on the host one frame at a time, straight into a pinned
+    buffer on CUDA (so that the host holds one frame's rows at once, the copy does not
+    block, and the values are those the host's cut holds)."""
     array = job.storage.open_array(job.frames.path, "frames", mode="r")
     dtype = np.dtype(job.dtype)
     shape = (len(frames), len(rows), job.frames.shape[2])
     block = torch.empty(shape, dtype=torch_dtype(dtype), device=device)
+    uploads = uploads or Uploads(device)
     for layer, frame in enumerate(frames):
-        values = np.asarray(array[frame, rows.start : rows.stop, :]).astype(dtype, copy=False)
-        block[layer].copy_(torch.from_numpy(np.ascontiguousarray(values)))
+        uploads.put(block[layer], partial(_read_rows, array, frame, rows))
     return block
+
+
+def _read_rows(array: Any, frame: int, rows: range, host: np.ndarray) -> None:
+    host[...] = array[frame, rows.start : rows.stop, :]  # cast once, as the host's cut does
 
 
 class DeviceSource:
@@ -181,6 +278,7 @@ class DeviceSource:
     def __init__(self, job: CutJob, device: torch.device) -> None:
         self.job = job
         self.device = device
+        self.uploads = Uploads(device)
         self._key: tuple[range, range] | None = None
         self._block: torch.Tensor | None = None
 
@@ -188,7 +286,7 @@ class DeviceSource:
         """The block of ``frames`` by ``rows``; the block held before is let go first."""
         if self._key != (frames, rows):
             self._key = self._block = None
-            self._block = upload_rows(self.job, frames, rows, self.device)
+            self._block = upload_rows(self.job, frames, rows, self.device, self.uploads)
             self._key = (frames, rows)
         assert self._block is not None
         return self._block
@@ -196,10 +294,11 @@ class DeviceSource:
     def cut(self, recipes: Recipes, out: torch.Tensor) -> torch.Tensor:
         """The cubes of ``recipes`` (checked) into ``out``, on the device."""
         layout, plan = self.job.source, self.job.plan
-        height = plan.height
         if layout.whole:
-            index = cube_index(recipes.frames, recipes.rows, recipes.columns, height, self.device)
             block = self.block(range(plan.n_frames), range(layout.rows_needed))
+            index = cube_index(
+                recipes.frames, recipes.rows, recipes.columns, block.shape, self.uploads
+            )
             return index.gather_into(block, out)
         # Out of core: the host's bands and frame blocks (see SourceLayout).
         step, size = layout.row_step, layout.frame_block
@@ -207,7 +306,7 @@ class DeviceSource:
         bands = rows // step
         for band in np.unique(bands):
             first = int(band) * step
-            band_rows = range(first, min(first + step + height - 1, layout.rows_needed))
+            band_rows = range(first, min(first + step + plan.height - 1, layout.rows_needed))
             in_band = bands == band
             for start in np.unique(frames[in_band] // size) * size:
                 held_frames = range(int(start), min(int(start) + size, plan.n_frames))
@@ -227,31 +326,31 @@ class DeviceSource:
     ) -> None:
         """The layers ``held`` (n, depth) marks, from ``block`` (frames from ``start``,
         rows from ``first``): whole cubes in one gather, other layers one layer at a time."""
-        height = self.job.plan.height
         whole = np.asarray(held.all(axis=1))
-        local = recipes.frames - start, recipes.rows - first
+        frames, rows = recipes.frames - start, recipes.rows - first
         if whole.all():
-            index = cube_index(*local, recipes.columns, height, self.device)
+            index = cube_index(frames, rows, recipes.columns, block.shape, self.uploads)
             index.gather_into(block, out)
             return
         if whole.any():
             cubes = np.flatnonzero(whole)
             index = cube_index(
-                local[0][cubes], local[1][cubes], recipes.columns[cubes], height, self.device
+                frames[cubes], rows[cubes], recipes.columns[cubes], block.shape, self.uploads
             )
             values = torch.empty((len(cubes), *out.shape[1:]), dtype=out.dtype, device=out.device)
-            out[torch.from_numpy(cubes).to(out.device)] = index.gather_into(block, values)
-        partial = held & ~whole[:, None]
-        for layer in np.flatnonzero(partial.any(axis=0)):
-            cubes = np.flatnonzero(partial[:, layer])
+            out[self.uploads.array(cubes)] = index.gather_into(block, values)
+        some = held & ~whole[:, None]
+        for layer in np.flatnonzero(some.any(axis=0)):
+            cubes = np.flatnonzero(some[:, layer])
             index = cube_index(
-                local[0][cubes, layer],
-                local[1][cubes],
+                frames[cubes, layer, None],
+                rows[cubes],
                 recipes.columns[cubes],
-                height,
-                self.device,
+                block.shape,
+                self.uploads,
             )
-            out[torch.from_numpy(cubes).to(out.device), int(layer)] = index.gathered(block)
+            height = self.job.plan.height
+            out[self.uploads.array(cubes), int(layer)] = index.layer_of(block, height)
 
 
 # -- batches handed out on a device ---------------------------------------------------
@@ -332,9 +431,13 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
 
     def __init__(self, job: CutJob, device: DeviceLike) -> None:
         found = usable_device(device)
-        # The budget is the device's: its free memory, or max_slab_bytes.
-        self.job = for_workers(job, free_memory(found), threads=1)
-        plan = self.job.plan
+        # The budget is the device's: max_slab_bytes, or by default a share of its free
+        # memory once the batches handed out at once, and what the one being cut needs
+        # beyond its output, are set aside.
+        plan, dtype = job.plan, np.dtype(job.dtype)
+        batch = RESERVED_BATCH * int(np.prod(plan.cube_shape)) * dtype.itemsize
+        reserved = KEEP_BUFFERS * batch + batch_overhead(plan, dtype, RESERVED_BATCH)
+        self.job = for_workers(job, max(free_memory(found) - reserved, 0), threads=1)
         super().__init__(found, plan.n_cubes, plan.cube_shape, np.dtype(self.job.dtype))
         self.source = DeviceSource(self.job, found)
         self.where = f"stream of frames store '{self.job.frames.path}' on {found}"
@@ -350,7 +453,7 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
         positions = np.asarray(positions, dtype=np.int64)
         recipes = job_recipes(self.job, positions)  # on the host, vectorised
         check_recipes(recipes, self.job.plan, positions, self.where)
-        with self._lock, _on(self.stream):
+        with self._lock, _on(self.device, self.stream):
             out = self.output(len(positions), fresh)
             self.source.cut(recipes, out)
             return Pending(out, self.done())
@@ -399,12 +502,13 @@ class Staging(DeviceBatches):
                 out = self.output(n, fresh)
                 fill(out.numpy())
                 return Pending(out)
-            slot, host = self._staged(n)
-            fill(host.numpy())
-            with _on(self.stream):
-                out = self.output(n, fresh)
-                out.copy_(host, non_blocking=True)
-                done = self.done()
+            with _on(self.device):
+                slot, host = self._staged(n)
+                fill(host.numpy())
+                with _on(self.device, self.stream):
+                    out = self.output(n, fresh)
+                    out.copy_(host, non_blocking=True)
+                    done = self.done()
             self._staging[slot] = (self._staging[slot][0], done)
             return Pending(out, done)
 
@@ -443,6 +547,14 @@ class OnDevice(Staging, CubeIndexing[torch.Tensor]):
         return cubes if out is None else out.copy_(cubes)
 
 
-def _on(stream: torch.cuda.Stream | None) -> Any:
-    """A context that makes ``stream`` current (nothing for the CPU)."""
-    return torch.cuda.stream(stream) if stream is not None else nullcontext()
+def _on(device: torch.device, stream: torch.cuda.Stream | None = None) -> ExitStack:
+    """A context that makes ``device`` and ``stream`` current (nothing for the CPU): the
+    thread that reads ahead starts batches of a source on device 1 with device 1 current,
+    so that it opens no CUDA context on device 0 and its pinned buffers, events and
+    kernels are that device's."""
+    context = ExitStack()
+    if device.type == "cuda":
+        context.enter_context(torch.cuda.device(device))
+    if stream is not None:
+        context.enter_context(torch.cuda.stream(stream))
+    return context
