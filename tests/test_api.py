@@ -122,7 +122,7 @@ def test_errors_from_python_name_the_setting_and_quote_it_short(tmp_path: Path) 
     assert "command line" not in str(raised.value)
     arrays = {"a": np.zeros((3, 40, 40)), "b": np.ones((3, 40, 40))}
     with pytest.raises(daskcubes.UserError) as raised:
-        daskcubes.ingest(frames_store=arrays, progress=False)  # type: ignore[arg-type]
+        daskcubes.ingest(frames_store=arrays, progress=False)
     message = str(raised.value)
     assert message.startswith("setting 'frames_store': Input should be a valid string (got {")
     assert "\n" not in message and len(message) < 200

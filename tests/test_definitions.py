@@ -37,7 +37,9 @@ def values_digest(path: str | Path) -> str:
     group = zarr.open_group(str(path), mode="r")
     digest = hashlib.sha256()
     for name in ("cubes", "columns", "rows", "frames"):
-        values = np.ascontiguousarray(group[name][...])
+        array = group[name]
+        assert isinstance(array, zarr.Array)
+        values = np.ascontiguousarray(array[...])
         digest.update(f"{name} {values.shape} {values.dtype}\n".encode())
         digest.update(values.tobytes())
     return digest.hexdigest()

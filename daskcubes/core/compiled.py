@@ -1,10 +1,10 @@
 """The one-pass cut, compiled with numba (imported only by :mod:`daskcubes.core.kernels`,
 and only when a cut first runs, so that numba loads where it is used).
 
-The kernel loops over cube layers outside and, inside them, over the cubes of the batch
+The kernel loops over cube layers outside and, inside them, over the cubes cut together
 and their rows in the order the slab's layout favours (see :mod:`daskcubes.core.kernels`):
 with source rows contiguous, rows outside and cubes inside, so that a source row read
-once serves every cube of the batch from L1; with source columns' rows contiguous, cubes
+once serves every cube of the call from L1; with source columns' rows contiguous, cubes
 outside and rows inside, so that a cube reads each of its columns' runs once. Either way
 each output row is written once, whole, and the cubes come out C-ordered: one pass, where
 numpy takes a fancy index into a temporary and a transposing copy. ``nogil`` lets the

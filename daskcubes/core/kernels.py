@@ -1,4 +1,4 @@
-"""The cut's kernels: a batch of recipes and a source slab in, a batch of cubes out.
+"""The cut's kernels: the recipes of some cubes and a source slab in, those cubes out.
 
 A *slab* holds some rows of some frames: an ``(n_frames, n_rows, n_cols)`` array
 ``slab[f, r, c]`` in one of two memory layouts (:func:`empty_slab`). *Row-major*, as
@@ -157,7 +157,7 @@ def gather_cubes(
 
 def compile_kernel(dtype: str, rows_contiguous: bool) -> None:
     """Compile the kernel now for slabs of ``dtype`` and layout (a cut of one value), so
-    that a worker's first batch does not pay for it."""
+    that a worker's first task does not pay for it."""
     slab = empty_slab(2, 2, 2, dtype, rows_contiguous)  # 2s: a layout no shape hides
     slab[...] = 0
     zero = np.zeros((1, 1), dtype=np.intp)

@@ -108,7 +108,7 @@ _buffers = threading.local()
 
 
 def _batch_buffer(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """A per-thread output buffer, reused so that each batch does not page-fault anew."""
+    """A per-thread output buffer, reused so that each task does not page-fault anew."""
     buffer = getattr(_buffers, "array", None)
     if buffer is None or buffer.dtype != dtype or buffer.size < int(np.prod(shape)):
         buffer = _buffers.array = np.empty(shape, dtype=dtype)

@@ -40,7 +40,7 @@ class SourceLayout:
     the rows of a cube whose first row is ``r`` lie in band ``r // row_step``.
 
     ``rows_contiguous``: the slab's memory layout (see :mod:`daskcubes.core.kernels`), row-major
-    when the cubes of a batch share their source rows (all frames, the first rows) or
+    when the cubes cut together share their source rows (all frames, the first rows) or
     read runs of them (column windows), else each source column's rows contiguous.
     """
 

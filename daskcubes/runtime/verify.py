@@ -198,6 +198,7 @@ def verify_cube_store(
         return report
 
     cubes = group["cubes"]
+    assert isinstance(cubes, zarr.Array)  # the schema's problems would have said otherwise
     _check_shards(report, storage, path, cubes, plan)
     _check_recipes(report, group, plan)
 
