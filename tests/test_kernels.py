@@ -3,9 +3,11 @@ definition, for every cube definition, dtype and slab layout, masked layers incl
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,7 +112,11 @@ def test_a_kernel_that_does_not_compile_falls_back_and_says_so_once(
     def failing(*args: object) -> None:
         raise NoCompile("cannot compile\nmore detail")
 
-    monkeypatch.setattr(kernels, "_compiled", {"kernel": failing, "errors": (NoCompile,)})
+    monkeypatch.setattr(
+        kernels,
+        "_compiled",
+        {"kernel": failing, "errors": (NoCompile,), "outside": kernels.recipes_outside},
+    )
     rng = np.random.default_rng(0)
     frames = rng.random((3, 4, 5))
     recipe = Recipes(np.array([[0, 1, 2]]), np.array([1]), np.array([[4, 0]]))
@@ -179,3 +185,30 @@ def test_where_no_cache_directory_is_writable_the_kernel_still_compiles() -> Non
         [sys.executable, "-W", "error", "-c", script], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("cut", [gather_cubes, gather_reference])
+@pytest.mark.parametrize(
+    ("column", "row", "frame", "message"),
+    [
+        (20, 0, 0, "a column outside the slab's 20"),
+        (-1, 0, 0, "a column outside the slab's 20"),
+        (3, 9, 0, "a cube's rows outside the slab's 12"),
+        (3, -1, 0, "a cube's rows outside the slab's 12"),
+        (3, 9, -1, None),  # a layer the slab does not hold: left alone, its rows unchecked
+    ],
+)
+def test_recipes_outside_the_slab_are_refused(
+    cut: Any, column: int, row: int, frame: int, message: str | None
+) -> None:
+    slab = np.zeros((2, 12, 20))
+    frames = np.array([[0, 1], [frame, frame]])
+    rows = np.array([0, row])
+    columns = np.array([[0, 1, 2], [3, 4, column]])
+    out = np.full((2, 2, 4, 3), 7.0)
+    if message is None:
+        cut(slab, frames, rows, columns, out)
+        assert (out[1] == 7.0).all()
+        return
+    with pytest.raises(IndexError, match=re.escape(message)):
+        cut(slab, frames, rows, columns, out)

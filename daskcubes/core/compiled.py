@@ -117,3 +117,27 @@ def first_distinct(keys: np.ndarray, n: int, out: np.ndarray, seen: np.ndarray) 
                     got += 1
         for c in range(count):
             seen[out[row, c]] = False
+
+
+@_jit(nogil=True)
+def recipes_outside(
+    shape: tuple[int, int, int],
+    frames: np.ndarray,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    height: int,
+) -> int:
+    """0 if every layer a slab of ``shape`` holds lies inside it; 1 for a column outside
+    it, 2 for a cube's rows outside it (one pass, where numpy's checks took ~60 us a task
+    of tiny cubes)."""
+    n_frames, n_rows, n_cols = shape
+    for c in range(columns.size):
+        if not 0 <= columns.flat[c] < n_cols:
+            return 1
+    for i in range(rows.size):
+        for f in range(frames.shape[1]):
+            if 0 <= frames[i, f] < n_frames:
+                if rows[i] < 0 or rows[i] + height > n_rows:
+                    return 2
+                break
+    return 0

@@ -50,6 +50,7 @@ def _compiled_kernel() -> Callable[..., None] | None:
                 _compiled.setdefault("errors", compiled.COMPILE_ERRORS)
                 _compiled.setdefault("kernel", compiled.one_pass)
                 _compiled.setdefault("draws", compiled.first_distinct)
+                _compiled.setdefault("outside", compiled.recipes_outside)
     kernel: Callable[..., None] | None = _compiled["kernel"]
     return kernel
 
@@ -88,20 +89,43 @@ def empty_slab(
 
 
 def check_recipes(
-    slab: np.ndarray, frames: np.ndarray, rows: np.ndarray, columns: np.ndarray, out: np.ndarray
+    slab: np.ndarray,
+    frames: np.ndarray,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    out: np.ndarray,
+    outside: Callable[..., int],
 ) -> None:
     """Raise ``IndexError`` unless every layer the slab holds lies inside it: the compiled
-    kernel does not check its indices."""
+    kernel does not check its indices (``outside`` does: :mod:`daskcubes.core.compiled`)."""
     n, depth, height, width = out.shape
     if frames.shape != (n, depth) or rows.shape != (n,) or columns.shape != (n, width):
         raise IndexError("recipes and output disagree in shape")
-    n_frames, n_rows, n_cols = slab.shape
-    if columns.size and (columns.min() < 0 or columns.max() >= n_cols):
+    _, n_rows, n_cols = slab.shape
+    found = outside(slab.shape, frames, rows, columns, height)
+    if found == 1:
         raise IndexError(f"a column outside the slab's {n_cols}")
-    held = ((frames >= 0) & (frames < n_frames)).any(axis=1)
-    used = rows[held]
-    if used.size and (used.min() < 0 or used.max() + height > n_rows):
+    if found == 2:
         raise IndexError(f"a cube's rows outside the slab's {n_rows}")
+
+
+def recipes_outside(
+    shape: tuple[int, int, int],
+    frames: np.ndarray,
+    rows: np.ndarray,
+    columns: np.ndarray,
+    height: int,
+) -> int:
+    """What :func:`daskcubes.core.compiled.recipes_outside` says, in numpy: 0 if every
+    layer a slab of ``shape`` holds lies inside it, 1 for a column outside it, 2 for a
+    cube's rows outside it."""
+    n_frames, n_rows, n_cols = shape
+    if columns.size and (columns.min() < 0 or columns.max() >= n_cols):
+        return 1
+    used = rows[((frames >= 0) & (frames < n_frames)).any(axis=1)]
+    if used.size and (used.min() < 0 or used.max() + height > n_rows):
+        return 2
+    return 0
 
 
 def gather_reference(
@@ -123,7 +147,7 @@ def gather_reference(
     out : (n, depth, height, width) written in place:
         ``out[i, f, r, c] == slab[frames[i, f], rows[i] + r, columns[i, c]]``.
     """
-    check_recipes(slab, frames, rows, columns, out)
+    check_recipes(slab, frames, rows, columns, out, recipes_outside)
     height = out.shape[2]
     cube_rows = rows[:, None] + np.arange(height)  # (n, height)
     for f in range(out.shape[1]):
@@ -145,9 +169,9 @@ def gather_cubes(
     kernel = _compiled_kernel()
     if kernel is None:
         return gather_reference(slab, frames, rows, columns, out)
-    check_recipes(slab, frames, rows, columns, out)
     indices = [np.ascontiguousarray(a, dtype=np.intp) for a in (frames, rows, columns)]
     try:
+        check_recipes(slab, *indices, out, _compiled["outside"])
         kernel(slab, *indices, out)
     except _compiled["errors"] as exc:  # the first call for some arrays compiles for them
         compiled_cut_unavailable(f"it does not compile: {str(exc).splitlines()[0]}")
