@@ -28,6 +28,7 @@ from tests.helpers import (
     small_config,
     source_frames,
     values_digest,
+    without_checksums,
 )
 
 
@@ -46,24 +47,34 @@ def store_digest(path: str | Path) -> str:
 GOLDEN: dict[str, tuple[dict[str, Any], str, str]] = {
     "small": (
         {},
-        "dd106a312c323f6bedfce20625b861bd551574c9091558bea5fe49287682d29a",
+        "b511db4163dcb0226e3c759b6878a181e3343d92f820b499013b0f9abe82e831",
         "b2f7886c05106289a329ba44d09e66e0a64bd0592764d6cdf1c8baf51784ea8d",
     ),
     "csv-float32": (
         {"frame_format": "csv", "dtype": "float32", "seed": 3},
-        "a8785731b2e3a8e4f3ce4fdba917328c974741a00f7bbedd2ad6516a6ee14281",
+        "5158fe5395ae263bd915823e0a51338279936ebc1d0bdabf2d63dafba4633a41",
         "ee1f00971dabfb3aaab0672257b404ef516ba2a866199e4201402f2435588c50",
     ),
     "lz4-wide": (
         {"compressor": "lz4", "n_rows": 8, "n_cols": 30, "dim": 8, "seed": 123},
-        "c565b4941e5ee581ee36802e9a30087e171df859973477e42e0255fc246dc263",
+        "23da905c87b74381572d352c0447e447af4a907563109900128c25ec77854ed4",
         "681c316788aba5a606c85456766d18441b11d6f3256787834070fc7baa3399e5",
     ),
     "ragged": (
         {"n_frames": 12, "cubes": 17, "seed": 11},
-        "3f7356b6db1d231389cd72d0e6ba41727c7342eab5519b70b16cd4d680e45aea",
+        "0d3550efccc87516c24710f86a78a1751ded1d8bdfb496c0a86e01275fb8b531",
         "cba60746c6366d3a6fc0c7334d6674c56a1840a5b695ec7e968af748beeae32d",
     ),
+}
+
+
+#: The files digests of the same stores as daskcubes wrote them before every chunk carried
+#: a crc32c (``tests.helpers.without_checksums`` makes such stores again).
+BEFORE_CHECKSUMS = {
+    "small": "dd106a312c323f6bedfce20625b861bd551574c9091558bea5fe49287682d29a",
+    "csv-float32": "a8785731b2e3a8e4f3ce4fdba917328c974741a00f7bbedd2ad6516a6ee14281",
+    "lz4-wide": "c565b4941e5ee581ee36802e9a30087e171df859973477e42e0255fc246dc263",
+    "ragged": "3f7356b6db1d231389cd72d0e6ba41727c7342eab5519b70b16cd4d680e45aea",
 }
 
 
@@ -74,6 +85,8 @@ def test_the_default_definition_makes_the_same_bytes_as_before(tmp_path: Path, n
     jobs.run(config, show_progress=False)
     assert values_digest(config.out) == values
     assert store_digest(config.out) == files
+    without_checksums(config.out)  # what the tests of old stores use: the old bytes
+    assert store_digest(config.out) == BEFORE_CHECKSUMS[name]
 
 
 def definition_config(root: Path, name: str, **overrides: Any) -> Config:
