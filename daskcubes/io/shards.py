@@ -257,3 +257,18 @@ class RawShards:
                     # Checked as read, while the chunk is in cache; as zarr's codec does.
                     if self.checksums and file.read(CHECKSUM) != _checksum(out[slot]):
                         raise ChecksumMismatch(int(positions[slot]), str(path))
+
+
+def damaged_chunks(shard: bytes, index: np.ndarray) -> list[int]:
+    """The chunks (positions in the shard) of the whole shard file ``shard`` whose bytes
+    fail their crc32c, given its decoded ``index``; whatever their codecs, the checksum
+    ends each chunk. A chunk not stored, or not inside the file, is not listed."""
+    data = np.frombuffer(shard, dtype=np.uint8)
+    bad = []
+    for position, (offset, nbytes) in enumerate(index.tolist()):
+        end = offset + nbytes
+        if offset == MISSING or nbytes < CHECKSUM or end > len(data):
+            continue
+        if _checksum(data[offset : end - CHECKSUM]) != shard[end - CHECKSUM : end]:
+            bad.append(position)
+    return bad
