@@ -62,9 +62,10 @@ def test_whole_shards_match_zarr_byte_for_byte(
     values = (np.random.default_rng(1).random((10, 3, 4, 4)) * 100).astype(dtype)
     values[5] = 0  # a chunk equal to the fill value, stored or left out as zarr does
     values[8:] = 0  # a shard of such chunks only
-    made = {"write_empty_chunks": write_empty_chunks, "checksums": checksums}
-    ours = cube_array(tmp_path / "ours", dtype, **made)
-    theirs = cube_array(tmp_path / "zarr", dtype, **made)
+    ours, theirs = (
+        cube_array(tmp_path / name, dtype, "none", write_empty_chunks, checksums)
+        for name in ("ours", "zarr")
+    )
     assert is_raw_layout(ours)  # the direct path is the one under test
     assert has_chunk_checksums(ours) == checksums
     for shard, start in enumerate(range(0, 10, 4)):  # the last shard is ragged

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zarr
+import zarr.abc.codec
 import zarr.codecs
 
 from daskcubes.core.definition import DEFINED_SEMANTICS, SEMANTICS, Definition
@@ -80,12 +81,13 @@ class ArraySpec:
 
 def chunk_codecs(compressor: str, checksum: bool = True) -> Any:
     """The bytes-to-bytes codecs of a chunk: ``compressor``, then its crc32c if asked."""
-    compressors = {
+    known: dict[str, list[zarr.abc.codec.BytesBytesCodec]] = {
         # zarr's "auto" for numbers, spelled out so that a crc32c can follow it.
         "default": [zarr.codecs.ZstdCodec(level=0, checksum=False)],
         "lz4": [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
         "zstd": [zarr.codecs.ZstdCodec(level=3)],
-    }.get(compressor, [])
+    }
+    compressors = known.get(compressor, [])
     return [*compressors, zarr.codecs.Crc32cCodec()] if checksum else compressors or None
 
 

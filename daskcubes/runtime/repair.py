@@ -25,7 +25,7 @@ from daskcubes.io.schema import CUBES, CubeSchema
 from daskcubes.io.shards import has_chunk_checksums, write_shard
 from daskcubes.io.storage import Storage
 from daskcubes.runtime.tasks import SampleJob, write_recipe_block
-from daskcubes.runtime.verify import RECIPE_ARRAYS, Report, verify_cube_store
+from daskcubes.runtime.verify import RECIPE_ARRAYS, Report, Sample, verify_cube_store
 
 WHAT = "cube store"
 
@@ -85,7 +85,7 @@ def repair_cube_store(
     with hold_lease(path, WHAT, storage, lease or LeaseTerms()) as held:
         cubes = storage.open_array(path, CUBES, mode="r+")
         # Without checksums only a recomputed cube shows a change: every one is recomputed.
-        sample = 0 if has_chunk_checksums(cubes) else "all"
+        sample: Sample = 0 if has_chunk_checksums(cubes) else "all"
         report = verify_cube_store(path, storage, frames.path, sample=sample)
         _refuse_damaged_frames(path, report)
         # Recipes are cheap: every block is compared with the plan, not only the sampled.
@@ -132,7 +132,7 @@ def _differing_recipe_blocks(group: zarr.Group, job: CutJob) -> set[int]:
         wanted = job_recipes(job, np.arange(start, stop))
         try:
             same = all(
-                np.array_equal(group[name][start:stop], getattr(wanted, name))  # type: ignore[index]
+                np.array_equal(np.asarray(group[name][start:stop]), getattr(wanted, name))  # type: ignore[index]
                 for name in RECIPE_ARRAYS
             )
         except Exception:  # a damaged chunk: verify has named it

@@ -399,8 +399,8 @@ def verify_cube_store(
                     )
     if differing > LISTED:
         report.problems.append(f"... {differing} cubes differ in all")
-    done = "recomputed and compared" if job is not None else "read"
+    how = "recomputed and compared" if job is not None else "read"
     report.sampled = chosen.tolist()
-    report.facts.append(f"{len(chosen)} sampled cubes {done} (--seed {seed})")
+    report.facts.append(f"{len(chosen)} sampled cubes {how} (--seed {seed})")
     report.facts.append(f"checked in {time.perf_counter() - started:.1f} s")
     return report
