@@ -25,7 +25,6 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation
@@ -99,10 +98,17 @@ def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
     return bool(np.array_equal(chunk, np.broadcast_to(fill, chunk.shape), equal_nan=True))
 
 
+try:  # the crc32c package uses the CPU's crc32c instruction: 16 GB/s against 3.5 GB/s
+    # for google_crc32c as installed here (8 MB cubes, BENCHMARKS.md); the same values.
+    from crc32c import crc32c as _crc32c
+except ImportError:  # zarr's own dependency
+    from google_crc32c import value as _crc32c
+
+
 def _checksum(raw: bytes | np.ndarray) -> bytes:
     """The crc32c of ``raw`` (bytes, or a contiguous array's bytes), as zarr's codec
     stores it."""
-    return int(google_crc32c.value(raw)).to_bytes(CHECKSUM, "little")
+    return int(_crc32c(raw)).to_bytes(CHECKSUM, "little")
 
 
 def _index(n_chunks: int, stored: list[int], chunk_nbytes: int) -> bytes:
