@@ -6,7 +6,7 @@ readers (:func:`open_cubes`, :func:`open_stream`, :class:`Batches`) hand cubes t
 training code.
 """
 
-from daskcubes.api import ingest, open_stream, run, sample
+from daskcubes.api import ingest, open_stream, repair, run, sample
 from daskcubes.config import Config, load_config
 from daskcubes.errors import UserError
 from daskcubes.io.sources import frames_array
@@ -27,6 +27,7 @@ __all__ = [
     "load_config",
     "open_cubes",
     "open_stream",
+    "repair",
     "run",
     "sample",
 ]

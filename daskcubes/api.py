@@ -26,10 +26,12 @@ from daskcubes import jobs
 from daskcubes.config import Config, canonical, describe, load_config
 from daskcubes.errors import UserError
 from daskcubes.io.layout import WriteMode
+from daskcubes.io.lease import LeaseTerms
 from daskcubes.io.sources import in_memory_source
 from daskcubes.io.storage import Storage
 from daskcubes.jobs import Gather
 from daskcubes.runtime.executors import Executor, create_executor
+from daskcubes.runtime.repair import Repair, repair_cube_store
 from daskcubes.runtime.stages import RunResult, StageResult
 
 if TYPE_CHECKING:
@@ -140,6 +142,25 @@ def sample(
 ) -> StageResult:
     """Cut the cubes of the settings from the frames store into the cube store (``out``)."""
     return _stage(jobs.sample, config, client, mode, progress, settings)
+
+
+def repair(
+    store: str | Path,
+    against: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+    break_lease: bool = False,
+) -> Repair:
+    """Find the damaged or missing shards and recipe chunks of the complete cube store
+    ``store`` and cut their cubes again, from the frames store it records or from
+    ``against`` (a copy of it; its fingerprint must match), leaving the store
+    byte-identical to a clean run. Holds the store's lease, like a run (``break_lease``
+    takes it over at once). Returns what was mended; ``str()`` of it says so."""
+    return repair_cube_store(
+        str(store),
+        Storage.of(storage_options),
+        None if against is None else str(against),
+        LeaseTerms(break_lease=break_lease),
+    )
 
 
 @overload

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from daskcubes import jobs
+from daskcubes.api import repair
 from daskcubes.config import ALIASES, Config, config_of
 from daskcubes.errors import UserError
 from daskcubes.io.layout import open_group, store_attrs
@@ -40,7 +41,9 @@ COMMANDS = {
     "ingest": "read frame files (--frames) into the zarr frames store (--frames-store)",
     "sample": "cut cubes from the frames store into the cube store (--out)",
     "info": "describe a frames store or a cube store",
-    "verify": "check a cube store; exit 1 if anything is wrong",
+    "verify": "check a cube store (every chunk's checksum) or a frames store; exit 1 if "
+    "anything is wrong",
+    "repair": "cut the damaged or missing cubes of a cube store again from its frames store",
     "preview": "draw one cube of a cube store as a PNG (slices through it, recipe in the title)",
 }
 
@@ -93,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(reading, "storage_options")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command, text in COMMANDS.items():
-        inspects = command in ("info", "verify", "preview")
+        inspects = command in ("info", "verify", "preview", "repair")
         parents = [common, reading] if inspects else [common]
         sub = commands.add_parser(command, help=text, description=text, parents=parents)
         if command == "info":
@@ -107,14 +110,40 @@ def build_parser() -> argparse.ArgumentParser:
                 help="the frames store the cubes were cut from: recompute sampled cubes",
             )
             sub.add_argument(
-                "--sample", type=int, default=16, metavar="N", help="cubes to read (default 16)"
+                "--sample",
+                type=_count,
+                default=16,
+                metavar="N",
+                help="cubes to read, and with --against recompute: a number, or 'all' (default 16)",
+            )
+            sub.add_argument(
+                "--shards",
+                type=_count,
+                default="all",
+                metavar="N",
+                help="shard files to read and check, chosen by --seed: a number for a quick "
+                "look at a huge store, or 'all' (default)",
             )
             sub.add_argument(
                 "--seed",
                 type=int,
                 default=0,
                 metavar="N",
-                help="seed of the choice of sampled cubes (default 0)",
+                help="seed of the choice of sampled cubes and shards (default 0)",
+            )
+            continue
+        if command == "repair":
+            sub.add_argument("store", help="path of a cube store")
+            sub.add_argument(
+                "--against",
+                metavar="FRAMES_STORE",
+                help="a copy of the frames store the cubes were cut from (default: the one "
+                "the store records)",
+            )
+            sub.add_argument(
+                "--break-lease",
+                action="store_true",
+                help="take over the store's lease at once (when its run is known dead)",
             )
             continue
         if command == "preview":
@@ -208,14 +237,35 @@ def _report(result: RunResult | StageResult) -> None:
     print(result)
 
 
+def _count(text: str) -> int | str:
+    """A positive number, or ``all``."""
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 0 or (value == 0 and text.strip() != "0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number or 'all'")
+    return value
+
+
 def _verify(args: argparse.Namespace) -> int:
     storage = Storage.of(args.storage_options)
-    report = verify_cube_store(args.store, storage, args.against, args.sample, args.seed)
+    shards = None if args.shards == "all" else args.shards
+    report = verify_cube_store(
+        args.store, storage, args.against, args.sample, args.seed, shards=shards
+    )
     for fact in report.facts:
         print(f"{args.store}: {fact}")
     for problem in report.problems:
         print(f"{args.store}: PROBLEM: {problem}")
     print(f"{args.store}: {len(report.problems) or 'no'} problems")
+    if report.bad_shards or report.bad_recipe_blocks:
+        print(
+            f"{args.store}: 'python -m daskcubes.workflow repair {args.store}' cuts the bad "
+            "cubes again from the frames store"
+        )
     return 1 if report.problems else 0
 
 
@@ -225,6 +275,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "verify":
         return _verify(args)
+    if args.command == "repair":
+        print(repair(args.store, args.against, args.storage_options, args.break_lease))
+        return 0
     if args.command == "preview":
         print(
             f"daskcubes: wrote {draw_cube(args.store, args.cube, args.png, args.storage_options)}"

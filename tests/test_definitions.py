@@ -20,7 +20,16 @@ from daskcubes.cut.job import for_workers
 from daskcubes.errors import UserError
 from daskcubes.io.schema import CubeSchema
 from daskcubes.testing import assert_stores_identical, expected_cubes, store_files
-from tests.helpers import DASHBOARD, DEFINITIONS, cli_args, small_args, small_config, source_frames
+from tests.helpers import (
+    DASHBOARD,
+    DEFINITIONS,
+    cli_args,
+    small_args,
+    small_config,
+    source_frames,
+    values_digest,
+    without_checksums,
+)
 
 
 def store_digest(path: str | Path) -> str:
@@ -31,57 +40,55 @@ def store_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def values_digest(path: str | Path) -> str:
-    """sha256 over the values of a cube store's arrays (cubes and recipes), however its
-    files are laid out."""
-    group = zarr.open_group(str(path), mode="r")
-    digest = hashlib.sha256()
-    for name in ("cubes", "columns", "rows", "frames"):
-        array = group[name]
-        assert isinstance(array, zarr.Array)
-        values = np.ascontiguousarray(array[...])
-        digest.update(f"{name} {values.shape} {values.dtype}\n".encode())
-        digest.update(values.tobytes())
-    return digest.hexdigest()
-
-
-#: Digests of the cubes' and recipes' values of the GOLDEN stores: recorded by the
-#: daskcubes of before cube definitions were settings, and never re-recorded. Whatever
-#: changes the stores' files on purpose (their layout, codecs, checksums) keeps these.
-GOLDEN_VALUES = {
-    "small": "def7d703ec6f5f676cabd41aa5eca1430c30812bea5ae2d02034bd1ad8313b18",
-    "csv-float32": "c7e6feded44f1696acff41ce5fd77cc34f9305973c00b1fbf59e4d6d2bbbd17b",
-    "lz4-wide": "6e3fcae4dcdad58394284704730cb97661de62df228f7ddd628c72452fab0ccf",
-    "ragged": "c6114fa88cfdbfaf5c40b5da604160859f23d32e8efad90534b73c61801b84ac",
-}
-
-#: Digests of the files of those stores (names and contents): the default definition must
-#: keep making exactly these bytes, until a change of the files' layout on purpose
-#: re-records them (once, in a commit of its own that says why).
-GOLDEN: dict[str, tuple[dict[str, Any], str]] = {
-    "small": ({}, "9f1aa51175f05facd4563ef89803986904c042d933453e5b97c139e6e6f252b8"),
+#: Digests of cube stores made by daskcubes before cube definitions were settings: the
+#: default definition must keep making exactly these cubes and recipes (the values digest,
+#: which never changes) in exactly these files (the files digest, which changes only with
+#: the stores' codecs or layout, and is then recorded again in a commit of its own).
+GOLDEN: dict[str, tuple[dict[str, Any], str, str]] = {
+    "small": (
+        {},
+        "b511db4163dcb0226e3c759b6878a181e3343d92f820b499013b0f9abe82e831",
+        "b2f7886c05106289a329ba44d09e66e0a64bd0592764d6cdf1c8baf51784ea8d",
+    ),
     "csv-float32": (
         {"frame_format": "csv", "dtype": "float32", "seed": 3},
-        "61bc19ecab431b78bf9cac4a908abb6f1218261f4a81b07279cdbcf857f20aef",
+        "5158fe5395ae263bd915823e0a51338279936ebc1d0bdabf2d63dafba4633a41",
+        "ee1f00971dabfb3aaab0672257b404ef516ba2a866199e4201402f2435588c50",
     ),
     "lz4-wide": (
         {"compressor": "lz4", "n_rows": 8, "n_cols": 30, "dim": 8, "seed": 123},
-        "691a127e9e8fad44a53806f6b13847045c338372e1bf0073b2d04881e1139b68",
+        "23da905c87b74381572d352c0447e447af4a907563109900128c25ec77854ed4",
+        "681c316788aba5a606c85456766d18441b11d6f3256787834070fc7baa3399e5",
     ),
     "ragged": (
         {"n_frames": 12, "cubes": 17, "seed": 11},
-        "4bad7f1d1723a3eb08694610424d1ae2287577a55a50c37e712c5a99c5749bcd",
+        "0d3550efccc87516c24710f86a78a1751ded1d8bdfb496c0a86e01275fb8b531",
+        "cba60746c6366d3a6fc0c7334d6674c56a1840a5b695ec7e968af748beeae32d",
     ),
+}
+
+
+#: The files digests of the same stores as daskcubes wrote them before every chunk carried
+#: a crc32c, with chunk keys c.i.j (``tests.helpers.without_checksums`` makes such stores
+#: again). Before those keys, the files digests were dd106a31..., a8785731..., c565b494...
+#: and 3f7356b6... (stores of c/i/j keys: tests/test_resume.py keeps one working).
+BEFORE_CHECKSUMS = {
+    "small": "9f1aa51175f05facd4563ef89803986904c042d933453e5b97c139e6e6f252b8",
+    "csv-float32": "61bc19ecab431b78bf9cac4a908abb6f1218261f4a81b07279cdbcf857f20aef",
+    "lz4-wide": "691a127e9e8fad44a53806f6b13847045c338372e1bf0073b2d04881e1139b68",
+    "ragged": "4bad7f1d1723a3eb08694610424d1ae2287577a55a50c37e712c5a99c5749bcd",
 }
 
 
 @pytest.mark.parametrize("name", GOLDEN)
 def test_the_default_definition_makes_the_same_bytes_as_before(tmp_path: Path, name: str) -> None:
-    overrides, digest = GOLDEN[name]
+    overrides, files, values = GOLDEN[name]
     config = small_config(tmp_path, **overrides)
     jobs.run(config, show_progress=False)
-    assert values_digest(config.out) == GOLDEN_VALUES[name]
-    assert store_digest(config.out) == digest
+    assert values_digest(config.out) == values
+    assert store_digest(config.out) == files
+    without_checksums(config.out)  # what the tests of old stores use: the old bytes
+    assert store_digest(config.out) == BEFORE_CHECKSUMS[name]
 
 
 def definition_config(root: Path, name: str, **overrides: Any) -> Config:

@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 import zarr
 
+import daskcubes.io.shards
 from daskcubes import jobs
 from daskcubes.core.plan import CubePlan
 from daskcubes.io.layout import create_cube_store
 from daskcubes.io.schema import CubeSchema
-from daskcubes.io.shards import is_raw_layout, write_shard
+from daskcubes.io.shards import (
+    ChecksumMismatch,
+    RawShards,
+    has_chunk_checksums,
+    is_raw_layout,
+    shard_file,
+    write_shard,
+)
 from daskcubes.io.storage import Storage
 from daskcubes.testing import assert_stores_identical
 from tests.helpers import small_config
@@ -34,32 +42,79 @@ PLAN = CubePlan(
 
 
 def cube_array(
-    path: Path, dtype: str, compressor: str = "none", write_empty_chunks: bool = False
+    path: Path,
+    dtype: str,
+    compressor: str = "none",
+    write_empty_chunks: bool = False,
+    checksums: bool = True,
 ) -> zarr.Array:
-    """A cube store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard."""
+    """A cube store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard, each
+    chunk with its crc32c unless ``checksums`` is off (as stores were before)."""
     group = zarr.open_group(str(path), mode="w")
-    CubeSchema(PLAN, dtype, compressor, "-").create(group)
+    CubeSchema(PLAN, dtype, compressor, "-", checksums).create(group)
     array = zarr.open_array(str(path), path="cubes", mode="r+")
     return array.with_config({"write_empty_chunks": write_empty_chunks})
 
 
+@pytest.mark.parametrize("checksums", [True, False], ids=["crc32c", "no-checksums"])
 @pytest.mark.parametrize("write_empty_chunks", [False, True])
 @pytest.mark.parametrize("dtype", ["float64", "float32", "int32"])
 def test_whole_shards_match_zarr_byte_for_byte(
-    tmp_path: Path, dtype: str, write_empty_chunks: bool
+    tmp_path: Path, dtype: str, write_empty_chunks: bool, checksums: bool
 ) -> None:
     values = (np.random.default_rng(1).random((10, 3, 4, 4)) * 100).astype(dtype)
     values[5] = 0  # a chunk equal to the fill value, stored or left out as zarr does
     values[8:] = 0  # a shard of such chunks only
-    ours = cube_array(tmp_path / "ours", dtype, write_empty_chunks=write_empty_chunks)
-    theirs = cube_array(tmp_path / "zarr", dtype, write_empty_chunks=write_empty_chunks)
+    ours, theirs = (
+        cube_array(tmp_path / name, dtype, "none", write_empty_chunks, checksums)
+        for name in ("ours", "zarr")
+    )
     assert is_raw_layout(ours)  # the direct path is the one under test
+    assert has_chunk_checksums(ours) == checksums
     for shard, start in enumerate(range(0, 10, 4)):  # the last shard is ragged
         write_shard(ours, shard, values[start : start + 4])
         theirs[start : start + 4] = values[start : start + 4]
     assert_stores_identical(tmp_path / "ours", tmp_path / "zarr")
     assert np.array_equal(ours[:], values)
     assert not list((tmp_path / "ours").rglob("*.partial"))
+    read = np.empty_like(values)
+    reader = RawShards.of(theirs)
+    assert reader is not None and reader.checksums == checksums
+    reader.read_into(np.arange(10)[::-1], read[::-1])  # zarr's shards, through our reader
+    assert np.array_equal(read, values)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "uint8"])
+def test_large_chunks_are_checksummed_one_by_one_as_zarr_does(
+    tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Chunks over CHECKSUM_RUN_BYTES are written one at a time: both ways, the same bytes.
+    monkeypatch.setattr(daskcubes.io.shards, "CHECKSUM_RUN_BYTES", 100)
+    values = (np.random.default_rng(3).random((10, 3, 4, 4)) * 100).astype(dtype)
+    ours, theirs = cube_array(tmp_path / "ours", dtype), cube_array(tmp_path / "zarr", dtype)
+    for shard, start in enumerate(range(0, 10, 4)):
+        write_shard(ours, shard, values[start : start + 4])
+        theirs[start : start + 4] = values[start : start + 4]
+    assert_stores_identical(tmp_path / "ours", tmp_path / "zarr")
+
+
+def test_a_flipped_byte_is_refused_by_both_readers(tmp_path: Path) -> None:
+    values = np.random.default_rng(4).random((10, 3, 4, 4))
+    array = cube_array(tmp_path / "cubes", "float64")
+    for shard, start in enumerate(range(0, 10, 4)):
+        write_shard(array, shard, values[start : start + 4])
+    path = shard_file(array, 1)
+    data = bytearray(path.read_bytes())
+    data[2 * (3 * 4 * 4 * 8 + 4) + 5] ^= 1  # inside cube 6, the third chunk of shard 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        array[6]
+    reader = RawShards.of(array)
+    assert reader is not None
+    with pytest.raises(ChecksumMismatch) as caught:
+        reader.read_into(np.array([0, 6]), np.empty((2, 3, 4, 4)))
+    assert caught.value.item == 6
+    assert np.array_equal(array[4:6], values[4:6])  # the other chunks of the shard read
 
 
 def test_compressed_shards_go_through_zarr(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_index_entries_are_checked_in_every_block_of_shards(
     assert "shard cubes/c.2.0.0.0 (cubes 8-11): 2 cubes missing from the shard" in out
     assert "shard cubes/c.4.0.0.0 (cubes 16-19): chunk past the end of the file" in out
     assert "shard cubes/c.9.0.0.0 (cubes 36-39): missing" in out
-    assert out.count("PROBLEM: shard") == 3
+    assert out.count("PROBLEM: array 'cubes', shard") == 3
 
 
 def test_the_last_shard_may_be_partial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,6 +160,6 @@ def test_ten_bad_shards_are_listed_and_all_counted(
     status, out = verify(config, capsys)
     assert status == 1
     listed = [f"shard cubes/c.{index}.0.0.0" for index in range(1, 11)]
-    assert all(f"PROBLEM: {name} " in out for name in listed), out
-    assert out.count("PROBLEM: shard") == 10
+    assert all(f"PROBLEM: array 'cubes', {name} " in out for name in listed), out
+    assert out.count("PROBLEM: array 'cubes', shard") == 10
     assert "... 12 bad shards in all" in out

@@ -27,7 +27,7 @@ from zarr.errors import GroupNotFoundError
 
 from daskcubes.core.plan import stored_recipe
 from daskcubes.errors import UserError
-from daskcubes.io.schema import CHUNK_KEY_ENCODING, CubeSchema
+from daskcubes.io.schema import CHUNK_KEY_ENCODING, CubeSchema, chunk_codecs
 from daskcubes.io.sources import FrameSource
 from daskcubes.io.storage import AccessMode, Storage, local_path
 from daskcubes.version import __version__
@@ -234,7 +234,7 @@ def create_frames_store(
         shape=(n_frames, n_rows, n_cols),
         dtype=source.dtype,
         chunks=(1, min(FRAME_ROW_CHUNK, n_rows), n_cols),
-        compressors=None,
+        compressors=chunk_codecs("none"),  # each chunk's crc32c: zarr readers check it
         fill_value=0,
         dimension_names=("frame", "row", "col"),
         chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]

@@ -10,6 +10,12 @@ layout is written down once:
   recipes, int32, in blocks of :attr:`CubePlan.recipe_block` cubes;
 - the group attribute ``daskcubes.plan``: :meth:`CubeSchema.attrs`, which records the
   cube's definition (its shape and modes) beside the recipe function.
+
+Every chunk (each inner chunk of a shard) ends in its crc32c, zarr's ``crc32c`` codec, so
+that every zarr reader refuses damaged bytes. Stores written before did without: whether
+a store's chunks have them is read from its arrays' metadata
+(:func:`daskcubes.io.shards.has_chunk_checksums`), never from the schema, so that such a
+store resumes, verifies and is repaired in its own layout.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zarr
+import zarr.abc.codec
 import zarr.codecs
 
 from daskcubes.core.definition import DEFINED_SEMANTICS, SEMANTICS, Definition
@@ -46,8 +53,10 @@ class ArraySpec:
     dimension_names: tuple[str, ...]
     fill_value: int
     shards: tuple[int, ...] | None = None
-    #: ``none``, ``lz4``, ``zstd``, or ``default``: zarr's default codecs (the recipes').
+    #: ``none``, ``lz4``, ``zstd``, or ``default``: zstd level 0, zarr's default (the recipes').
     compressor: str = "default"
+    #: Each chunk ends in its crc32c (zarr's ``crc32c`` codec, the last of its codecs).
+    checksum: bool = True
 
     def create(self, group: zarr.Group) -> zarr.Array:
         return group.create_array(
@@ -56,7 +65,7 @@ class ArraySpec:
             dtype=self.dtype,
             chunks=self.chunks,
             shards=self.shards,
-            compressors=_codecs(self.compressor),
+            compressors=chunk_codecs(self.compressor, self.checksum),
             fill_value=self.fill_value,
             dimension_names=self.dimension_names,
             chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
@@ -74,14 +83,16 @@ class ArraySpec:
         return None
 
 
-def _codecs(compressor: str) -> Any:
-    if compressor == "default":
-        return "auto"
-    if compressor == "lz4":
-        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
-    if compressor == "zstd":
-        return [zarr.codecs.ZstdCodec(level=3)]
-    return None
+def chunk_codecs(compressor: str, checksum: bool = True) -> Any:
+    """The bytes-to-bytes codecs of a chunk: ``compressor``, then its crc32c if asked."""
+    known: dict[str, list[zarr.abc.codec.BytesBytesCodec]] = {
+        # zarr's "auto" for numbers, spelled out so that a crc32c can follow it.
+        "default": [zarr.codecs.ZstdCodec(level=0, checksum=False)],
+        "lz4": [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+        "zstd": [zarr.codecs.ZstdCodec(level=3)],
+    }
+    compressors = known.get(compressor, [])
+    return [*compressors, zarr.codecs.Crc32cCodec()] if checksum else compressors or None
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class CubeSchema:
     dtype: str
     compressor: str
     frames_fingerprint: str
+    #: Whether new arrays get chunk checksums (a store's own say so in its metadata).
+    checksums: bool = True
 
     def attrs(self) -> dict[str, Any]:
         """The ``daskcubes.plan`` attribute of the store."""
@@ -164,6 +177,7 @@ class CubeSchema:
                 compressor=self.compressor,
                 dimension_names=("cube", "frame", "row", "col"),
                 fill_value=0,
+                checksum=self.checksums,
             ),
             *(
                 ArraySpec(
@@ -173,6 +187,7 @@ class CubeSchema:
                     chunks=(block, *shape[1:]),
                     dimension_names=dims,
                     fill_value=-1,
+                    checksum=self.checksums,
                 )
                 for name, shape, dims in (
                     ("columns", (n, width), ("cube", "col")),

@@ -1,10 +1,13 @@
 """The cube store's shard files: written and read whole, straight from and into numpy
-buffers, when zarr would only copy; and their indexes, checked by ``verify``.
+buffers, when zarr would only copy; and their indexes and chunks, checked by ``verify``.
 
 A task owns whole shards (see :mod:`daskcubes.runtime.tasks`). When the store is a local
 directory and the cubes are uncompressed, a shard is, by the zarr v3 sharding spec, the
-chunks' raw little-endian bytes one after another, then the index (an ``(offset, nbytes)``
-pair of little-endian uint64 per chunk, all ones for a chunk not stored) and its crc32c.
+chunks' raw little-endian bytes one after another, each followed by its crc32c where the
+array's inner codecs end in zarr's ``crc32c`` codec (stores written before daskcubes
+checksummed chunks have none), then the index (an ``(offset, nbytes)`` pair of
+little-endian uint64 per chunk, all ones for a chunk not stored) and its crc32c. The
+layout is read from each array's metadata, never assumed.
 Writing that directly from the batch buffer is one copy into the file; zarr-python's
 codec pipeline copies every chunk into a buffer, compares it with the fill value, and
 copies all of them again into the shard (measured about 4x slower per thread; see
@@ -17,10 +20,11 @@ same bytes (tests/test_shards.py).
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import google_crc32c
 import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ShardingCodecIndexLocation
@@ -33,10 +37,34 @@ MISSING = np.uint64(2**64 - 1)
 INDEX_ENTRY = 16  # bytes per chunk in a shard index: offset and length, both uint64
 CHECKSUM = 4  # bytes of the crc32c that ends a shard index
 LITTLE = BytesCodec(endian="little")
+CRC32C = Crc32cCodec()
+#: Inner codecs of a raw layout: the chunk's bytes, then (in newer stores) their crc32c.
+RAW_CODECS = tuple(
+    (serializer, *checksum)
+    for serializer in (LITTLE, BytesCodec(endian=None))
+    for checksum in ((), (CRC32C,))
+)
+
+
+class ChecksumMismatch(ValueError):
+    """A stored chunk whose bytes fail its crc32c: ``item`` is its index along axis 0."""
+
+    def __init__(self, item: int, where: str) -> None:
+        super().__init__(f"{where}: chunk of item {item} fails its crc32c checksum")
+        self.item = item
+
+
+def has_chunk_checksums(array: zarr.Array) -> bool:
+    """Whether each (inner) chunk of ``array`` ends in a crc32c, as its metadata says."""
+    codecs = array.metadata.codecs if array.metadata.zarr_format == 3 else ()
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        codecs = codecs[0].codecs
+    return bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
 
 
 def is_raw_layout(array: zarr.Array) -> bool:
-    """Whether ``array``'s shards are plain chunk bytes plus the default index."""
+    """Whether ``array``'s shards are plain chunk bytes (and their crc32c) plus the default
+    index."""
     metadata = array.metadata
     if metadata.zarr_format != 3 or not isinstance(array.store, LocalStore):
         return False
@@ -50,7 +78,7 @@ def is_raw_layout(array: zarr.Array) -> bool:
         and array.chunks == (1, *item)
         and array.shards is not None
         and array.shards[1:] == item
-        and sharding.codecs in ((LITTLE,), (BytesCodec(endian=None),))
+        and sharding.codecs in RAW_CODECS
         and sharding.index_codecs == (LITTLE, Crc32cCodec())
         and sharding.index_location == ShardingCodecIndexLocation.end
     )
@@ -75,8 +103,17 @@ def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
     return bool(np.array_equal(chunk, np.broadcast_to(fill, chunk.shape), equal_nan=True))
 
 
-def _checksum(raw: bytes) -> bytes:
-    return np.uint32(google_crc32c.value(raw)).astype("<u4").tobytes()
+try:  # the crc32c package uses the CPU's crc32c instruction: 16 GB/s against 3.5 GB/s
+    # for google_crc32c as installed here (8 MB cubes, BENCHMARKS.md); the same values.
+    from crc32c import crc32c as _crc32c
+except ImportError:  # zarr's own dependency
+    from google_crc32c import value as _crc32c
+
+
+def _checksum(raw: bytes | np.ndarray) -> bytes:
+    """The crc32c of ``raw`` (bytes, or a contiguous array's bytes), as zarr's codec
+    stores it."""
+    return int(_crc32c(raw)).to_bytes(CHECKSUM, "little")
 
 
 def _index(n_chunks: int, stored: list[int], chunk_nbytes: int) -> bytes:
@@ -114,7 +151,9 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
         size, or what is left of the array for the last shard.
 
     Like zarr, unless the array's ``write_empty_chunks`` is on, a chunk equal to the fill
-    value is left out of the shard, and a shard of such chunks only is not written.
+    value is left out of the shard, and a shard of such chunks only is not written. Each
+    chunk's crc32c, where the layout has them, is computed just before the chunk is
+    written, while the cube just cut is in cache, not in a pass of its own over the shard.
     """
     assert array.shards is not None
     size = array.shards[0]
@@ -132,16 +171,44 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
     if not stored:
         path.unlink(missing_ok=True)
         return
-    if len(stored) == len(data):
-        chunks = [data.data.cast("B")]
-    else:
-        chunks = [data[i].data.cast("B") for i in stored]
-    parts = [*chunks, _index(size, stored, data[0].nbytes)]
+    checksums = has_chunk_checksums(array)
+    chunk_nbytes = data[0].nbytes + (CHECKSUM if checksums else 0)
+
+    def parts() -> Iterable[Any]:
+        chunks: Iterable[Any]
+        if checksums:
+            chunks = _with_checksums(data, stored)
+        elif len(stored) == len(data):
+            chunks = [data.data.cast("B")]
+        else:
+            chunks = [data[i].data.cast("B") for i in stored]
+        return chain(chunks, [_index(size, stored, chunk_nbytes)])
+
     try:
-        write_atomically(path, parts)
+        write_atomically(path, parts())
     except FileNotFoundError:  # the shard's folder, made once (a store of "/" keys: several)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, parts)
+        write_atomically(path, parts())
+
+
+#: Chunks up to this size are checksummed and written in runs of about this many bytes
+#: (one write call each); a larger one, an article cube (8 MB), is checksummed alone, then
+#: written straight from the batch while it is still in cache.
+CHECKSUM_RUN_BYTES = 1 << 18
+
+
+def _with_checksums(data: np.ndarray, stored: list[int]) -> Iterator[Any]:
+    """Each stored chunk's bytes followed by its crc32c, computed as they are written."""
+    per_run = CHECKSUM_RUN_BYTES // max(data[0].nbytes, 1)
+    if per_run < 2:
+        for i in stored:
+            checksum = _checksum(data[i])
+            yield data[i].data.cast("B")
+            yield checksum
+        return
+    for first in range(0, len(stored), per_run):
+        run = stored[first : first + per_run]
+        yield b"".join(part for i in run for part in (data[i].data, _checksum(data[i])))
 
 
 class RawShards:
@@ -156,6 +223,7 @@ class RawShards:
         self.item_shape: tuple[int, ...] = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype)
         self.item_nbytes = int(np.prod(self.item_shape)) * self.dtype.itemsize
+        self.checksums = has_chunk_checksums(array)
         self._indexes: dict[int, np.ndarray] = {}
 
     @classmethod
@@ -196,11 +264,29 @@ class RawShards:
                     if offset == MISSING:
                         out[slot] = fill
                         continue
-                    if nbytes != self.item_nbytes:
+                    if nbytes != self.item_nbytes + CHECKSUM * self.checksums:
                         raise ValueError(
                             f"{path}: chunk of {nbytes} bytes, expected {self.item_nbytes}"
                         )
                     file.seek(int(offset))
                     view = memoryview(out[slot]).cast("B")
-                    if file.readinto(view) != nbytes:
+                    if file.readinto(view) != self.item_nbytes:
                         raise ValueError(f"{path}: shard file ends inside a chunk")
+                    # Checked as read, while the chunk is in cache; as zarr's codec does.
+                    if self.checksums and file.read(CHECKSUM) != _checksum(out[slot]):
+                        raise ChecksumMismatch(int(positions[slot]), str(path))
+
+
+def damaged_chunks(shard: bytes, index: np.ndarray) -> list[int]:
+    """The chunks (positions in the shard) of the whole shard file ``shard`` whose bytes
+    fail their crc32c, given its decoded ``index``; whatever their codecs, the checksum
+    ends each chunk. A chunk not stored, or not inside the file, is not listed."""
+    data = np.frombuffer(shard, dtype=np.uint8)
+    bad = []
+    for position, (offset, nbytes) in enumerate(index.tolist()):
+        end = offset + nbytes
+        if offset == MISSING or nbytes < CHECKSUM or end > len(data):
+            continue
+        if _checksum(data[offset : end - CHECKSUM]) != shard[end - CHECKSUM : end]:
+            bad.append(position)
+    return bad

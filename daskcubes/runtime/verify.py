@@ -1,9 +1,13 @@
-"""Check a cube store: complete, well-formed, every shard present and whole, recipes
-valid, and (given its frames store) sampled cubes equal to cubes cut anew.
+"""Check a cube store: complete, well-formed, every chunk as written, recipes valid, and
+(given its frames store) sampled cubes equal to cubes cut anew.
 
-Shard files are checked through their index, which zarr stores at the end of each
-shard with a CRC32C checksum: a missing, truncated or overwritten shard fails it
-without reading the cubes themselves.
+Every chunk ends in its crc32c (zarr's ``crc32c`` codec), so by default ``verify`` reads
+every shard file whole and checks each chunk's checksum, and reads every chunk of the
+recipe arrays: the bytes are read, nothing is recomputed, at the speed of reading the
+store. Stores written before chunks had checksums are checked by their shard indexes
+(zarr stores one at the end of each shard, with its own crc32c): a missing, truncated or
+overwritten shard fails it; a changed cube is found only by recomputing it. What is found
+bad is what :mod:`daskcubes.runtime.repair` writes again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import zarr
@@ -23,12 +28,24 @@ from daskcubes.errors import UserError
 from daskcubes.io.layout import frames_store_info, open_group, store_attrs
 from daskcubes.io.maps import window_table
 from daskcubes.io.progress import recorded_progress
-from daskcubes.io.schema import CubeSchema
-from daskcubes.io.shards import MISSING, decode_index, index_nbytes, shard_key
+from daskcubes.io.schema import CUBES, CubeSchema
+from daskcubes.io.shards import (
+    MISSING,
+    damaged_chunks,
+    decode_index,
+    has_chunk_checksums,
+    index_nbytes,
+    shard_key,
+)
 from daskcubes.io.storage import Storage, local_path
 
-#: Each shard file's size and last bytes, in shard order; None for a missing file.
-ShardTails = Iterator[tuple[int, bytes] | None]
+#: How many cubes to recompute: a number, or ``"all"``.
+Sample = int | Literal["all"]
+#: Each shard file's size, its bytes (whole, or its last bytes) and whether they are the
+#: whole file, in shard order; None for a missing file.
+ShardReads = Iterator[tuple[int, bytes, bool] | None]
+#: Problems of one kind listed one a line; the rest are only counted.
+LISTED = 10
 
 
 @dataclass
@@ -39,14 +56,21 @@ class Report:
     problems: list[str] = field(default_factory=list)
     #: The cubes read (and recomputed, given the frames store), in order.
     sampled: list[int] = field(default_factory=list)
+    #: Shards of ``cubes`` and blocks of the recipe arrays found bad: missing, damaged or
+    #: differing from the plan or from a recomputed cube; what ``repair`` writes again.
+    bad_shards: set[int] = field(default_factory=set)
+    bad_recipe_blocks: set[int] = field(default_factory=set)
 
 
 #: Shards whose indexes are checked together: bounds the memory of a check.
 SHARD_BLOCK = 4096
 
 
-def _shard_tails(storage: Storage, path: str, keys: Iterable[str], tail: int) -> ShardTails:
-    """Each shard file's size and last ``tail`` bytes, or None for a missing file.
+def _read_shards(
+    storage: Storage, path: str, reads: Iterable[tuple[str, bool]], tail: int
+) -> ShardReads:
+    """For each ``(key, whole)``, that shard file's size and its bytes (all of them if
+    ``whole``, else the last ``tail``), or None for a missing file.
 
     A local store is read with plain system calls: at tens of thousands of shards,
     fsspec's per-call overhead (about 200 µs) was most of what ``verify`` took.
@@ -54,16 +78,17 @@ def _shard_tails(storage: Storage, path: str, keys: Iterable[str], tail: int) ->
     root = local_path(path)
     if root is None:
         fs, inner = storage.filesystem(path)
-        for key in keys:
+        for key, whole in reads:
             url = f"{inner.rstrip('/')}/{key}"
             try:
                 size = int(fs.size(url))
             except FileNotFoundError:
                 yield None
                 continue
-            yield size, bytes(fs.cat_file(url, start=max(size - tail, 0), end=size))
+            start = 0 if whole else max(size - tail, 0)
+            yield size, bytes(fs.cat_file(url, start=start, end=size)), whole
         return
-    for key in keys:
+    for key, whole in reads:
         try:
             fd = os.open(os.path.join(root, key), os.O_RDONLY)
         except FileNotFoundError:
@@ -71,83 +96,130 @@ def _shard_tails(storage: Storage, path: str, keys: Iterable[str], tail: int) ->
             continue
         try:
             size = os.fstat(fd).st_size
-            yield size, os.pread(fd, tail, max(size - tail, 0))
+            want = size if whole else tail
+            yield size, os.pread(fd, want, max(size - want, 0)), whole
         finally:
             os.close(fd)
 
 
-def _shard_problems(plan: CubePlan, first: int, tails: ShardTails) -> dict[int, str]:
-    """Why each of the shards ``first, first + 1, ...`` (one per item of ``tails``) is not
-    whole, by shard; a good shard is not listed."""
+def _shard_problems(
+    plan: CubePlan, shards: Iterable[int], found: ShardReads, checksums: bool
+) -> dict[int, str]:
+    """Why each of ``shards`` (one per item of ``found``) is not whole or not as written,
+    by shard; a good shard is not listed."""
     chunks = plan.shard_size
     tail = index_nbytes(chunks)
     problems: dict[int, str] = {}
-    shards, sizes, indexes = [], [], []
-    for shard, found in enumerate(tails, first):
-        if found is None:
+    read, sizes, indexes, datas = [], [], [], []
+    for shard, item in zip(shards, found, strict=True):
+        if item is None:
             problems[shard] = "missing"
             continue
-        size, raw = found
+        size, raw, whole = item
         if size < tail:
             problems[shard] = f"truncated ({size} bytes)"
             continue
         try:
-            indexes.append(decode_index(raw))
+            indexes.append(decode_index(raw[-tail:]))
         except ValueError as exc:
             problems[shard] = str(exc)
             continue
-        shards.append(shard)
+        read.append(shard)
         sizes.append(size)
-    if not shards:
+        datas.append(raw if whole and checksums else None)
+    if not read:
         return problems
     # Checked for all read shards at once: (shards, chunks) offsets and lengths.
     index = np.stack(indexes)
     offsets, lengths = index[..., 0], index[..., 1]
-    present = np.array(shards)[:, None] * chunks + np.arange(chunks) < plan.n_cubes
+    present = np.array(read)[:, None] * chunks + np.arange(chunks) < plan.n_cubes
     absent = present & (offsets == MISSING)
     ends = np.where(present & ~absent, offsets + lengths, 0).max(axis=1)
     past_end = ends > np.array(sizes, dtype=np.uint64) - np.uint64(tail)
     for row in np.flatnonzero(absent.any(axis=1) | past_end).tolist():
-        problems[shards[row]] = (
+        problems[read[row]] = (
             f"{int(absent[row].sum())} cubes missing from the shard"
             if absent[row].any()
             else "chunk past the end of the file"
         )
+    for row, data in enumerate(datas):
+        if data is None or read[row] in problems:
+            continue
+        damaged = damaged_chunks(data, indexes[row])
+        if damaged:
+            first = read[row] * chunks + damaged[0]
+            problems[read[row]] = (
+                f"damaged: {len(damaged)} cubes fail their crc32c checksum (first: cube {first})"
+            )
     return problems
 
 
 def _check_shards(
-    report: Report, storage: Storage, path: str, cubes: zarr.Array, plan: CubePlan
+    report: Report,
+    storage: Storage,
+    path: str,
+    schema: CubeSchema,
+    cubes: zarr.Array,
+    shards: np.ndarray,
 ) -> None:
-    """Check every shard's index: present, whole (its checksum), and pointing inside the file."""
+    """Check the ``shards`` of ``cubes``: present, their index whole (its checksum) and
+    pointing inside the file, and, where chunks have checksums, every chunk's."""
+    plan, checksums = schema.plan, has_chunk_checksums(cubes)
     bad = 0
-    listed: list[tuple[int, str]] = []  # the first ten bad shards; the rest are only counted
+    listed: list[tuple[int, str]] = []  # the first bad shards; the rest are only counted
     tail = index_nbytes(plan.shard_size)
-    for first in range(0, plan.n_shards, SHARD_BLOCK):
-        block = range(first, min(first + SHARD_BLOCK, plan.n_shards))
-        keys = (shard_key(cubes, shard) for shard in block)
-        found = _shard_problems(plan, first, _shard_tails(storage, path, keys, tail))
+    for first in range(0, len(shards), SHARD_BLOCK):
+        block = shards[first : first + SHARD_BLOCK].tolist()
+        reads = ((shard_key(cubes, shard), checksums) for shard in block)
+        found = _shard_problems(plan, block, _read_shards(storage, path, reads, tail), checksums)
         bad += len(found)
-        listed += sorted(found.items())[: 10 - len(listed)]
+        report.bad_shards |= set(found)
+        listed += sorted(found.items())[: LISTED - len(listed)]
     for shard, problem in listed:
         start, stop = plan.shard_bounds(shard)
         report.problems.append(
-            f"shard {shard_key(cubes, shard)} (cubes {start}-{stop - 1}): {problem}"
+            f"array '{CUBES}', shard {shard_key(cubes, shard)} (cubes {start}-{stop - 1}): "
+            f"{problem}"
         )
-    if bad > 10:
+    if bad > LISTED:
         report.problems.append(f"... {bad} bad shards in all")
 
 
+def _failure(exc: Exception) -> str:
+    """What a failed read of a chunk says: damaged bytes, or anything else."""
+    if "checksum" in str(exc):
+        return "damaged: fails its crc32c checksum"
+    return f"unreadable ({exc})"
+
+
+RECIPE_ARRAYS = ("frames", "rows", "columns")
+
+
+def _read_recipes(
+    report: Report, group: zarr.Group, start: int, stop: int
+) -> list[np.ndarray] | None:
+    """The recorded ``frames``, ``rows`` and ``columns`` of cubes ``start .. stop``, or None
+    (with the problem reported) where a chunk cannot be read."""
+    found = []
+    for name in RECIPE_ARRAYS:
+        try:
+            found.append(np.asarray(group[name][start:stop]))  # type: ignore[index]
+        except Exception as exc:  # any decoding failure is a finding, not a crash
+            report.problems.append(f"array '{name}', cubes {start}-{stop - 1}: {_failure(exc)}")
+            return None
+    return found
+
+
 def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:
+    """Read every chunk of the recipe arrays (checking their checksums), and check the
+    recipes' bounds and distinct columns."""
     for block in range(plan.n_recipe_blocks):
         start, stop = plan.recipe_block_bounds(block)
-        try:
-            columns = np.asarray(group["columns"][start:stop])  # type: ignore[index]
-            rows = np.asarray(group["rows"][start:stop])  # type: ignore[index]
-            frames = np.asarray(group["frames"][start:stop])  # type: ignore[index]
-        except Exception as exc:  # any decoding failure is a finding, not a crash
-            report.problems.append(f"recipes of cubes {start}-{stop - 1}: unreadable ({exc})")
+        found = _read_recipes(report, group, start, stop)
+        if found is None:
+            report.bad_recipe_blocks.add(block)
             continue
+        frames, rows, columns = found
         bad_columns = (columns < 0) | (columns >= plan.n_cols)
         bad_rows = (rows < 0) | (rows + plan.height > plan.n_rows)
         bad_frames = (frames < 0) | (frames >= plan.n_frames)
@@ -161,20 +233,76 @@ def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:
         ):
             if bad.any():
                 first = start + int(np.argmax(bad))
+                report.bad_recipe_blocks.add(block)
                 report.problems.append(
                     f"recipes: {int(bad.sum())} cubes with a {what} (first: cube {first})"
                 )
 
 
+def check_frames_store(report: Report, path: str, storage: Storage) -> None:
+    """Read every chunk of the frames store at ``path``, checking its checksum if it has
+    them; a damaged chunk is reported naming its frame and rows."""
+    array = storage.open_array(path, "frames", mode="r")
+    if not has_chunk_checksums(array):
+        report.facts.append(f"frames store '{path}': its chunks carry no checksums")
+        return
+    bad = 0
+    rows = array.chunks[1]
+    for frame in range(array.shape[0]):
+        for first in range(0, array.shape[1], rows):
+            last = min(first + rows, array.shape[1])
+            try:
+                array[frame, first:last]
+            except Exception as exc:  # any decoding failure is a finding, not a crash
+                bad += 1
+                if bad <= LISTED:
+                    report.problems.append(
+                        f"frames store '{path}': array 'frames', frame {frame}, rows "
+                        f"{first}-{last - 1}: {_failure(exc)}; ingest it again"
+                    )
+    report.facts.append(f"frames store '{path}': every chunk read and checked")
+
+
+def _runs(cubes: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
+    """The sorted ``cubes`` as runs ``(start, stop)`` of consecutive cubes in one shard."""
+    if not len(cubes):
+        return []
+    breaks = np.flatnonzero(
+        (np.diff(cubes) != 1) | (cubes[1:] // shard_size != cubes[:-1] // shard_size)
+    )
+    starts = cubes[np.concatenate([[0], breaks + 1])]
+    stops = cubes[np.concatenate([breaks, [len(cubes) - 1]])] + 1
+    return list(zip(starts.tolist(), stops.tolist(), strict=True))
+
+
+def _chosen(rng: np.random.Generator, n: int, count: Sample) -> np.ndarray:
+    """``count`` of ``range(n)`` (all of them for ``"all"``) chosen by ``rng``, sorted."""
+    if count == "all" or count >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=count, replace=False))
+
+
 def verify_cube_store(
-    path: str, storage: Storage, against: str | None = None, sample: int = 16, seed: int = 0
+    path: str,
+    storage: Storage,
+    against: str | None = None,
+    sample: Sample = 16,
+    seed: int = 0,
+    shards: int | None = None,
 ) -> Report:
-    """Check the cube store at ``path``; with ``against`` (its frames store), recompute
-    ``sample`` cubes, chosen at random by ``seed``, and compare them byte for byte."""
+    """Check the cube store at ``path``: read every shard file (or ``shards`` of them,
+    chosen at random by ``seed``: a quick look) and every chunk of its recipes, checking
+    their checksums; read ``sample`` cubes (a number, or ``"all"``), chosen by ``seed``,
+    and with ``against`` (its frames store, whose chunks are checked too) compare them
+    byte for byte with cubes cut anew."""
     started = time.perf_counter()
     report = Report()
     group = open_group(path, "cube store", storage)
     attrs = store_attrs(group)
+    if attrs.get("kind") == "frames":
+        check_frames_store(report, path, storage)
+        report.facts.append(f"checked in {time.perf_counter() - started:.1f} s")
+        return report
     if attrs.get("kind") != "cubes":
         report.problems.append(f"holds {attrs.get('kind')}, not cubes")
         return report
@@ -197,13 +325,23 @@ def verify_cube_store(
         report.problems += shape_problems
         return report
 
-    cubes = group["cubes"]
-    assert isinstance(cubes, zarr.Array)  # the schema's problems would have said otherwise
-    _check_shards(report, storage, path, cubes, plan)
+    cubes: zarr.Array = group[CUBES]  # type: ignore[assignment]
+    checksums = has_chunk_checksums(cubes)
+    rng = np.random.default_rng(seed)
+    checked = _chosen(rng, plan.n_shards, "all" if shards is None else shards)
+    _check_shards(report, storage, path, schema, cubes, checked)
+    if not checksums:
+        report.facts.append(
+            "chunks carry no checksums (a store written before daskcubes added them): "
+            "shard indexes checked; --against with --sample all recomputes every cube"
+        )
+    elif shards is not None:
+        report.facts.append(f"{len(checked)} of {plan.n_shards} shards read and checked")
+    else:
+        report.facts.append(f"every chunk of {plan.n_shards} shards read and checked")
     _check_recipes(report, group, plan)
 
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(plan.n_cubes, size=min(sample, plan.n_cubes), replace=False))
+    chosen = _chosen(rng, plan.n_cubes, sample)
     job = None
     if against is not None:
         frames = frames_store_info(against, storage)
@@ -212,7 +350,10 @@ def verify_cube_store(
                 f"frames store '{against}' is not the one these cubes were cut from"
             )
         else:
-            job = store_cut_job(schema, frames, storage)  # on this one thread
+            before = len(report.problems)
+            check_frames_store(report, against, storage)
+            if len(report.problems) == before:  # cut from damaged frames, nothing compares
+                job = store_cut_job(schema, frames, storage)  # on this one thread
     table = None
     if plan.map_spec is not None:
         try:  # the map the windows were drawn from: still there, with the same values
@@ -222,23 +363,45 @@ def verify_cube_store(
         except UserError as exc:
             report.problems.append(f"windows cannot be drawn again: {exc}")
             return report
-    for index in chosen.tolist():
+    differing = 0
+    for start, stop in _runs(chosen, plan.shard_size):
+        shard = start // plan.shard_size
         try:
-            stored = np.asarray(cubes[index])
-            recorded = [np.asarray(group[name][index]) for name in ("frames", "rows", "columns")]
+            stored = np.asarray(cubes[start:stop])
         except Exception as exc:  # any decoding failure is a finding, not a crash
-            report.problems.append(f"cube {index}: unreadable ({exc})")
+            if shard not in report.bad_shards:
+                report.bad_shards.add(shard)
+                report.problems.append(
+                    f"array '{CUBES}', cubes {start}-{stop - 1}: {_failure(exc)}"
+                )
             continue
-        planned = recipes(plan, index, index + 1, table)
-        expected = (planned.frames[0], planned.rows[0], planned.columns[0])
-        if not all(map(np.array_equal, recorded, expected)):
-            report.problems.append(
-                f"cube {index}: recipe differs from the plan's (seed {plan.seed})"
-            )
-        if job is not None and not np.array_equal(stored, cut_range(job, index, index + 1)[0]):
-            report.problems.append(f"cube {index}: differs from the cube cut anew from '{against}'")
-    checked = "recomputed and compared" if job is not None else "read"
+        recorded = _read_recipes(report, group, start, stop)
+        planned = recipes(plan, start, stop, table)
+        if recorded is not None:
+            expected = (planned.frames, planned.rows, planned.columns)
+            same = np.ones(stop - start, dtype=bool)
+            for found, wanted in zip(recorded, expected, strict=True):
+                same &= (found == wanted).reshape(stop - start, -1).all(axis=1)
+            for index in (start + np.flatnonzero(~same)).tolist():
+                report.bad_recipe_blocks.add(index // plan.recipe_block)
+                report.problems.append(
+                    f"cube {index}: recipe differs from the plan's (seed {plan.seed})"
+                )
+        if job is None:
+            continue
+        anew = cut_range(job, start, stop)
+        for offset in range(stop - start):
+            if not np.array_equal(stored[offset], anew[offset]):
+                report.bad_shards.add(shard)
+                differing += 1
+                if differing <= LISTED:
+                    report.problems.append(
+                        f"cube {start + offset}: differs from the cube cut anew from '{against}'"
+                    )
+    if differing > LISTED:
+        report.problems.append(f"... {differing} cubes differ in all")
+    how = "recomputed and compared" if job is not None else "read"
     report.sampled = chosen.tolist()
-    report.facts.append(f"{len(chosen)} sampled cubes {checked} (--seed {seed})")
+    report.facts.append(f"{len(chosen)} sampled cubes {how} (--seed {seed})")
     report.facts.append(f"checked in {time.perf_counter() - started:.1f} s")
     return report

@@ -17,7 +17,7 @@ import zarr
 from daskcubes.core.plan import Recipes
 from daskcubes.errors import UserError
 from daskcubes.io.layout import open_group, store_attrs
-from daskcubes.io.shards import RawShards
+from daskcubes.io.shards import ChecksumMismatch, RawShards
 from daskcubes.io.storage import Storage
 
 Index = int | slice | Sequence[int] | np.ndarray
@@ -100,6 +100,38 @@ class CubeStore(CubeIndexing[np.ndarray]):
         positions = np.asarray(positions, dtype=np.int64)
         if out is None:
             out = np.empty((len(positions), *self.cube_shape), dtype=self.dtype)
+        try:
+            self._read(positions, out)
+        except ChecksumMismatch as damaged:
+            raise self._damaged(damaged.item) from None
+        except ValueError as error:
+            if "checksum" not in str(error):
+                raise
+            raise self._damaged(self._first_damaged(positions)) from None
+        return out
+
+    def _damaged(self, cube: int) -> UserError:
+        """The one line a damaged cube gets: the store, the cube and its shard's cubes."""
+        size = self.cubes.shards[0] if self.cubes.shards else 1
+        first = cube - cube % size
+        last = min(first + size, len(self)) - 1
+        return UserError(
+            f"cube store '{self.path}': cube {cube} is damaged (a chunk of array 'cubes' fails "
+            f"its crc32c checksum; its shard holds cubes {first}-{last}); "
+            f"'python -m daskcubes.workflow repair {self.path}' cuts them again from the "
+            "frames store"
+        )
+
+    def _first_damaged(self, positions: np.ndarray) -> int:
+        """The first of ``positions`` whose chunk fails its checksum, read one by one."""
+        for position in np.sort(positions).tolist():
+            try:
+                self.cubes[position]
+            except ValueError:
+                return int(position)
+        return int(positions.min())
+
+    def _read(self, positions: np.ndarray, out: np.ndarray) -> None:
         if self._raw is not None:
             self._raw.read_into(positions, out)
         elif len(positions) > 1 and np.all(np.diff(positions) == 1):
@@ -108,17 +140,24 @@ class CubeStore(CubeIndexing[np.ndarray]):
         else:
             for slot in np.argsort(positions, kind="stable"):
                 out[slot] = self.cubes[int(positions[slot])]
-        return out
 
     def recipes(self, index: Index) -> Recipes:
         """Source frames, first row and source columns of the cubes at ``index``."""
         found = np.atleast_1d(np.asarray(cube_positions(index, len(self))))
-        select = (found,)
-        return Recipes(
-            frames=np.asarray(self._group["frames"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
-            rows=np.asarray(self._group["rows"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
-            columns=np.asarray(self._group["columns"].get_orthogonal_selection(select)),  # type: ignore[union-attr]
-        )
+        return Recipes(*(self._recipe(name, found) for name in ("frames", "rows", "columns")))
+
+    def _recipe(self, name: str, positions: np.ndarray) -> np.ndarray:
+        array: zarr.Array = self._group[name]  # type: ignore[assignment]
+        try:
+            return np.asarray(array.get_orthogonal_selection((positions,)))
+        except ValueError as error:
+            if "checksum" not in str(error):
+                raise
+            raise UserError(
+                f"cube store '{self.path}': array '{name}' is damaged among cubes "
+                f"{positions.min()}-{positions.max()} (a chunk fails its crc32c checksum); "
+                f"'python -m daskcubes.workflow repair {self.path}' writes it again"
+            ) from None
 
     def _dask_array(self, name: str) -> da.Array:
         array: zarr.Array = self._group[name]  # type: ignore[assignment]

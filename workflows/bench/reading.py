@@ -36,6 +36,7 @@ from bench.rows import CUBES_PER_S, RATIO, Key, Row, Workload, importable
 from bench.targets import TARGETS, target_lines
 from daskcubes import Batches, Config, open_cubes, open_stream
 from daskcubes.core.plan import cube_columns
+from daskcubes.io.shards import CHECKSUM, has_chunk_checksums
 
 BATCH = 16
 #: Cubes the device gather runs on the CPU: it is about ten times slower than the host's
@@ -72,6 +73,8 @@ def fromfile_batches(config: Config, batches: list[np.ndarray]) -> Callable[[], 
     store = open_cubes(config.out)
     count = int(np.prod(store.cube_shape))
     nbytes = count * store.dtype.itemsize
+    # Chunks lie one after another, each followed by its crc32c where the store has them.
+    stride = nbytes + CHECKSUM * has_chunk_checksums(store.cubes)
     # The cubes array's grid is its shards' (zarr's sharding codec): its key of a grid
     # cell is the shard's file.
     metadata = store.cubes.metadata
@@ -85,13 +88,13 @@ def fromfile_batches(config: Config, batches: list[np.ndarray]) -> Callable[[], 
             for k, i in enumerate(indices):
                 shard, local = divmod(int(i), config.shard_size)
                 out[k] = np.fromfile(
-                    shard_file(shard), store.dtype, count, offset=local * nbytes
+                    shard_file(shard), store.dtype, count, offset=local * stride
                 ).reshape(store.cube_shape)
 
     # Uncompressed shards hold their chunks in cube order: check that it reads right.
     sample = batches[0][:1]
     shard, local = divmod(int(sample[0]), config.shard_size)
-    raw = np.fromfile(shard_file(shard), store.dtype, count, offset=local * nbytes)
+    raw = np.fromfile(shard_file(shard), store.dtype, count, offset=local * stride)
     assert np.array_equal(raw.reshape(store.cube_shape), store[int(sample[0])])
     return run
 

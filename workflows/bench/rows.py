@@ -39,6 +39,11 @@ class Key(StrEnum):
     END_TO_END_BOUND = "end to end bound: 1/(1/generation + 1/write path)"
     END_TO_END = "daskcubes end to end into the cube store"
     END_TO_END_FLOAT32 = "daskcubes end to end, float32"
+    END_TO_END_CHECKSUMS = "end to end into the cube store, chunk checksums"
+    END_TO_END_NO_CHECKSUMS = "end to end into the cube store, no chunk checksums"
+    CHECKSUMS_RATIO = "end to end with checksums / without, median of alternating pairs"
+    VERIFY = "verify: every chunk of the store read and checked"
+    READ_STORE_FILES = "reading the same store's files whole"
     WRITE_DASKCUBES = "write path: daskcubes whole shards"
     WRITE_ZARR = "write path: zarr-python codec pipeline"
     WRITE_ZARRS = "write path: zarrs codec pipeline"
@@ -137,7 +142,15 @@ GROUP: dict[Key, str] = {
         ARTICLE,
     ),
     **dict.fromkeys(
-        [Key.PLAIN_DASK, Key.WRITE_ZARR, Key.WRITE_ZARRS, Key.FROMFILE, Key.XBATCHER], BASELINE
+        [
+            Key.PLAIN_DASK,
+            Key.WRITE_ZARR,
+            Key.WRITE_ZARRS,
+            Key.FROMFILE,
+            Key.XBATCHER,
+            Key.READ_STORE_FILES,
+        ],
+        BASELINE,
     ),
     **dict.fromkeys([Key.IO_CEILING, Key.MEMORY_CEILING, Key.CUT_CEILING], CEILING),
     **dict.fromkeys(

@@ -73,6 +73,13 @@ TARGETS: list[Target] = [
     Target("end to end >= 50x plain dask.array", Key.END_TO_END, Key.PLAIN_DASK, 50),
     Target("ingest >= 1.5x pandas.read_parquet loop", Key.INGEST, Key.READ_PARQUET, 1.5),
     Target("LocalCluster >= 0.9x threaded scheduler", Key.CLUSTER_RATIO, None, 0.9),
+    Target(
+        "end to end with chunk checksums >= 0.9x without (alternating pairs)",
+        Key.CHECKSUMS_RATIO,
+        None,
+        0.9,
+    ),
+    Target("verify >= 0.8x reading the store's files", Key.VERIFY, Key.READ_STORE_FILES, 0.8),
     Target("cube store reads >= 0.8x numpy.fromfile", Key.STORE_BATCHES, Key.FROMFILE, 0.8),
     Target("stream mode >= 0.9x daskcubes generation", Key.STREAM_BATCHES, Key.GENERATION, 0.9),
     Target("stream mode >= 2x article step 3", Key.STREAM_BATCHES, Key.STEP3, 2),
