@@ -47,22 +47,22 @@ def store_digest(path: str | Path) -> str:
 GOLDEN: dict[str, tuple[dict[str, Any], str, str]] = {
     "small": (
         {},
-        "b511db4163dcb0226e3c759b6878a181e3343d92f820b499013b0f9abe82e831",
+        "4931aab3b84387294ebce6f6a0f4afe2e9ec43d0c097a34e1b1fdf6102871843",
         "b2f7886c05106289a329ba44d09e66e0a64bd0592764d6cdf1c8baf51784ea8d",
     ),
     "csv-float32": (
         {"frame_format": "csv", "dtype": "float32", "seed": 3},
-        "5158fe5395ae263bd915823e0a51338279936ebc1d0bdabf2d63dafba4633a41",
+        "d97d9f9d65c3c5e87beddec7e9ef5115757b90cdd4cc78121f1c5f4235f29dd9",
         "ee1f00971dabfb3aaab0672257b404ef516ba2a866199e4201402f2435588c50",
     ),
     "lz4-wide": (
         {"compressor": "lz4", "n_rows": 8, "n_cols": 30, "dim": 8, "seed": 123},
-        "23da905c87b74381572d352c0447e447af4a907563109900128c25ec77854ed4",
+        "dee4da36bd8fea10e1d8f17ae3b537bbdf336d1418060d6bcc4e603382e95afd",
         "681c316788aba5a606c85456766d18441b11d6f3256787834070fc7baa3399e5",
     ),
     "ragged": (
         {"n_frames": 12, "cubes": 17, "seed": 11},
-        "0d3550efccc87516c24710f86a78a1751ded1d8bdfb496c0a86e01275fb8b531",
+        "506bb4d399aa032a0ab80e6b5e4baac3653213202deb0298a4c9a1e32c9f158e",
         "cba60746c6366d3a6fc0c7334d6674c56a1840a5b695ec7e968af748beeae32d",
     ),
 }
