@@ -10,6 +10,7 @@ and optionally an executor that is already open (used as it is, and left open).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -142,7 +143,7 @@ def sample(
     executor: Executor | None = None,
 ) -> StageResult:
     """Cut the config's cubes from its frames store into its cube store ``out``."""
-    job = SampleJob(cut_job(config), config.out)  # checked before any worker starts
+    job = SampleJob(cut_job(config), config.out, uuid.uuid4().hex)  # checked before workers start
     provenance: dict[str, Any] = {
         "config": config.model_dump(exclude={"storage_options"}),  # may hold credentials
         "seed": config.seed,

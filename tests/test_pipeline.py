@@ -110,3 +110,14 @@ def test_executors_run_only_the_tasks_asked_for(
     with jobs.executor_for(small_config(tmp_path, **executor_settings)) as executor:
         executor.run(graph, ["wanted"], done.append)
     assert done == ["wanted"]
+
+
+def test_a_store_replaced_in_the_same_process_gets_its_own_codecs(tmp_path: Path) -> None:
+    """Overwriting a store with other codecs in one process writes the new codecs' bytes:
+    the arrays a process keeps open belong to one run, not to a path."""
+    config = small_config(tmp_path, max_slab_bytes=10**6)  # the same job, whatever is free
+    jobs.run(config, show_progress=False)
+    jobs.sample(config.model_copy(update={"compressor": "lz4"}), "overwrite", False)
+    fresh = config.model_copy(update={"compressor": "lz4", "out": str(tmp_path / "fresh.zarr")})
+    jobs.sample(fresh, show_progress=False)
+    assert_stores_identical(fresh.out, config.out)

@@ -11,6 +11,7 @@ find a changed cube there.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,7 +92,7 @@ def repair_cube_store(
         # Recipes are cheap: every block is compared with the plan, not only the sampled.
         job = store_cut_job(schema, frames, storage)
         blocks = sorted(report.bad_recipe_blocks | _differing_recipe_blocks(group, job))
-        out = SampleJob(job, path)
+        out = SampleJob(job, path, uuid.uuid4().hex)
         mended = Repair(path)
         for block in blocks:
             held.check()

@@ -33,15 +33,19 @@ from daskcubes.io.storage import Storage
 
 @dataclass(frozen=True)
 class SampleJob:
-    """Everything a sampling task needs: the cut, and the cube store ``out`` it fills."""
+    """Everything a sampling task needs: the cut, the cube store ``out`` it fills, and the
+    ``run`` it belongs to (any id of its own: a process keeps a run's arrays open, and a
+    store another run replaced at the same path, with other codecs, is opened afresh)."""
 
     cut: CutJob
     out: str
+    run: str
 
 
 @lru_cache(maxsize=8)
 def _open_output(job: SampleJob, name: str) -> zarr.Array:
-    # Keyed by the whole job: a store replaced at the same path is opened afresh. Empty
+    # Keyed by the whole job, its run among it: a store replaced at the same path is opened
+    # afresh (a job of the same cut may write it with other codecs). Empty
     # chunks are written too, so that every chunk of a finished store exists.
     array = job.cut.storage.open_array(job.out, name, mode="r+")
     return array.with_config({"write_empty_chunks": True})

@@ -7,6 +7,7 @@ import resource
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -40,7 +41,7 @@ def plan_in_process(setup: Setup, store: str) -> tuple[float, float]:
     adds (writing its metadata) does not grow with the cubes."""
     started = time.perf_counter()
     config = setup.config(cubes=setup.plan_cubes, out=store)
-    job = SampleJob(jobs.cut_job(config), config.out)
+    job = SampleJob(jobs.cut_job(config), config.out, uuid.uuid4().hex)
     assert sample_tasks(job, set(), set()).graph
     return time.perf_counter() - started, _peak_mib()
 
