@@ -169,10 +169,12 @@ def gather_cubes(
     kernel = _compiled_kernel()
     if kernel is None:
         return gather_reference(slab, frames, rows, columns, out)
-    indices = [np.ascontiguousarray(a, dtype=np.intp) for a in (frames, rows, columns)]
+    frames, rows, columns = (
+        np.ascontiguousarray(a, dtype=np.intp) for a in (frames, rows, columns)
+    )
     try:
-        check_recipes(slab, *indices, out, _compiled["outside"])
-        kernel(slab, *indices, out)
+        check_recipes(slab, frames, rows, columns, out, _compiled["outside"])
+        kernel(slab, frames, rows, columns, out)
     except _compiled["errors"] as exc:  # the first call for some arrays compiles for them
         compiled_cut_unavailable(f"it does not compile: {str(exc).splitlines()[0]}")
         return gather_reference(slab, frames, rows, columns, out)

@@ -113,7 +113,8 @@ except ImportError:  # zarr's own dependency
 def _checksum(raw: bytes | np.ndarray) -> bytes:
     """The crc32c of ``raw`` (bytes, or a contiguous array's bytes), as zarr's codec
     stores it."""
-    return int(_crc32c(raw)).to_bytes(CHECKSUM, "little")
+    view = raw.data if isinstance(raw, np.ndarray) else raw
+    return int(_crc32c(view)).to_bytes(CHECKSUM, "little")
 
 
 def _index(n_chunks: int, stored: list[int], chunk_nbytes: int) -> bytes:
