@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -345,9 +345,12 @@ class Killed:
     output: str
 
 
-def kill_mid_run(args: list[str], at_shards: int, root: Path, timeout: float = 120) -> Killed:
+def kill_mid_run(
+    args: list[str], at_shards: int, root: Path, timeout: float = 120, sig: int = signal.SIGKILL
+) -> Killed:
     """Run ``python -m daskcubes.workflow ARGS`` in a process group of its own, stop its
-    driver once ``at_shards`` shards are in the completion record, and SIGKILL the group;
+    driver once ``at_shards`` shards are in the completion record, and SIGKILL the group
+    (or send ``sig`` to the driver: ``SIGINT`` is a Ctrl-C);
     a run that ends before it stops is not killed, one that does not stop within
     ``timeout`` seconds is killed then (``stopped`` is then false). Files go under ``root``.
     """
@@ -368,6 +371,10 @@ def kill_mid_run(args: list[str], at_shards: int, root: Path, timeout: float = 1
         while not stopped.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
     finally:
+        if process.poll() is None and sig != signal.SIGKILL and stopped.exists():
+            process.send_signal(sig)
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=60)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()

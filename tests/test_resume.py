@@ -26,6 +26,7 @@ from daskcubes.io.sources import files_source
 from daskcubes.io.storage import Storage
 from daskcubes.runtime.tasks import ingest_tasks
 from daskcubes.testing import assert_stores_identical, store_files
+from tests.helpers import kill_mid_run
 
 pytestmark = pytest.mark.slow
 
@@ -89,12 +90,10 @@ def interrupt_after_progress(
 
 def test_sigkill_mid_sample_then_resume_gives_the_uninterrupted_store(frames_ready: Path) -> None:
     root = frames_ready
-    process = start(["sample", *cube_args(root)])
-    interrupt_after_progress(process, root / "cubes.zarr", "shards", signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
+    killed = kill_mid_run(["sample", *cube_args(root)], 200, root / "kill")
+    assert killed.stopped and killed.status == -signal.SIGKILL, killed.output
     finished_before = recorded(root / "cubes.zarr", "shards")
-    assert 0 < finished_before < 600
+    assert 200 <= finished_before < 600
 
     with pytest.raises(UserError, match="incomplete"):
         open_cubes(str(root / "cubes.zarr"))
@@ -114,11 +113,9 @@ def test_sigkill_mid_sample_then_resume_gives_the_uninterrupted_store(frames_rea
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(frames_ready: Path) -> None:
     root = frames_ready
-    process = start(["sample", *cube_args(root)])
-    interrupt_after_progress(process, root / "cubes.zarr", "shards", signal.SIGINT)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 130
-    assert err.strip().splitlines()[-1] == (
+    interrupted = kill_mid_run(["sample", *cube_args(root)], 200, root / "kill", sig=signal.SIGINT)
+    assert interrupted.stopped and interrupted.status == 130, interrupted.output
+    assert interrupted.output.strip().splitlines()[-1] == (
         "daskcubes: interrupted; run the same command with --resume to finish"
     )
     assert main(["sample", *cube_args(root), "--resume"]) == 0
@@ -141,9 +138,8 @@ def test_sigkill_mid_ingest_then_resume(tmp_path: Path) -> None:
 
 @pytest.fixture
 def interrupted(frames_ready: Path) -> Path:
-    process = start(["sample", *cube_args(frames_ready)])
-    interrupt_after_progress(process, frames_ready / "cubes.zarr", "shards", signal.SIGKILL)
-    process.communicate()
+    killed = kill_mid_run(["sample", *cube_args(frames_ready)], 200, frames_ready / "kill")
+    assert killed.stopped and killed.status == -signal.SIGKILL, killed.output
     return frames_ready
 
 

@@ -113,7 +113,8 @@ except ImportError:  # zarr's own dependency
 def _checksum(raw: bytes | np.ndarray) -> bytes:
     """The crc32c of ``raw`` (bytes, or a contiguous array's bytes), as zarr's codec
     stores it."""
-    view = raw.data if isinstance(raw, np.ndarray) else raw
+    # A read-only view: google_crc32c takes no other (and neither copies).
+    view = raw.data.toreadonly() if isinstance(raw, np.ndarray) else raw
     return int(_crc32c(view)).to_bytes(CHECKSUM, "little")
 
 

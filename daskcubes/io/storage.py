@@ -16,13 +16,15 @@ layers below (botocore) are left one attempt each, so that the budget bounds a r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import posixpath
+import socket
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -70,16 +72,37 @@ def write_atomically(path: str | Path, parts: Iterable[Any]) -> None:
     renamed: a killed writer never leaves a torn file under the real name, and two
     writers of the same file never share a temporary one.
     """
-    target = Path(path)
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    folder, name = os.path.split(os.fspath(path))
+    # Unique to this writer (process, thread, write); no random bytes, which cost a system
+    # call. Plain os calls, one writev: each system call lets another thread take the GIL,
+    # and a tiny cube's task made a dozen of them (measured: 7x the shard's write time on
+    # two threads against one).
+    partial = os.path.join(folder, f".{name}.{_HOST}-{os.getpid()}-{_writes()}.partial")
     try:
-        with partial.open("wb") as file:
-            for part in parts:
-                file.write(part)
-        partial.replace(target)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            views = [memoryview(part).cast("B") for part in parts]
+            while views:  # writev may write less than asked: go on from there
+                written = os.writev(fd, views[:_IOV_MAX])
+                while views and written >= len(views[0]):
+                    written -= len(views.pop(0))
+                if views and written:
+                    views[0] = views[0][written:]
+        finally:
+            os.close(fd)
+        os.replace(partial, os.path.join(folder, name))
     except BaseException:
-        partial.unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            os.unlink(partial)
         raise
+
+
+#: Buffers one writev takes at most (the system's IOV_MAX).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+#: This machine, and a number for each write of this process: with the pid, a temporary
+#: name no other writer of a shared filesystem has.
+_HOST = socket.gethostname()
+_writes = itertools.count().__next__
 
 
 def local_path(url: str) -> str | None:
