@@ -287,6 +287,9 @@ def measure_small(
     )
     _say("threads", threads)
     rows += run_rows(THREADS, threads, tasks)
+    if threads.finished:
+        entries = sum(len(folders) + len(files) for _, folders, files in os.walk(clean))
+        rows.append(Row(Key.MILLION_ENTRIES_PER_SHARD, entries / n_shards, "entries"))
     if cluster:
         out = str(scratch / "cluster.zarr")
         dashboard = ["--dashboard-address", "127.0.0.1:0"]

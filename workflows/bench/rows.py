@@ -103,6 +103,7 @@ class Key(StrEnum):
     MILLION_CLUSTER_IDENTICAL = (
         "many small cubes: LocalCluster store identical to threads (1 yes, 0 no)"
     )
+    MILLION_ENTRIES_PER_SHARD = "many small cubes: filesystem entries (files and folders) a shard"
     MILLION_RECORD_SAVE = "completion record: one save at the kill's state"
     MILLION_RECORD_BYTES = "completion record: the group's zarr.json at the kill"
     MILLION_RECORD_RANGES = "completion record: shard ranges at the kill"
