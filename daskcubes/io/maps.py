@@ -1,24 +1,10 @@
 """Window maps read from storage: a weight map or a label volume that chooses where
-windows lie, summarised by :mod:`daskcubes.core.tables`.
+windows lie, summarised by :mod:`daskcubes.core.tables` (what a table holds, and how).
 
-A map is read once, frame by frame (any array ``ingest`` reads: a zarr array, a
-variable of a zarr store, NetCDF or HDF5 file, or frame files), and summarised into a
-:class:`WindowTable` over the *window starts*: every place a window of the cube's shape
-may start (``n - size + 1`` along a ``window`` axis, one along ``all`` frames or the
-``first`` rows). The table is all a plan needs to draw window ``i`` from two uniforms.
-
-- **Weights** over frames x rows x columns: a window's weight is the mean of the map
-  over the window's voxels, from a summed-area table of each frame and a running sum
-  over frames; a window holding no positive weight has weight exactly 0 (counted apart,
-  in integers, so that rounding never makes it drawable). Weights shaped as the window
-  starts give each start's weight directly.
-- **Labels** (whole-number classes) of the frames' shape: a window counts for class
-  ``c`` when at least ``fraction`` of its voxels are of class ``c`` (counted exactly, in
-  integers). Each class's windows are drawn uniformly; classes by their shares.
-
-Only drawable starts are kept (their flat index, and for weights the cumulative
-weight): 16 bytes a positive start for weights, 8 a qualifying start and class for
-labels. The table also holds a digest of the map's values, which a cube store records.
+A map is any array ``ingest`` reads (a zarr array, a variable of a zarr store, NetCDF or
+HDF5 file, or frame files). It is read once, frame by frame, checked against the frames'
+shape or the window starts', and its digest computed as it is read; a table is kept per
+process by that digest, which a cube store records and checks.
 """
 
 from __future__ import annotations
