@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -163,3 +164,21 @@ def test_ten_bad_shards_are_listed_and_all_counted(
     assert all(f"PROBLEM: array 'cubes', {name} " in out for name in listed), out
     assert out.count("PROBLEM: array 'cubes', shard") == 10
     assert "... 12 bad shards in all" in out
+
+
+def test_verify_holds_a_few_shards_at_a_time(tmp_path: Path) -> None:
+    """Every chunk is read and checked, yet the shards are not held together: a block of
+    4,096 article shards would be 512 GB (verify held each block whole before)."""
+    config = small_config(
+        tmp_path, cubes=64, shard_size=8, task_size=8, n_rows=64, n_cols=128, dim=64
+    )  # 8 shards of 8 cubes of 5 x 64 x 64 float64: 1.3 MB a shard, 10.5 MB in all
+    jobs.run(config, show_progress=False)
+    verify_cube_store(config.out, Storage(), sample=0)  # warm: zarr's imports and caches
+    tracemalloc.start()
+    try:
+        report = verify_cube_store(config.out, Storage(), sample=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not report.problems and "every chunk of 8 shards read and checked" in report.facts
+    assert peak < 6 * 2**20  # a shard per thread, not all eight
