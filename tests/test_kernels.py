@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daskcubes.core import kernels
+from daskcubes.core import draws, kernels
 from daskcubes.core.definition import ColumnMode, Definition, FrameMode, RowMode
 from daskcubes.core.kernels import empty_slab, gather_cubes, gather_reference
 from daskcubes.core.plan import CubePlan, Recipes, recipes_of
@@ -170,7 +170,7 @@ def test_where_no_cache_directory_is_writable_the_kernel_still_compiles() -> Non
                 raise RuntimeError("cannot cache function: no locator available")
             return plain(*args, **options)
         numba.njit = njit
-        from daskcubes.core import kernels
+        from daskcubes.core import draws, kernels
         slab = kernels.empty_slab(2, 3, 4, "float64", False)
         slab[...] = np.arange(24).reshape(2, 3, 4)
         out, expected = np.empty((2, 1, 2, 2, 2))
@@ -212,3 +212,21 @@ def test_recipes_outside_the_slab_are_refused(
         return
     with pytest.raises(IndexError, match=re.escape(message)):
         cut(slab, frames, rows, columns, out)
+
+
+def test_draws_that_do_not_compile_fall_back_to_the_same_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = draws.cube_keys(3, draws.COLUMN_DRAWS, np.arange(40))
+    expected = draws.first_distinct(keys, 50, 7)
+
+    class NoCompile(Exception):
+        pass
+
+    def failing(*args: object) -> None:
+        raise NoCompile("cannot compile\nmore detail")
+
+    compiled = {**kernels._compiled, "draws": failing, "errors": (NoCompile,)}
+    monkeypatch.setattr(kernels, "_compiled", compiled)
+    with pytest.warns(kernels.CompiledCutUnavailable, match="does not compile: cannot compile"):
+        assert np.array_equal(draws.first_distinct(keys, 50, 7), expected)

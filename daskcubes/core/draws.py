@@ -101,9 +101,7 @@ def first_distinct(keys: np.ndarray, n: int, count: int) -> np.ndarray:
     if not 1 <= count <= n < 1 << 31:
         raise ValueError(f"cannot draw {count} distinct integers below {n}")
     out = np.empty((len(keys), count), dtype=np.int32)
-    compiled = compiled_draws() if n <= _COMPILED_MAX_N else None
-    if compiled is not None:
-        compiled(np.ascontiguousarray(keys, dtype=np.uint64), n, out, np.zeros(n, dtype=bool))
+    if n <= _COMPILED_MAX_N and compiled_draws(np.ascontiguousarray(keys, np.uint64), n, out):
         return out
     return numpy_first_distinct(keys, n, count, out)
 

@@ -55,13 +55,18 @@ def _compiled_kernel() -> Callable[..., None] | None:
     return kernel
 
 
-def compiled_draws() -> Callable[..., None] | None:
-    """The compiled draws (:func:`daskcubes.core.compiled.first_distinct`), where the
-    compiled cut is available; None where it is not."""
+def compiled_draws(keys: np.ndarray, n: int, out: np.ndarray) -> bool:
+    """Fill ``out`` with the compiled draws (:func:`daskcubes.core.compiled.first_distinct`)
+    of uint64 ``keys`` below ``n``; False where they are unavailable, as the compiled cut
+    is (the caller then draws in numpy, the same values)."""
     if _compiled_kernel() is None:
-        return None
-    draws: Callable[..., None] = _compiled["draws"]
-    return draws
+        return False
+    try:
+        _compiled["draws"](keys, n, out, np.zeros(n, dtype=bool))
+    except _compiled["errors"] as exc:  # the first call compiles
+        compiled_cut_unavailable(f"it does not compile: {str(exc).splitlines()[0]}")
+        return False
+    return True
 
 
 def compiled_cut_unavailable(reason: object) -> None:
