@@ -11,8 +11,10 @@ CUDA.
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,11 @@ from daskcubes.train.device import (  # noqa: E402
     INDEX_ITEMSIZE,
     DeviceStream,
     OnDevice,
+    TritonGather,
     Uploads,
     batch_overhead,
-    cube_index,
+    device_gather,
+    upload_index,
 )
 from tests.helpers import DEFINITIONS, small_config  # noqa: E402
 
@@ -97,6 +101,43 @@ def test_device_cubes_are_the_host_stream_s_and_the_store_s_bytes(
         banded = open_stream(with_budget(config, budget), device, gather="device")
         assert isinstance(banded, DeviceStream) and not banded.job.source.whole
         assert host(banded[order]).tobytes() == stored[order].tobytes()
+
+
+@pytest.fixture
+def triton_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Device streams cut by the Triton kernel, run on the CPU by Triton's interpreter
+    (``TRITON_INTERPRET=1``, read when the kernel is defined: so its module is loaded
+    again, and again after the test)."""
+    pytest.importorskip("triton")
+    from daskcubes.train import device_kernel
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    importlib.reload(device_kernel)
+    monkeypatch.setattr(device_module, "device_gather", lambda _, uploads: TritonGather(uploads))
+    yield
+    monkeypatch.undo()
+    importlib.reload(device_kernel)
+
+
+@pytest.mark.usefixtures("triton_on_the_cpu")
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", ALL_DEFINITIONS)
+def test_the_triton_kernel_gives_the_store_s_bytes(tmp_path: Path, name: str, dtype: str) -> None:
+    """The CUDA gather, run on the CPU by Triton's interpreter: every definition and
+    dtype, in core and out of core, byte for byte the store's cubes."""
+    config = definition_config(tmp_path, name, dtype=dtype, cubes=12)
+    jobs.run(config, show_progress=False)
+    stored = open_cubes(config.out)[:]
+    order = np.random.default_rng(0).permutation(config.cubes)
+    budgets = {"whole": None, **out_of_core_budgets(config)}
+    for budget in budgets.values():
+        stream = open_stream(
+            config if budget is None else with_budget(config, budget), "cpu", gather="device"
+        )
+        assert isinstance(stream, DeviceStream)
+        assert isinstance(stream.source.gather, TritonGather)
+        assert stream.job.source.whole == (budget is None)
+        assert host(stream[order]).tobytes() == stored[order].tobytes()
 
 
 def test_the_out_of_core_budgets_give_both_kinds_of_block(tmp_path: Path) -> None:
@@ -182,7 +223,7 @@ def test_a_corrupt_recipe_is_one_line_and_never_reaches_the_device(
 
     good = device_module.job_recipes
     monkeypatch.setattr(device_module, "job_recipes", lambda *a: corrupt(good(*a), field))
-    monkeypatch.setattr(device_module, "cube_index", reached)
+    monkeypatch.setattr(stream.source, "gather", reached)
     monkeypatch.setattr(device_module, "upload_rows", reached)
     with pytest.raises(UserError) as raised:
         stream[0:4]
@@ -212,46 +253,60 @@ def article_plan(n_cubes: int) -> CubePlan:
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_the_index_of_an_article_batch_is_small_beside_its_bytes(dtype: str) -> None:
-    """Uploaded: ``depth + width`` int64 a cube, below a thousandth of the batch; made on
-    the device: the starts of the cube columns, a ``height``-th of its values (2% of a
-    float32 batch's bytes, 1% of a float64 one's)."""
+    """``depth + 1 + width`` int64 a cube, uploaded and used as they are: below a
+    thousandth of the batch's bytes, and all a batch needs beyond its output."""
     plan, n = article_plan(64), 16
     recipes = recipes_of(plan, np.arange(n))
-    shape = (plan.n_frames, plan.height, plan.n_cols)
-    index = cube_index(recipes.frames, recipes.rows, recipes.columns, shape, Uploads(CPU))
+    index = upload_index(recipes.frames, recipes.rows, recipes.columns, Uploads(CPU))
     depth, height, width = plan.cube_shape
-    assert index.nbytes == INDEX_ITEMSIZE * n * (depth + width)
+    assert index.dtype == torch.int64 and index.shape == (n, depth + 1 + width)
+    assert index[:, :depth].numpy().tobytes() == recipes.frames.astype(np.int64).tobytes()
+    assert index[:, depth].numpy().tolist() == recipes.rows.tolist()
+    assert index[:, depth + 1 :].numpy().tobytes() == recipes.columns.astype(np.int64).tobytes()
+    index_bytes = index.numel() * index.element_size()
     batch_bytes = n * depth * height * width * np.dtype(dtype).itemsize
-    assert index.nbytes <= batch_bytes / 1000
-    starts = index.starts()
-    assert starts.numel() * starts.element_size() <= 0.02 * batch_bytes
-    assert batch_overhead(plan, dtype, n) <= 1.03 * batch_bytes
+    assert batch_overhead(plan, n) == index_bytes <= batch_bytes / 1000
 
 
 @pytest.mark.parametrize("budget", ["whole", "bands", "frame blocks"])
 def test_every_index_the_cut_builds_stays_within_the_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, budget: str
 ) -> None:
-    """``INDEX_ITEMSIZE * (depth + width)`` bytes a cube of the batch uploaded, whatever
-    the layout of the source."""
+    """Each call of the gather gets ``depth + 1 + width`` index values a cube of the batch
+    and no more, whatever the layout of the source; the calls of a batch add up to at
+    most one such index a block of the source."""
     config = definition_config(tmp_path, "all-windows")
     jobs.run(config, show_progress=False)
     if budget != "whole":
         config = with_budget(config, out_of_core_budgets(config)[budget])
     stream = open_stream(config, "cpu", gather="device")
-    built: list[int] = []
+    assert isinstance(stream, DeviceStream)
+    calls: list[int] = []
+    gather = stream.source.gather
 
     def recorded(*args: Any) -> Any:
-        index = cube_index(*args)
-        built.append(index.nbytes)
-        return index
+        calls.append(sum(np.asarray(a).size for a in args[1:4]))
+        return gather(*args)
 
-    monkeypatch.setattr(device_module, "cube_index", recorded)
+    monkeypatch.setattr(stream.source, "gather", recorded)
     n = 16
-    stream[np.arange(n)]
-    assert built
+    stored = open_cubes(config.out)[:]
+    assert host(stream[np.arange(n)]).tobytes() == stored[:n].tobytes()
     depth, _, width = stream.cube_shape
-    assert max(built) <= n * INDEX_ITEMSIZE * (depth + width)
+    assert calls and max(calls) == n * (depth + 1 + width)
+    assert (len(calls) == 1) == (budget == "whole")
+
+
+def test_without_triton_the_device_gather_is_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import daskcubes.train
+
+    monkeypatch.setitem(sys.modules, "daskcubes.train.device_kernel", None)  # not importable
+    monkeypatch.delattr(daskcubes.train, "device_kernel", raising=False)
+    with pytest.raises(UserError, match=r"^device 'cuda:0': the device gather needs Triton"):
+        device_gather(torch.device("cuda", 0), Uploads(torch.device("cuda", 0)))
+    assert device_gather(CPU, Uploads(CPU)) is device_module.host_gather
 
 
 class AtenCalls(TorchDispatchMode):
@@ -282,13 +337,17 @@ def index_tensors(func: Any, args: list[Any]) -> list[Any]:
 
 @pytest.mark.parametrize("budget", ["whole", "bands", "frame blocks"])
 @pytest.mark.parametrize("name", ["article", "all-windows"])
+@pytest.mark.parametrize("kernel", ["host", "triton"])
 def test_no_index_of_a_device_batch_grows_to_the_output_s_size(
-    tmp_path: Path, name: str, budget: str
+    tmp_path: Path, request: pytest.FixtureRequest, name: str, budget: str, kernel: str
 ) -> None:
-    """The aten calls of a batch on ``device="cpu"``: no indexing call gets several index
-    tensors that broadcast to its output or the batch's (CUDA expands each of them to
-    that size inside the kernel, where the CPU takes them small), and no int64 tensor
-    has as many values as the output."""
+    """The aten calls of a batch on ``device="cpu"``, cut by the CPU's gather and by the
+    CUDA one (Triton's, interpreted): no indexing call gets several index tensors that
+    broadcast to its output or the batch's (CUDA expands each of them to that size
+    inside the kernel, where the CPU takes them small), and no int64 tensor has as many
+    values as the output."""
+    if kernel == "triton":
+        request.getfixturevalue("triton_on_the_cpu")
     config = definition_config(tmp_path, name)
     jobs.run(config, show_progress=False)
     if budget != "whole":
@@ -302,7 +361,6 @@ def test_no_index_of_a_device_batch_grows_to_the_output_s_size(
         ids, cubes = next(iter(Batches(stream, n, shuffle=True, prefetch=0)))
     assert host(cubes).tobytes() == open_cubes(config.out)[ids].tobytes()
     indexing = [(func, index_tensors(func, args), result) for func, args, result in aten.calls]
-    assert any(index for _, index, _ in indexing)
     for func, index, result in indexing:
         if len(index) >= 2:
             broadcast = torch.broadcast_shapes(*(t.shape for t in index))

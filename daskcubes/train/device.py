@@ -4,15 +4,20 @@ and moved there through staging buffers.
 :class:`DeviceStream` is stream mode on a device. The source rows a job needs are
 uploaded as a row-major ``(frames, rows, n_cols)`` tensor in the training dtype (cast on
 the host, once, exactly as the host's cut casts them, and copied from pinned memory
-without blocking), and a batch is cut by one gather on the device (:class:`CubeIndex`).
-The recipes stay the host's: computed in vectorised blocks by
-:func:`daskcubes.core.plan.recipes_of` and checked against the frames store on the host,
-since an out-of-range index on a GPU leaves its CUDA context unusable. When the source
-exceeds the budget (``max_slab_bytes``, by default half the device's free memory once a
-few batches and their temporaries are set aside) it is worked through in the same bands
-and frame blocks as on the host (:class:`daskcubes.cut.cutter.SourceLayout`). Cube ``i``
-is bit-identical to cube ``i`` of the host stream and of a stored store: a gather copies
-values, and the values are cast alike.
+without blocking), and a batch is cut by one call of the device's :class:`Gather`: on
+CUDA a Triton kernel (:mod:`daskcubes.train.device_kernel`) that takes one index of
+``depth + 1 + width`` int64 a cube (its frames, first row and columns: 1.6 KB an article
+cube, 0.04% of its float32 bytes) and writes each cube row once; on the CPU the host's
+compiled kernel, in the tensors' memory. Neither makes an index or a temporary of the
+output's size. The recipes stay the host's: computed vectorised, a batch at a time, in
+the thread that reads ahead, by :func:`daskcubes.core.plan.recipes_of`, and checked
+against the frames store on the host, since an out-of-range index on a GPU leaves its
+CUDA context unusable. When the source exceeds the budget (``max_slab_bytes``, by
+default half the device's free memory once a few batches and their indices are set
+aside) it is worked through in the same bands and frame blocks as on the host
+(:class:`daskcubes.cut.cutter.SourceLayout`), each block cutting in place the layers it
+holds. Cube ``i`` is bit-identical to cube ``i`` of the host stream and of a stored
+store: a gather copies values, and the values are cast alike.
 
 :class:`OnDevice` hands the batches of a host source (a cube store, or the host stream)
 to a device: read on the host's threads, put through staging buffers (pinned on CUDA, so
@@ -33,11 +38,12 @@ import threading
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from daskcubes.core.kernels import gather_cubes
 from daskcubes.core.plan import CubePlan, Recipes
 from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
 from daskcubes.errors import UserError
@@ -156,95 +162,94 @@ class Uploads:
         self._buffers[slot] = (pinned, done)
         return into
 
-    def array(self, values: np.ndarray) -> torch.Tensor:
-        """``values`` as a new tensor on the device."""
-        into = torch.empty(values.shape, dtype=torch_dtype(values.dtype), device=self.device)
-        return self.put(into, lambda host: np.copyto(host, values))
+
+class Gather(Protocol):
+    """The cut on a device: ``out[i, f, r, c] = block[frames[i, f], rows[i] + r,
+    columns[i, c]]`` for every layer whose frame the row-major ``block`` holds (a frame
+    outside ``0 .. len(block) - 1`` leaves that layer of ``out`` as it is), recipes
+    checked beforehand."""
+
+    def __call__(
+        self,
+        block: torch.Tensor,
+        frames: np.ndarray,
+        rows: np.ndarray,
+        columns: np.ndarray,
+        out: torch.Tensor,
+    ) -> object: ...
 
 
-def column_runs(block: torch.Tensor, height: int) -> torch.Tensor:
-    """A view of the row-major ``block`` whose row ``k`` is the run of ``height`` values
-    ``block.flatten()[k + r * n_cols]``: the values of one source column down ``height``
-    rows, from the value at flat offset ``k`` on."""
-    n_cols = block.shape[-1]
-    return block.as_strided((block.numel() - (height - 1) * n_cols, height), (1, n_cols))
-
-
-class CubeIndex(NamedTuple):
-    """Where the values of ``n`` cubes are in a row-major block of source ``(frames, rows,
-    n_cols)``, as int64 tensors on the block's device: ``layers`` (n, depth), the flat
-    offset of each cube layer's first row, and ``columns`` (n, width). Cube ``i`` is
-    ``block.flatten()[layers[i, f] + r * n_cols + columns[i, c]]``.
-
-    The gather hands torch's indexing one index tensor: the ``(n, depth, width)`` starts
-    of the cubes' column runs (``layers + columns``, added on the device) into
-    :func:`column_runs` of the block. Torch's indexing makes every index tensor as large
-    as the output when it gets several with different strides (on CUDA it does so for
-    the broadcast ``frames``, ``rows`` and ``columns`` of each value: 24 MB of int64 an
-    article cube); one index tensor is never expanded, and is read once per run of
-    ``height`` values. So a batch uploads ``depth + width`` int64 a cube, makes ``depth
-    * width`` on the device (a ``height``-th of the output's values: 2% of a float32
-    article batch's bytes), and the cubes are written in place, with no temporary of
-    the output's size.
-    """
-
-    layers: torch.Tensor
-    columns: torch.Tensor
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of index uploaded."""
-        return sum(t.numel() * t.element_size() for t in self)
-
-    def starts(self) -> torch.Tensor:
-        """(n, depth, width): the flat offset of the first value of each cube column."""
-        return self.layers[:, :, None] + self.columns[:, None, :]
-
-    def gather_into(self, block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """``out[i, f, r, c] = block.flatten()[layers[i, f] + r * n_cols + columns[i, c]]``:
-        one gather of one index tensor, written into ``out`` (n, depth, height, width)
-        through a view that swaps its last two axes."""
-        runs = column_runs(block, out.shape[2])
-        torch.ops.aten.index.Tensor_out(runs, [self.starts()], out=out.transpose(2, 3))
-        return out
-
-    def layer_of(self, block: torch.Tensor, height: int) -> torch.Tensor:
-        """(n, height, width): one layer a cube (``layers`` is then (n, 1))."""
-        return column_runs(block, height)[self.starts()[:, 0]].transpose(1, 2)
-
-
-def cube_index(
+def host_gather(
+    block: torch.Tensor,
     frames: np.ndarray,
     rows: np.ndarray,
     columns: np.ndarray,
-    block_shape: tuple[int, ...],
-    uploads: Uploads,
-) -> CubeIndex:
-    """The index on the device of cubes whose layers come from ``frames`` (n, depth),
-    whose first rows are ``rows`` (n,) and whose columns are ``columns`` (n, width), all
-    counted in a block of ``block_shape``: worked out on the host, vectorised, and
-    uploaded in one copy."""
-    _, block_rows, n_cols = block_shape
-    layers = (frames.astype(np.int64) * block_rows + rows.astype(np.int64)[:, None]) * n_cols
-    depth = layers.shape[1]
-    shape = (len(layers), depth + columns.shape[1])
-    both = torch.empty(shape, dtype=torch.int64, device=uploads.device)
+    out: torch.Tensor,
+) -> object:
+    """The gather on the CPU: the host's one-pass kernel, in the tensors' own memory."""
+    return gather_cubes(block.numpy(), frames, rows, columns, out.numpy())
+
+
+def upload_index(
+    frames: np.ndarray, rows: np.ndarray, columns: np.ndarray, uploads: Uploads
+) -> torch.Tensor:
+    """One int64 index ``(n, depth + 1 + width)`` on the uploads' device: each cube's
+    frames, its first row and its columns, filled on the host in place (into a pinned
+    buffer, on CUDA) and uploaded in one non-blocking copy."""
+    depth = frames.shape[1]
+    shape = (len(frames), depth + 1 + columns.shape[1])
+    index = torch.empty(shape, dtype=torch.int64, device=uploads.device)
 
     def fill(host: np.ndarray) -> None:
-        host[:, :depth] = layers
-        host[:, depth:] = columns
+        host[:, :depth] = frames
+        host[:, depth] = rows
+        host[:, depth + 1 :] = columns
 
-    uploads.put(both, fill)
-    return CubeIndex(both[:, :depth], both[:, depth:])
+    return uploads.put(index, fill)
 
 
-def batch_overhead(plan: CubePlan, dtype: np.dtype | str, n: int) -> int:
-    """Device bytes a batch of ``n`` cubes needs beyond its output and the source, at
-    most: its index (uploaded, and the starts made of it) and, out of core, the cubes
-    gathered whole from one block before they are put in place (the output's size)."""
-    depth, height, width = plan.cube_shape
-    index = INDEX_ITEMSIZE * n * (depth + width + depth * width)
-    return index + n * depth * height * width * np.dtype(dtype).itemsize
+class TritonGather:
+    """The gather as a Triton kernel (:mod:`daskcubes.train.device_kernel`) over the index
+    of :func:`upload_index`: a batch's index is O(cubes x (depth + width)), and the kernel
+    writes each cube row once, with no index or temporary of the output's size."""
+
+    def __init__(self, uploads: Uploads) -> None:
+        from daskcubes.train import device_kernel
+
+        self.uploads = uploads
+        self.device_kernel = device_kernel
+
+    def __call__(
+        self,
+        block: torch.Tensor,
+        frames: np.ndarray,
+        rows: np.ndarray,
+        columns: np.ndarray,
+        out: torch.Tensor,
+    ) -> object:
+        index = upload_index(frames, rows, columns, self.uploads)
+        return self.device_kernel.gather(block, index, out)
+
+
+def device_gather(device: torch.device, uploads: Uploads) -> Gather:
+    """The gather for ``device``: the host's compiled kernel on the CPU, the Triton
+    kernel elsewhere (refused in one line where Triton is missing)."""
+    if device.type == "cpu":
+        return host_gather
+    try:
+        return TritonGather(uploads)
+    except ImportError as error:
+        raise UserError(
+            f"device {str(device)!r}: the device gather needs Triton ({error}); install the "
+            "triton that matches torch, or use gather='host'"
+        ) from None
+
+
+def batch_overhead(plan: CubePlan, n: int) -> int:
+    """Device bytes a batch of ``n`` cubes needs beyond its output and the source: its
+    index, ``depth + 1 + width`` int64 a cube (the gather makes no temporary)."""
+    depth, _, width = plan.cube_shape
+    return INDEX_ITEMSIZE * n * (depth + 1 + width)
 
 
 # -- the source on the device ---------------------------------------------------------
@@ -273,12 +278,14 @@ def _read_rows(array: Any, frame: int, rows: range, host: np.ndarray) -> None:
 
 class DeviceSource:
     """The source values of a job on a device, within the job's budget: the whole slab,
-    uploaded on first use and kept, or one block (frames by a band of rows) at a time."""
+    uploaded on first use and kept, or one block (frames by a band of rows) at a time,
+    cut by the device's :class:`Gather`."""
 
     def __init__(self, job: CutJob, device: torch.device) -> None:
         self.job = job
         self.device = device
         self.uploads = Uploads(device)
+        self.gather = device_gather(device, self.uploads)
         self._key: tuple[range, range] | None = None
         self._block: torch.Tensor | None = None
 
@@ -296,61 +303,23 @@ class DeviceSource:
         layout, plan = self.job.source, self.job.plan
         if layout.whole:
             block = self.block(range(plan.n_frames), range(layout.rows_needed))
-            index = cube_index(
-                recipes.frames, recipes.rows, recipes.columns, block.shape, self.uploads
-            )
-            return index.gather_into(block, out)
-        # Out of core: the host's bands and frame blocks (see SourceLayout).
+            self.gather(block, recipes.frames, recipes.rows, recipes.columns, out)
+            return out
+        # Out of core: the host's bands and frame blocks (see SourceLayout). Each block
+        # cuts the layers it holds, in place; the others' frames are passed as -1 (a band
+        # another holds) or fall outside the block (frames another block holds).
         step, size = layout.row_step, layout.frame_block
         frames, rows = recipes.frames, recipes.rows
         bands = rows // step
         for band in np.unique(bands):
             first = int(band) * step
             band_rows = range(first, min(first + step + plan.height - 1, layout.rows_needed))
-            in_band = bands == band
-            for start in np.unique(frames[in_band] // size) * size:
-                held_frames = range(int(start), min(int(start) + size, plan.n_frames))
-                held = in_band[:, None] & (frames >= start) & (frames < held_frames.stop)
-                block = self.block(held_frames, band_rows)
-                self._cut_held(block, held, recipes, int(start), first, out)
+            in_band = (bands == band)[:, None]
+            for start in np.unique(frames[in_band[:, 0]] // size) * size:
+                block = self.block(range(start, min(start + size, plan.n_frames)), band_rows)
+                held = np.where(in_band, frames - start, -1)
+                self.gather(block, held, rows - first, recipes.columns, out)
         return out
-
-    def _cut_held(
-        self,
-        block: torch.Tensor,
-        held: np.ndarray,
-        recipes: Recipes,
-        start: int,
-        first: int,
-        out: torch.Tensor,
-    ) -> None:
-        """The layers ``held`` (n, depth) marks, from ``block`` (frames from ``start``,
-        rows from ``first``): whole cubes in one gather, other layers one layer at a time."""
-        whole = np.asarray(held.all(axis=1))
-        frames, rows = recipes.frames - start, recipes.rows - first
-        if whole.all():
-            index = cube_index(frames, rows, recipes.columns, block.shape, self.uploads)
-            index.gather_into(block, out)
-            return
-        if whole.any():
-            cubes = np.flatnonzero(whole)
-            index = cube_index(
-                frames[cubes], rows[cubes], recipes.columns[cubes], block.shape, self.uploads
-            )
-            values = torch.empty((len(cubes), *out.shape[1:]), dtype=out.dtype, device=out.device)
-            out[self.uploads.array(cubes)] = index.gather_into(block, values)
-        some = held & ~whole[:, None]
-        for layer in np.flatnonzero(some.any(axis=0)):
-            cubes = np.flatnonzero(some[:, layer])
-            index = cube_index(
-                frames[cubes, layer, None],
-                rows[cubes],
-                recipes.columns[cubes],
-                block.shape,
-                self.uploads,
-            )
-            height = self.job.plan.height
-            out[self.uploads.array(cubes), int(layer)] = index.layer_of(block, height)
 
 
 # -- batches handed out on a device ---------------------------------------------------
@@ -436,7 +405,7 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
         # beyond its output, are set aside.
         plan, dtype = job.plan, np.dtype(job.dtype)
         batch = RESERVED_BATCH * int(np.prod(plan.cube_shape)) * dtype.itemsize
-        reserved = KEEP_BUFFERS * batch + batch_overhead(plan, dtype, RESERVED_BATCH)
+        reserved = KEEP_BUFFERS * batch + batch_overhead(plan, RESERVED_BATCH)
         self.job = for_workers(job, max(free_memory(found) - reserved, 0), threads=1)
         super().__init__(found, plan.n_cubes, plan.cube_shape, np.dtype(self.job.dtype))
         self.source = DeviceSource(self.job, found)
