@@ -34,7 +34,6 @@ from daskcubes.errors import UserError  # noqa: E402
 from daskcubes.loaders.torch import CubeDataset  # noqa: E402
 from daskcubes.train import device as device_module  # noqa: E402
 from daskcubes.train.device import (  # noqa: E402
-    INDEX_ITEMSIZE,
     DeviceStream,
     OnDevice,
     TritonGather,
@@ -217,6 +216,7 @@ def test_a_corrupt_recipe_is_one_line_and_never_reaches_the_device(
     config = definition_config(tmp_path, "all-windows")
     jobs.run(config, show_progress=False)
     stream = open_stream(config, "cpu", gather="device")
+    assert isinstance(stream, DeviceStream)
 
     def reached(*args: object, **kwargs: object) -> None:
         raise AssertionError("a corrupt recipe reached the device")
@@ -398,6 +398,29 @@ def test_ranks_together_see_every_cube_once_with_the_store_s_bytes(
             assert host(cubes).tobytes() == stored[ids].tobytes()
             seen.extend(ids.tolist())
     assert sorted(seen) == list(range(len(stream)))
+
+
+@pytest.mark.parametrize(("block", "calls"), [(1024, 1), (8, 5)])
+def test_recipes_are_worked_out_ahead_a_block_of_batches_at_once(
+    device_stream: tuple[DeviceStream, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    block: int,
+    calls: int,
+) -> None:
+    """An epoch of 10 batches of 4 (37 cubes): the recipes of ``block`` cubes in one call."""
+    stream, stored = device_stream
+    made: list[int] = []
+    job_recipes = device_module.job_recipes
+
+    def counted(job: Any, positions: np.ndarray) -> Recipes:
+        made.append(len(positions))
+        return job_recipes(job, positions)
+
+    monkeypatch.setattr(device_module, "job_recipes", counted)
+    monkeypatch.setattr(device_module, "RECIPE_BLOCK", block)
+    for ids, cubes in Batches(stream, 4, shuffle=True, seed=2, prefetch=2):
+        assert host(cubes).tobytes() == stored[ids].tobytes()
+    assert len(made) == calls and sum(made) == len(stream)
 
 
 def test_resuming_mid_epoch_gives_the_rest_as_on_the_host(

@@ -324,8 +324,8 @@ class Batches:
         starts each batch there instead; one that only hands a host source's batches
         over gets them once read."""
         if isinstance(self.source, DeviceCubeSource) and self.host is None:
-            for ids in indices:  # cut on the device
-                yield Batch(ids, self.source.start(ids, self.copy))
+            starts = self.source.starts(indices, self.copy)  # cut on the device
+            yield from map(Batch, indices, starts)
             return
         batches = self._read_on_host(self.host or self.source, indices)
         if self.host is None:

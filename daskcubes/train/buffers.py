@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -51,6 +52,10 @@ class DeviceCubeSource(Protocol):
     def dtype(self) -> np.dtype: ...
 
     def start(self, positions: np.ndarray, fresh: bool = False) -> PendingCubes: ...
+
+    def starts(
+        self, batches: Sequence[np.ndarray], fresh: bool = False
+    ) -> Iterator[PendingCubes]: ...
 
     def read(self, positions: np.ndarray, out: Any = None) -> Any: ...
 

@@ -35,7 +35,7 @@ Imported only when a device is asked for: ``import daskcubes`` does not import t
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from functools import partial
 from typing import Any, Protocol
@@ -62,6 +62,9 @@ INDEX_ITEMSIZE = 8
 #: for the batches (the device check's batch): ``KEEP_BUFFERS`` outputs and what each
 #: needs beyond itself (:func:`batch_overhead`) are left out of the source's share.
 RESERVED_BATCH = 64
+#: Cubes whose recipes a device stream works out at once, ahead of the batches that cut
+#: them (:meth:`DeviceStream.starts`).
+RECIPE_BLOCK = 1024
 
 DeviceLike = str | torch.device
 
@@ -419,11 +422,27 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
 
     def start(self, positions: np.ndarray, fresh: bool = False) -> Pending:
         """Begin cutting the cubes at ``positions`` on the device."""
-        positions = np.asarray(positions, dtype=np.int64)
-        recipes = job_recipes(self.job, positions)  # on the host, vectorised
-        check_recipes(recipes, self.job.plan, positions, self.where)
+        return next(self.starts([positions], fresh))
+
+    def starts(self, batches: Sequence[np.ndarray], fresh: bool = False) -> Iterator[Pending]:
+        """Begin cutting each of ``batches`` in turn, their recipes worked out on the host
+        ahead of them, a block of about ``RECIPE_BLOCK`` cubes at once (vectorised and
+        checked: a fifth of the host's time per cube of one call a batch)."""
+        per_block = max(RECIPE_BLOCK // max(len(batches[0]), 1), 1) if len(batches) else 1
+        for first in range(0, len(batches), per_block):
+            block = [np.asarray(ids, dtype=np.int64) for ids in batches[first : first + per_block]]
+            positions = np.concatenate(block)
+            recipes = job_recipes(self.job, positions)
+            check_recipes(recipes, self.job.plan, positions, self.where)
+            ends = np.cumsum([len(ids) for ids in block])
+            for end, ids in zip(ends, block, strict=True):
+                cubes = slice(end - len(ids), end)
+                part = Recipes(recipes.frames[cubes], recipes.rows[cubes], recipes.columns[cubes])
+                yield self._cut(part, fresh)
+
+    def _cut(self, recipes: Recipes, fresh: bool) -> Pending:
         with self._lock, _on(self.device, self.stream):
-            out = self.output(len(positions), fresh)
+            out = self.output(len(recipes.rows), fresh)
             self.source.cut(recipes, out)
             return Pending(out, self.done())
 
@@ -509,6 +528,10 @@ class OnDevice(Staging, CubeIndexing[torch.Tensor]):
         """Begin handing the cubes at ``positions`` to the device."""
         positions = np.asarray(positions, dtype=np.int64)
         return self.upload(len(positions), lambda host: self.host.read(positions, host), fresh)
+
+    def starts(self, batches: Sequence[np.ndarray], fresh: bool = False) -> Iterator[Pending]:
+        """Begin handing each of ``batches`` to the device, in turn."""
+        return (self.start(ids, fresh) for ids in batches)
 
     def read(self, positions: np.ndarray, out: torch.Tensor | None = None) -> torch.Tensor:
         """Cubes at ``positions`` as a tensor on the device, into ``out`` if given."""
