@@ -6,8 +6,8 @@ Measured side by side in one run, everything in tmpfs:
   the same bytes of the same shard files with ``numpy.fromfile``;
 - stream mode: the same batches cut on demand from the frames store;
 - stream mode on ``device="cpu"``: the same batches handed out as torch tensors (the
-  host's cutter, no copy), against stream mode; and, for the record, torch's device
-  gather (what cuts on a GPU) run on the CPU, on fewer cubes;
+  host's cutter, no copy), against stream mode; and the device stream's own path on the
+  CPU (``gather="device"``: its gather there is the host's compiled kernel), on fewer cubes;
 - torch ``DataLoader`` over ``CubeDataset`` (2 worker processes), for the store and the
   stream, against the same ``Batches`` read directly (skipped, and said so, without torch).
 
@@ -39,8 +39,7 @@ from daskcubes.core.plan import cube_columns
 from daskcubes.io.shards import CHECKSUM, has_chunk_checksums
 
 BATCH = 16
-#: Cubes the device gather runs on the CPU: it is about ten times slower than the host's
-#: cutter there (it is made for a GPU), so a few batches tell its rate.
+#: Cubes the device stream's path cuts on the CPU: a few batches tell its rate.
 DEVICE_GATHER_CUBES = 64
 #: Alternating pairs of epochs that compare stream mode on device="cpu" with stream mode.
 DEVICE_PAIRS = 5

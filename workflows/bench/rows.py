@@ -62,7 +62,7 @@ class Key(StrEnum):
     STREAM_BATCHES = "stream mode, random-order batches"
     DEVICE_CPU_STREAM = 'stream mode on device="cpu" (torch tensors), random-order batches'
     DEVICE_CPU_RATIO = 'stream mode on device="cpu" / stream mode, median of alternating pairs'
-    DEVICE_GATHER_CPU = "stream mode, torch's device gather run on the CPU"
+    DEVICE_GATHER_CPU = 'stream mode, the device stream on the CPU (gather="device")'
     TORCH_STORE = "torch DataLoader, cube store (2 workers)"
     TORCH_STREAM = "torch DataLoader, stream mode (2 workers)"
     ROW_WINDOWS = "daskcubes generation, random row windows"
