@@ -48,8 +48,30 @@ _LOCAL_GETS = {
 def needed(dsk: Mapping[Key, Any], keys: Sequence[Key]) -> dict[Key, Any]:
     """The tasks of ``dsk`` that ``keys`` need: a resumed run asks for part of a graph,
     and dask's schedulers run every task they are given."""
-    culled, _ = cull(dsk if isinstance(dsk, dict) else dict(dsk), list(keys))
+    graph = dsk if isinstance(dsk, dict) else dict(dsk)
+    if graph.keys() == set(keys):  # a whole graph (a run's start): culling keeps all of it
+        return graph
+    culled, _ = cull(graph, list(keys))
     return culled
+
+
+#: Batches of tasks each worker of a local scheduler gets at least, in a run of many tasks.
+BATCHES_PER_WORKER = 128
+#: Tasks a worker of a local scheduler runs in one batch at most.
+MOST_IN_BATCH = 16
+
+
+def tasks_per_batch(n_tasks: int, workers: int) -> int:
+    """How many tasks dask's local scheduler hands a worker at once (its ``chunksize``).
+
+    One at a time, each task costs the scheduler's thread a wake-up and a hand-off of
+    the GIL both ways; for tasks of a fraction of a millisecond (a million tiny cubes,
+    62,500 tasks) that doubled a task's time (BENCHMARKS.md). Batches of up to
+    :data:`MOST_IN_BATCH` tasks amortise it, while each worker still gets at least
+    :data:`BATCHES_PER_WORKER` batches: the last batch leaves a worker idle for at most
+    1/128 of the run, and a killed run redoes at most a batch per worker.
+    """
+    return max(1, min(MOST_IN_BATCH, n_tasks // (workers * BATCHES_PER_WORKER)))
 
 
 class Executor(Protocol):
@@ -108,7 +130,10 @@ class LocalExecutor:
 
     def run(self, dsk: Mapping[Key, Any], keys: Sequence[Key], on_done: OnDone) -> None:
         get = _LOCAL_GETS[self.scheduler]
-        options: dict[str, Any] = {} if self.scheduler == "sync" else {"num_workers": self.workers}
+        options: dict[str, Any] = {}
+        if self.scheduler != "sync":  # the oracle runs one task after another, as given
+            workers = self.workers or os.cpu_count() or 1
+            options = {"num_workers": workers, "chunksize": tasks_per_batch(len(keys), workers)}
         with _Report(set(keys), on_done):
             get(needed(dsk, keys), list(keys), **options)
 
