@@ -19,8 +19,10 @@ same bytes (tests/test_shards.py).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
@@ -166,6 +168,9 @@ class ShardWriter:
         self.dtype = array.dtype
         self.write_empty = array.config.write_empty_chunks
         self.fill = array.fill_value
+        # The shard files' folder as a string: a Path for each shard cost as much as its
+        # crc32cs.
+        self._root = str(array.store.root) if isinstance(array.store, LocalStore) else ""
 
     def write(self, shard: int, values: np.ndarray) -> None:
         """Write shard number ``shard``: ``values`` are its ``(n, *array.shape[1:])``
@@ -183,12 +188,13 @@ class ShardWriter:
             self.array[start : start + len(values)] = values
             return
         data = np.ascontiguousarray(values, dtype=self.dtype)
-        path = shard_file(self.array, shard)
+        path = os.path.join(self._root, shard_key(self.array, shard))
         stored = tuple(
             i for i in range(len(data)) if self.write_empty or not _is_fill(data[i], self.fill)
         )
         if not stored:
-            path.unlink(missing_ok=True)
+            with suppress(FileNotFoundError):
+                os.unlink(path)
             return
         chunk_nbytes = data[0].nbytes + (CHECKSUM if self.checksums else 0)
 
@@ -205,7 +211,7 @@ class ShardWriter:
         try:
             write_atomically(path, parts())
         except FileNotFoundError:  # the shard's folder, made once (a store of "/" keys: several)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             write_atomically(path, parts())
 
 
