@@ -58,22 +58,26 @@ def needed(dsk: Mapping[Key, Any], keys: Sequence[Key]) -> dict[Key, Any]:
 
 #: Batches of tasks each worker (thread) gets at least, in a run of many tasks.
 BATCHES_PER_WORKER = 128
-#: Tasks a worker runs in one batch at most.
+#: Tasks a worker of dask's local schedulers runs in one batch at most.
 MOST_IN_BATCH = 16
+#: Tasks in one batch of a cluster's at most: its scheduling costs ten times a local
+#: scheduler's a batch. Measured, a million tiny cubes on a 2 x 1 LocalCluster (three
+#: runs each, medians): 13.6 s in batches of 16, 10.1 s in batches of 64.
+MOST_IN_CLUSTER_BATCH = 64
 
 
-def tasks_per_batch(n_tasks: int, workers: int) -> int:
+def tasks_per_batch(n_tasks: int, workers: int, most: int = MOST_IN_BATCH) -> int:
     """How many tasks a worker gets at once: the ``chunksize`` of dask's local schedulers,
     the batches of :class:`DistributedExecutor`; ``workers`` is the threads that run them.
 
     One at a time, each task costs the scheduler's thread a wake-up and a hand-off of
     the GIL both ways; for tasks of a fraction of a millisecond (a million tiny cubes,
-    62,500 tasks) that doubled a task's time (BENCHMARKS.md). Batches of up to
-    :data:`MOST_IN_BATCH` tasks amortise it, while each worker still gets at least
+    62,500 tasks) that doubled a task's time (BENCHMARKS.md). Batches of up to ``most``
+    tasks amortise it, while each worker still gets at least
     :data:`BATCHES_PER_WORKER` batches: the last batch leaves a worker idle for at most
     1/128 of the run, and a killed run redoes at most a batch per worker.
     """
-    return max(1, min(MOST_IN_BATCH, n_tasks // (workers * BATCHES_PER_WORKER)))
+    return max(1, min(most, n_tasks // (workers * BATCHES_PER_WORKER)))
 
 
 class Executor(Protocol):
@@ -174,8 +178,9 @@ class DistributedExecutor:
     released as it finishes: the scheduler and the driver hold at most two waves of
     tasks, whatever the run's task count. A task that keys of two waves both need is
     computed in each; pure tasks make that safe. Tasks that need no other go in batches
-    of :func:`tasks_per_batch`, as dask's local schedulers hand them to their workers;
-    a batch is one task of the cluster's, run again whole if its worker dies.
+    of :func:`tasks_per_batch` (up to :data:`MOST_IN_CLUSTER_BATCH`), as dask's local
+    schedulers hand them to their workers; a batch is one task of the cluster's, run
+    again whole if its worker dies.
     """
 
     client: Client
@@ -207,7 +212,7 @@ class DistributedExecutor:
         # tasks that do nothing) is then paid once a batch.
         independent = not keys_in_tasks(graph, [graph[key] for key in keys])
         threads = sum(w["nthreads"] for w in self._workers())
-        size = tasks_per_batch(len(keys), threads) if independent else 1
+        size = tasks_per_batch(len(keys), threads, MOST_IN_CLUSTER_BATCH) if independent else 1
         todo = iter(keys)
         running: dict[Key, tuple[Future, list[Key]]] = {}
         in_flight = 0
