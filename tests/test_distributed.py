@@ -12,13 +12,14 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import dask
 import dask.array as da
 import psutil
 import pytest
+from dask.typing import Key
 from distributed import Client, LocalCluster
 
 from daskcubes import jobs
@@ -214,6 +215,35 @@ def test_a_run_of_many_small_tasks_ends_complete(
     with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
         assert main(["sample", *cli_args(config)]) == 0, capsys.readouterr().err
     assert store_attrs(open_group(config.out, "store", Storage.of(None)))["complete"]
+
+
+class CountingClient:
+    """A client that counts the tasks it is asked to compute."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.tasks = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get(self, dsk: Any, keys: list[Any], **options: Any) -> Any:
+        self.tasks += len(keys)
+        return self._client.get(dsk, keys, **options)
+
+
+def test_many_small_tasks_go_to_the_cluster_in_batches(
+    local_cluster: DistributedExecutor,
+) -> None:
+    """A task of the cluster's for each cost the driver 0.35 ms of scheduling: a million
+    tiny cubes' 62,500 tasks took 7x as long on a LocalCluster as on threads."""
+    client = CountingClient(local_cluster.client)
+    graph: dict[Key, Any] = {("task", i): (len, [i]) for i in range(3000)}
+    done: list[Key] = []
+    DistributedExecutor(cast(Client, client), wave=1000).run(graph, list(graph), done.append)
+    assert sorted(done) == sorted(graph)
+    # 11 tasks a batch (at least 128 batches for each of the 2 threads), in waves of 1000.
+    assert client.tasks == 3 * -(-1000 // 11)
 
 
 def test_a_killed_worker_is_restarted_and_the_run_completes(

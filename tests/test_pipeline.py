@@ -12,6 +12,8 @@ from dask.typing import Key
 from daskcubes import jobs, open_cubes
 from daskcubes.config import Config
 from daskcubes.io.schema import CubeSchema
+from daskcubes.runtime import executors
+from daskcubes.runtime.executors import MOST_IN_BATCH, LocalExecutor
 from daskcubes.testing import assert_stores_identical, expected_cubes
 from tests.helpers import small_config, source_frames
 
@@ -110,6 +112,36 @@ def test_executors_run_only_the_tasks_asked_for(
     with jobs.executor_for(small_config(tmp_path, **executor_settings)) as executor:
         executor.run(graph, ["wanted"], done.append)
     assert done == ["wanted"]
+
+
+def test_executors_report_each_of_many_tasks_once(
+    executor_settings: dict[str, Any], tmp_path: Path
+) -> None:
+    """Many tasks, as a local scheduler hands them to its workers in batches."""
+    graph: dict[Key, Any] = {("task", i): (len, [i]) for i in range(3000)}
+    done: list[Key] = []
+    with jobs.executor_for(small_config(tmp_path, **executor_settings)) as executor:
+        executor.run(graph, list(graph), done.append)
+    assert sorted(done) == sorted(graph)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_local_schedulers_hand_many_small_tasks_over_in_batches(
+    scheduler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One task a hand-off cost the scheduler's thread a wake-up and the GIL both ways
+    per task: twice the time of a million tiny cubes' tasks."""
+    given: dict[int, int] = {}
+
+    def get(dsk: dict[Key, Any], keys: list[Key], **options: Any) -> None:
+        given[len(keys)] = options["chunksize"]
+
+    monkeypatch.setitem(executors._LOCAL_GETS, scheduler, get)
+    for n_tasks in (3, 300, 3000, 62_500):
+        graph: dict[Key, Any] = {("task", i): (len, [i]) for i in range(n_tasks)}
+        LocalExecutor(scheduler, workers=2).run(graph, list(graph), lambda key: None)
+    # At least BATCHES_PER_WORKER batches a worker; at most MOST_IN_BATCH tasks a batch.
+    assert given == {3: 1, 300: 1, 3000: 11, 62_500: MOST_IN_BATCH}
 
 
 def test_a_store_replaced_in_the_same_process_gets_its_own_codecs(tmp_path: Path) -> None:

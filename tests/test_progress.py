@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daskcubes import jobs
+from daskcubes.core.plan import CubePlan
 from daskcubes.io.layout import mark_complete, open_group, store_attrs
 from daskcubes.io.progress import ProgressRecord, from_ranges, recorded_progress, to_ranges
 from daskcubes.io.storage import Storage
@@ -17,6 +18,27 @@ from daskcubes.runtime import stages
 from tests.helpers import small_config
 
 units = st.lists(st.integers(0, 200), max_size=60)
+
+
+@given(st.integers(1, 40), st.integers(1, 9), st.data())
+def test_a_run_counts_the_cubes_of_its_finished_shards(
+    n_cubes: int, shard_size: int, data: st.DataObject
+) -> None:
+    plan = CubePlan(
+        n_cubes=n_cubes,
+        depth=2,
+        height=2,
+        width=2,
+        n_frames=2,
+        n_rows=3,
+        n_cols=4,
+        seed=0,
+        task_size=shard_size,
+        shard_size=shard_size,
+    )
+    shards = data.draw(st.sets(st.integers(0, plan.n_shards - 1)))
+    expected = sum(stop - start for start, stop in map(plan.shard_bounds, shards))
+    assert stages.cubes_in(plan, shards) == expected
 
 
 @given(units, units)

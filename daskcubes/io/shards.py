@@ -19,8 +19,11 @@ same bytes (tests/test_shards.py).
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import suppress
+from functools import lru_cache
 from itertools import chain
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -110,16 +113,18 @@ except ImportError:  # zarr's own dependency
     from google_crc32c import value as _crc32c
 
 
-def _checksum(raw: bytes | np.ndarray) -> bytes:
-    """The crc32c of ``raw`` (bytes, or a contiguous array's bytes), as zarr's codec
-    stores it."""
+def _checksum(raw: bytes | memoryview | np.ndarray) -> bytes:
+    """The crc32c of ``raw`` (bytes, a read-only view, or a contiguous array's bytes), as
+    zarr's codec stores it."""
     # A read-only view: google_crc32c takes no other (and neither copies).
     view = raw.data.toreadonly() if isinstance(raw, np.ndarray) else raw
     return int(_crc32c(view)).to_bytes(CHECKSUM, "little")
 
 
-def _index(n_chunks: int, stored: list[int], chunk_nbytes: int) -> bytes:
-    """The shard index and its checksum, for chunks ``stored`` written in that order."""
+@lru_cache(maxsize=64)
+def _index(n_chunks: int, stored: tuple[int, ...], chunk_nbytes: int) -> bytes:
+    """The shard index and its checksum, for chunks ``stored`` written in that order:
+    made once for the shards of a run, which are alike."""
     index = np.full((n_chunks, 2), MISSING, dtype="<u8")
     index[stored, 0] = np.arange(len(stored), dtype="<u8") * chunk_nbytes
     index[stored, 1] = chunk_nbytes
@@ -143,54 +148,71 @@ def decode_index(raw: bytes) -> np.ndarray:
 
 
 def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
-    """Write shard number ``shard`` of ``array`` (sharded along its first axis) whole.
+    """Write shard number ``shard`` of ``array`` (sharded along its first axis) whole;
+    :class:`ShardWriter` says how. A task writing many shards of one array keeps a
+    ``ShardWriter``, which reads the array's layout once."""
+    ShardWriter(array).write(shard, values)
 
-    Parameters
-    ----------
-    array : sharded along its first axis only, one item per chunk.
-    shard : index along the first axis of the shard grid.
-    values : ``(n, *array.shape[1:])`` items ``shard * shard_size ..``; ``n`` is the shard
-        size, or what is left of the array for the last shard.
 
-    Like zarr, unless the array's ``write_empty_chunks`` is on, a chunk equal to the fill
-    value is left out of the shard, and a shard of such chunks only is not written. Each
-    chunk's crc32c, where the layout has them, is computed just before the chunk is
-    written, while the cube just cut is in cache, not in a pass of its own over the shard.
-    """
-    assert array.shards is not None
-    size = array.shards[0]
-    start = shard * size
-    if not is_raw_layout(array):
-        array[start : start + len(values)] = values
-        return
-    data = np.ascontiguousarray(values, dtype=array.dtype)
-    path = shard_file(array, shard)
-    stored = [
-        i
-        for i in range(len(data))
-        if array.config.write_empty_chunks or not _is_fill(data[i], array.fill_value)
-    ]
-    if not stored:
-        path.unlink(missing_ok=True)
-        return
-    checksums = has_chunk_checksums(array)
-    chunk_nbytes = data[0].nbytes + (CHECKSUM if checksums else 0)
+class ShardWriter:
+    """Writes whole shards of ``array``, sharded along its first axis only, one item per
+    chunk; its layout is read from its metadata once, not for every shard (a tiny cube's
+    task spent a third of its shard's write on that)."""
 
-    def parts() -> Iterable[Any]:
-        chunks: Iterable[Any]
-        if checksums:
-            chunks = _with_checksums(data, stored)
-        elif len(stored) == len(data):
-            chunks = [data.data.cast("B")]
-        else:
-            chunks = [data[i].data.cast("B") for i in stored]
-        return chain(chunks, [_index(size, stored, chunk_nbytes)])
+    def __init__(self, array: zarr.Array) -> None:
+        assert array.shards is not None
+        self.array = array
+        self.size: int = array.shards[0]
+        self.raw = is_raw_layout(array)
+        self.checksums = has_chunk_checksums(array)
+        self.dtype = array.dtype
+        self.write_empty = array.config.write_empty_chunks
+        self.fill = array.fill_value
+        # The shard files' folder as a string: a Path for each shard cost as much as its
+        # crc32cs.
+        self._root = str(array.store.root) if isinstance(array.store, LocalStore) else ""
 
-    try:
-        write_atomically(path, parts())
-    except FileNotFoundError:  # the shard's folder, made once (a store of "/" keys: several)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, parts())
+    def write(self, shard: int, values: np.ndarray) -> None:
+        """Write shard number ``shard``: ``values`` are its ``(n, *array.shape[1:])``
+        items ``shard * shard_size ..``; ``n`` is the shard size, or what is left of
+        the array for the last shard.
+
+        Like zarr, unless the array's ``write_empty_chunks`` is on, a chunk equal to the
+        fill value is left out of the shard, and a shard of such chunks only is not
+        written. Each chunk's crc32c, where the layout has them, is computed just before
+        the chunk is written, while the cube just cut is in cache, not in a pass of its
+        own over the shard.
+        """
+        if not self.raw:
+            start = shard * self.size
+            self.array[start : start + len(values)] = values
+            return
+        data = np.ascontiguousarray(values, dtype=self.dtype)
+        path = os.path.join(self._root, shard_key(self.array, shard))
+        stored = tuple(
+            i for i in range(len(data)) if self.write_empty or not _is_fill(data[i], self.fill)
+        )
+        if not stored:
+            with suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        chunk_nbytes = data[0].nbytes + (CHECKSUM if self.checksums else 0)
+
+        def parts() -> Iterable[Any]:
+            chunks: Iterable[Any]
+            if self.checksums:
+                chunks = _with_checksums(data, stored)
+            elif len(stored) == len(data):
+                chunks = [data.data.cast("B")]
+            else:
+                chunks = [data[i].data.cast("B") for i in stored]
+            return chain(chunks, [_index(self.size, stored, chunk_nbytes)])
+
+        try:
+            write_atomically(path, parts())
+        except FileNotFoundError:  # the shard's folder, made once (a store of "/" keys: several)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomically(path, parts())
 
 
 #: Chunks up to this size are checksummed and written in runs of about this many bytes
@@ -199,18 +221,22 @@ def write_shard(array: zarr.Array, shard: int, values: np.ndarray) -> None:
 CHECKSUM_RUN_BYTES = 1 << 18
 
 
-def _with_checksums(data: np.ndarray, stored: list[int]) -> Iterator[Any]:
+def _with_checksums(data: np.ndarray, stored: Sequence[int]) -> Iterator[Any]:
     """Each stored chunk's bytes followed by its crc32c, computed as they are written."""
-    per_run = CHECKSUM_RUN_BYTES // max(data[0].nbytes, 1)
+    nbytes = data[0].nbytes
+    per_run = CHECKSUM_RUN_BYTES // max(nbytes, 1)
     if per_run < 2:
         for i in stored:
             checksum = _checksum(data[i])
             yield data[i].data.cast("B")
             yield checksum
         return
+    # Small chunks: slices of one read-only view of the (C-contiguous) batch, rather than
+    # an array and two views made for each chunk.
+    raw = data.data.cast("B").toreadonly()
     for first in range(0, len(stored), per_run):
-        run = stored[first : first + per_run]
-        yield b"".join(part for i in run for part in (data[i].data, _checksum(data[i])))
+        chunks = [raw[i * nbytes : (i + 1) * nbytes] for i in stored[first : first + per_run]]
+        yield b"".join(part for chunk in chunks for part in (chunk, _checksum(chunk)))
 
 
 class RawShards:

@@ -26,6 +26,7 @@ import numpy as np
 from dask.typing import Key
 from tqdm.auto import tqdm as auto_tqdm
 
+from daskcubes.core.plan import CubePlan
 from daskcubes.cut.cutter import warm_worker
 from daskcubes.cut.job import for_workers
 from daskcubes.errors import UserError
@@ -80,7 +81,9 @@ class StageResult:
         earlier = f" ({self.resumed} made by an earlier run)" if self.resumed else ""
         return (
             f"{self.stage}: {self.items} {self.unit}{earlier}, {self.nbytes / 1e9:.2f} GB; "
-            f"start-up {self.startup:.1f} s, {self.tasks} tasks {self.seconds:.1f} s, "
+            # The tasks' time to the millisecond: the benchmark reads it from this line,
+            # and a run of 188 tiny tasks takes less than 0.05 s.
+            f"start-up {self.startup:.1f} s, {self.tasks} tasks {self.seconds:.3f} s, "
             f"{self.rate:.1f} {self.unit}/s -> {self.path}"
         )
 
@@ -409,6 +412,14 @@ def ingest(source: FrameSource, path: str, storage: Storage, options: StageOptio
     return run_stage(stage, options)
 
 
+def cubes_in(plan: CubePlan, shards: set[int]) -> int:
+    """The cubes in ``shards``: each holds ``shard_size``, the last what is left. Counted,
+    not summed shard by shard: the count is taken at every publication of a run's
+    progress, which then took 20 ms at 62,500 shards."""
+    last_short = plan.n_shards * plan.shard_size - plan.n_cubes
+    return len(shards) * plan.shard_size - (last_short if plan.n_shards - 1 in shards else 0)
+
+
 def sample(
     job: SampleJob, compressor: str, provenance: dict[str, Any], options: StageOptions
 ) -> StageResult:
@@ -445,7 +456,7 @@ def sample(
         work=lambda ready, done: sample_tasks(
             ready, done.get("shards", set()), done.get("recipes", set())
         ),
-        made=lambda done: sum(len(range(*plan.shard_bounds(s))) for s in done.get("shards", ())),
+        made=lambda done: cubes_in(plan, done.get("shards", set())),
         finish=lambda: mark_complete(job.out, storage, cubes=plan.n_cubes),
         storage=storage,
         inputs=(("frames store", frames.path),),

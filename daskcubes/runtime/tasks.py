@@ -26,7 +26,7 @@ from dask.typing import Key
 from daskcubes.cut.cutter import cut_range
 from daskcubes.cut.job import CutJob, job_recipes
 from daskcubes.io.progress import Finishes, Work
-from daskcubes.io.shards import write_shard
+from daskcubes.io.shards import ShardWriter
 from daskcubes.io.sources import FrameSource
 from daskcubes.io.storage import Storage
 
@@ -51,15 +51,18 @@ def _open_output(job: SampleJob, name: str) -> zarr.Array:
     return array.with_config({"write_empty_chunks": True})
 
 
+@lru_cache(maxsize=8)
+def _cube_writer(job: SampleJob) -> ShardWriter:
+    return ShardWriter(_open_output(job, "cubes"))
+
+
 def write_cube_task(job: SampleJob, task: int) -> None:
     """Cut the cubes of task ``task`` and write them as whole shards of ``cubes``."""
     start, stop = job.cut.plan.task_bounds(task)
     cubes = cut_range(job.cut, start, stop)
     size = job.cut.plan.shard_size
     for offset in range(0, stop - start, size):
-        write_shard(
-            _open_output(job, "cubes"), (start + offset) // size, cubes[offset : offset + size]
-        )
+        _cube_writer(job).write((start + offset) // size, cubes[offset : offset + size])
 
 
 def write_recipe_block(job: SampleJob, block: int) -> None:
