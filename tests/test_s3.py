@@ -69,12 +69,19 @@ def test_run_on_s3_equals_the_local_run(endpoint: str, bucket: str, tmp_path: Pa
                  "--storage-options", options(endpoint)]) == 0  # fmt: skip
 
 
+#: Shards of the interrupted run, one cube each.
+SHARDS = 400
+
+
 def test_interrupted_run_on_s3_resumes_to_the_same_bytes(
     endpoint: str, bucket: str, tmp_path: Path
 ) -> None:
     frames_store = f"{bucket}/f.zarr"
     args = run_args(endpoint, str(tmp_path / "frames"), frames_store, f"{bucket}/c.zarr")
-    args += ["--cubes", "120", "--shard-size", "1", "--batch-size", "1"]
+    # Enough shards that the run outlasts several saves of its completion record (each
+    # wait is ten times the last save's cost: seconds on a loaded machine), so that the
+    # kill lands between the first recorded shard and the last.
+    args += ["--cubes", str(SHARDS), "--shard-size", "1", "--batch-size", "1"]
     assert main(["generate", *args, "--synthetic"]) == 0
     assert main(["ingest", *args]) == 0
     process = subprocess.Popen(
@@ -89,7 +96,7 @@ def test_interrupted_run_on_s3_resumes_to_the_same_bytes(
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    assert 0 < recorded_shards(endpoint, f"{bucket}/c.zarr") < 120
+    assert 0 < recorded_shards(endpoint, f"{bucket}/c.zarr") < SHARDS
 
     assert main(["sample", *args, "--resume"]) == 0
     clean = [*args, "--out", str(tmp_path / "clean.zarr")]
