@@ -39,7 +39,7 @@ from daskcubes.cut.cutter import cut_range, warm_worker, worker_slab
 from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
 
 #: Alternating rounds of every row; each row reports its median.
-ROUNDS = 3
+ROUNDS = 5
 #: Cubes per batch of a training loop, as ``Batches`` hands them out.
 LOOP_BATCH = 16
 

@@ -2,7 +2,8 @@
 
 The frames store is the volume (frames x rows x columns), the patch is the windows'
 shape of :func:`bench.definitions.window_shape` (a tenth of the frames by ``dim`` x
-``dim``), batches hold 16 patches, and torch runs on the setup's threads. Each method
+``dim``), batches hold 16 patches, and torch runs on one thread or the setup's threads,
+whichever is faster (:func:`at_best_threads`). Each method
 is held warm in an interpreter of its own, so that its peak memory (in the row's note)
 is its own, and timed once it has run once, beside the others of its kind in
 alternating rounds (:func:`measure`):
@@ -142,7 +143,6 @@ def _torchio_subject(setup: Setup, kind: str, maps: tuple[str, str]) -> Any:
     import torch
     import torchio as tio
 
-    torch.set_num_threads(setup.threads)
     images: dict[str, Any] = {
         "image": tio.ScalarImage(tensor=torch.from_numpy(volume(setup)[None]))
     }
@@ -155,9 +155,28 @@ def _torchio_subject(setup: Setup, kind: str, maps: tuple[str, str]) -> Any:
     return tio.Subject(**images)
 
 
+def at_best_threads(setup: Setup, rate: Rate) -> Rate:
+    """``rate`` with torch on one thread or on the setup's threads, whichever ran it
+    faster (once, untimed): torch's threads spin while they wait, and on cores that other
+    work shares two of them ran TorchIO's ``UniformSampler`` 5-30x slower than one."""
+    import torch
+
+    def run_on(threads: int) -> float:
+        torch.set_num_threads(threads)
+        return rate()
+
+    torch.set_num_threads(max(sorted({1, setup.threads}), key=run_on))
+    return rate
+
+
 def torchio_patches(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
     """A TorchIO sampler (``kind``), ``n`` patches a call, in batches of 16 stacked;
-    ``GridSampler`` iterated uncollated; or (``queue``) patch training's loader."""
+    ``GridSampler`` iterated uncollated; or (``queue``) patch training's loader; with
+    torch on its best count of threads."""
+    return at_best_threads(setup, _torchio(setup, kind, maps, n))
+
+
+def _torchio(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
     import torch
     import torchio as tio
 
@@ -237,12 +256,16 @@ def check_grid_against_torchio(setup: Setup, few: int) -> None:
 
 
 def monai_patches(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
-    """A MONAI transform of 16 samples a call, or GridPatchDataset; ``n`` patches a call."""
+    """A MONAI transform of 16 samples a call, or GridPatchDataset; ``n`` patches a call;
+    with torch on its best count of threads."""
+    return at_best_threads(setup, _monai(setup, kind, maps, n))
+
+
+def _monai(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
     import torch
     from monai import transforms
     from monai.data import GridPatchDataset, PatchIter
 
-    torch.set_num_threads(setup.threads)
     shape = patch_shape(setup)
     # The volume, and the one map that ``kind`` crops by (MONAI copies the other items
     # of the dictionary into every sample).
@@ -326,7 +349,8 @@ def measure(setup: Setup) -> list[Row]:
     """
     maps = write_maps(setup)
     # Whole batches: the libraries' samplers hand patches out 16 at a time.
-    n, few = -(-setup.cubes // BATCH) * BATCH, max(setup.few * BATCH // 4, BATCH)
+    # Two runs' cubes a pass (whole batches), so that a pass of the fastest takes a while.
+    n, few = -(-2 * setup.cubes // BATCH) * BATCH, max(setup.few * BATCH // 4, BATCH)
     if importable("torchio"):
         in_fresh_process(check_grid_against_torchio, setup, setup.few)
     rows: dict[Key, Row] = {}
