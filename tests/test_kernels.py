@@ -91,6 +91,41 @@ def test_the_compiled_cut_equals_the_reference_and_the_definition(
     assert (reference[~inside] == -7).all()
 
 
+@pytest.mark.parametrize("definition", DEFINITIONS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("rows_contiguous", [True, False])
+def test_batches_written_with_streaming_stores_equal_the_reference(
+    definition: Definition, dtype: str, rows_contiguous: bool
+) -> None:
+    from daskcubes.core.compiled import STREAMING_BYTES
+
+    n_frames, n_rows, n_cols = 6, 40, 300
+    depth = n_frames if definition.frame_mode == "all" else 4
+    plan = CubePlan(
+        n_cubes=96,
+        depth=depth,
+        height=30,
+        width=100,
+        n_frames=n_frames,
+        n_rows=n_rows,
+        n_cols=n_cols,
+        seed=3,
+        task_size=96,
+        shard_size=96,
+        definition=definition,
+    )
+    recipe = recipes_of(plan, range(96))
+    frames = np.random.default_rng(0).random((n_frames, n_rows, n_cols))
+    local = np.where(recipe.frames < 5, recipe.frames, -1)  # the last frame's layers masked
+    slab = slab_of(frames[:5], dtype, rows_contiguous)
+    shape = (96, depth, plan.height, plan.width)
+    fast, reference = np.full(shape, -7, dtype), np.full(shape, -7, dtype)
+    assert fast.nbytes >= STREAMING_BYTES
+    gather_cubes(slab, local, recipe.rows, recipe.columns, fast)
+    gather_reference(slab, local, recipe.rows, recipe.columns, reference)
+    assert fast.tobytes() == reference.tobytes()
+
+
 def test_bad_indices_are_refused_before_the_compiled_kernel_runs() -> None:
     slab = slab_of(np.zeros((2, 4, 5)), "float64", True)
     out = np.empty((1, 2, 2, 2))

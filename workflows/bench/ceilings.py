@@ -6,6 +6,7 @@ same cube shape, so that a row's "x ceiling" says how close that path comes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,25 +59,35 @@ def memory_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
     return cubes / on_threads(threads, copy)
 
 
-def cut_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
-    """Cubes per second copying whole cubes out of a source in main memory.
+def cut_ceiling(setup: Setup, threads: int) -> Callable[[int], float]:
+    """Cubes per second copying whole cubes out of a source in main memory, for a given
+    count of cubes (the source and buffers made once, beforehand).
 
     The source is an array of distinct random cubes of the run's shape (8 MB at the
     article's shapes), at least four times the last-level cache, like the slab the cut
     gathers from; thread ``k`` copies cubes ``k, k + threads, ...`` of it, wrapping
     around, each into the next place of its own ``batch_size``-cube buffer, as the cut
-    fills a batch. A cut reads the same bytes but scattered, so it cannot beat this.
+    fills a batch. A cut reads the same bytes but scattered, so it cannot beat this
+    (unless its source fits the cache that this one is four times).
     """
     batch = Config().shard_size
     n_source = max(-(-4 * last_level_cache() // setup.cube_bytes), 2 * threads)
     source = np.random.default_rng(0).random((n_source, setup.cube_bytes // 8))
-    buffers = [np.empty((batch, source.shape[1])) for _ in range(threads)]
+    buffers = [np.ones((batch, source.shape[1])) for _ in range(threads)]
 
-    def copy(k: int) -> None:
-        for i in range(k, cubes, threads):
-            np.copyto(buffers[k][(i // threads) % batch], source[i % n_source])
+    def rate(cubes: int) -> float:
+        def copy(k: int) -> None:
+            for i in range(k, cubes, threads):
+                np.copyto(buffers[k][(i // threads) % batch], source[i % n_source])
 
-    return cubes / on_threads(threads, copy)
+        return cubes / on_threads(threads, copy)
+
+    return rate
+
+
+def cut_ceiling_rate(setup: Setup, threads: int, cubes: int) -> float:
+    """:func:`cut_ceiling` of ``cubes`` cubes."""
+    return cut_ceiling(setup, threads)(cubes)
 
 
 def measure_ceilings(setup: Setup) -> list[Row]:

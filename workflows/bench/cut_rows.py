@@ -5,17 +5,23 @@ computed beforehand, one reused buffer per thread); the cutter without dask (rec
 each batch, the per-thread buffers: :func:`daskcubes.cut.cutter.cut_range` on threads); dask
 tasks (daskcubes generation); stream mode without a loader (``CubeStream.read`` of whole
 batches on threads) and through :class:`~daskcubes.train.batches.Batches` (its threads, ring
-and prefetch). Beside them: the same generation of float32 cubes and of random row
-windows, the article's step 3 over ``np.stack`` of ``DataFrame.to_numpy()`` (through
-:func:`bench.anchors.article_step3`), and the cut ceiling. They all share the memory
-bus of one machine, so they run in :data:`ROUNDS` alternating rounds and each row is
-the median of its rounds: a disturbance hits every row of a round, not one row.
+and prefetch). Beside them: stream mode of float32 cubes and of random row windows,
+the article's step 3 over ``np.stack`` of ``DataFrame.to_numpy()`` (through
+:func:`bench.anchors.article_step3`) in float64 and float32, and the cut ceiling.
+
+Each row is held warm in an interpreter of its own (:class:`bench.probes.Resident`), as
+a training run holds one stream: rows that shared one process reloaded each other's
+slab inside their timing (a process keeps one), and ran on an allocator another row had
+left. They all share the memory bus of one machine, so they run in :data:`ROUNDS`
+alternating rounds and each row is the median of its rounds: a disturbance hits every
+row of a round, not one row.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
+from contextlib import ExitStack
+from functools import partial
 from typing import Any
 
 import dask.threaded
@@ -23,8 +29,9 @@ import numpy as np
 from dask.typing import Key as TaskKey
 
 from bench.anchors import article_step3
-from bench.ceilings import cut_ceiling_rate
+from bench.ceilings import cut_ceiling
 from bench.data import Setup, on_threads, read_frames, timed
+from bench.probes import Resident, median_of_rounds
 from bench.rows import CUBES_PER_S, Key, Row
 from daskcubes import Batches, jobs, open_stream
 from daskcubes.core.kernels import gather_cubes
@@ -32,7 +39,7 @@ from daskcubes.cut.cutter import cut_range, warm_worker, worker_slab
 from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
 
 #: Alternating rounds of every row; each row reports its median.
-ROUNDS = 3
+ROUNDS = 5
 #: Cubes per batch of a training loop, as ``Batches`` hands them out.
 LOOP_BATCH = 16
 
@@ -52,9 +59,10 @@ def task_bounds(job: CutJob) -> list[tuple[int, int]]:
     return [plan.task_bounds(t) for t in range(plan.n_tasks)]
 
 
-def kernel_rate(job: CutJob, threads: int) -> float:
-    """The kernel alone: every task's recipes computed beforehand, then
-    ``gather_cubes`` on the worker slab into one buffer per thread."""
+def kernel_rate(setup: Setup) -> Callable[[], float]:
+    """The kernel alone: every task's recipes of the article's job computed beforehand,
+    then ``gather_cubes`` on the worker slab into one buffer per thread."""
+    job, threads = _job(setup, setup.cubes, setup.threads), setup.threads
     plan, slab = job.plan, worker_slab(job)
     batches = [job_recipes(job, np.arange(*bounds)) for bounds in task_bounds(job)]
     size = max(stop - start for start, stop in task_bounds(job))
@@ -65,7 +73,7 @@ def kernel_rate(job: CutJob, threads: int) -> float:
             out = buffers[k][: len(batch.rows)]
             gather_cubes(slab, batch.frames, batch.rows, batch.columns, out)
 
-    return plan.n_cubes / on_threads(threads, work)
+    return lambda: plan.n_cubes / on_threads(threads, work)
 
 
 def cutter_rate(job: CutJob, threads: int) -> float:
@@ -95,72 +103,72 @@ def generation_rate(setup: Setup, threads: int, cubes: int, **settings: Any) -> 
     return tasks_rate(_job(setup, cubes, threads, **settings), threads)
 
 
-def stream_read_rate(setup: Setup, cubes: int) -> Callable[[], float]:
+def stream_read_rate(setup: Setup) -> Callable[[], float]:
     """Stream mode without a loader: ``CubeStream.read`` of whole shuffled batches of
     ``LOOP_BATCH`` cubes, a batch per thread."""
+    cubes, threads = setup.cubes, setup.threads
     stream = open_stream(setup.config(cubes=cubes))
-    stream.read(np.arange(1))  # the slab, loaded once per process: not the rate
     order = np.random.default_rng(1).permutation(cubes)
     batches = [order[k : k + LOOP_BATCH] for k in range(0, cubes, LOOP_BATCH)]
-    buffers = [np.empty((LOOP_BATCH, *stream.cube_shape), stream.dtype) for _ in range(2)]
+    buffers = [np.empty((LOOP_BATCH, *stream.cube_shape), stream.dtype) for _ in range(threads)]
 
-    def run() -> float:
-        threads = setup.threads
+    def work(k: int) -> None:
+        for ids in batches[k::threads]:
+            stream.read(ids, buffers[k][: len(ids)])
 
-        def work(k: int) -> None:
-            for ids in batches[k::threads]:
-                stream.read(ids, buffers[k % 2][: len(ids)])
-
-        return cubes / on_threads(threads, work)
-
-    return run
+    return lambda: cubes / on_threads(threads, work)
 
 
-def loop_rate(setup: Setup, cubes: int) -> Callable[[], float]:
-    """Stream mode as a training loop reads it: one shuffled epoch of ``Batches`` over
-    ``CubeStream``, each batch dropped once handed out."""
-    loader = Batches(open_stream(setup.config(cubes=cubes)), LOOP_BATCH, shuffle=True, seed=1)
-    loader.source.read(np.arange(1))
-
-    def run() -> float:
-        return cubes / timed(lambda: [None for _ in loader])
-
-    return run
+def loop_rate(setup: Setup, **settings: Any) -> Callable[[], float]:
+    """Stream mode as a training loop reads it: shuffled epochs of ``Batches`` over
+    ``CubeStream`` (of the article's cubes, or of the cubes ``settings`` define), each
+    batch dropped once handed out; a call times the next epoch."""
+    loader = Batches(open_stream(setup.config(**settings)), LOOP_BATCH, shuffle=True, seed=1)
+    return lambda: setup.cubes / timed(lambda: [None for _ in loader])
 
 
-def stacked_peer(setup: Setup, cubes: int, dtype: str) -> Callable[[], float]:
+def stacked_peer(setup: Setup, dtype: str | None = None) -> Callable[[], float]:
     """The article's step 3 over ``np.stack([df.to_numpy() for df in frames])``: each
     frame stays column-major, so ``arr[:, :dim, cols]`` copies runs and never
     transposes (its cubes are not C-ordered)."""
-    stacked = np.stack([frame.to_numpy() for frame in read_frames(setup)]).astype(dtype)
-    columns = setup.columns(cubes)
+    stacked = np.stack([frame.to_numpy() for frame in read_frames(setup)])
+    stacked = stacked.astype(dtype or setup.dtype, copy=False)
+    columns = setup.columns(setup.cubes)
     return lambda: article_step3(stacked, setup.dim, columns, setup.threads)
 
 
+def on_article_job(stage: Callable[[CutJob, int], float], setup: Setup) -> Callable[[], float]:
+    """``stage`` on the job of the article's cubes (see :func:`_job`)."""
+    job = _job(setup, setup.cubes, setup.threads)
+    return lambda: stage(job, setup.threads)
+
+
+def ceiling(setup: Setup) -> Callable[[], float]:
+    rate = cut_ceiling(setup, setup.threads)
+    return lambda: rate(setup.cubes)
+
+
+#: Every row: its key, what measures it (built in its own interpreter from the setup),
+#: and the key of its ceiling.
+STAGES: list[tuple[Key, Callable[[Setup], Callable[[], float]], Key | None]] = [
+    (Key.CUT_KERNEL, kernel_rate, Key.CUT_CEILING),
+    (Key.CUTTER, partial(on_article_job, cutter_rate), Key.CUT_CEILING),
+    (Key.GENERATION, partial(on_article_job, tasks_rate), Key.CUT_CEILING),
+    (Key.STREAM_READS, stream_read_rate, Key.CUT_CEILING),
+    (Key.STREAM_LOOP, loop_rate, Key.CUT_CEILING),
+    (Key.STEP3_STACKED, stacked_peer, Key.CUT_CEILING),
+    (Key.CUT_CEILING, ceiling, None),
+    (Key.STREAM_LOOP_FLOAT32, partial(loop_rate, dtype="float32"), None),
+    (Key.STEP3_STACKED_FLOAT32, partial(stacked_peer, dtype="float32"), None),
+    (Key.STREAM_LOOP_ROW_WINDOWS, partial(loop_rate, row_mode="window"), None),
+]
+
+
 def measure(setup: Setup) -> list[Row]:
-    """Every stage of the cut and its peers, in alternating rounds; medians."""
-    cubes, threads = setup.cubes, setup.threads
-    article = _job(setup, cubes, threads)
-    float32 = _job(setup, cubes, threads, dtype="float32")
-    windows = _job(setup, cubes, threads, row_mode="window")
-    stages: list[tuple[Key, Callable[[], float], Key | None]] = [
-        (Key.CUT_KERNEL, lambda: kernel_rate(article, threads), Key.CUT_CEILING),
-        (Key.CUTTER, lambda: cutter_rate(article, threads), Key.CUT_CEILING),
-        (Key.GENERATION, lambda: tasks_rate(article, threads), Key.CUT_CEILING),
-        (Key.STREAM_READS, stream_read_rate(setup, cubes), Key.CUT_CEILING),
-        (Key.STREAM_LOOP, loop_rate(setup, cubes), Key.CUT_CEILING),
-        (Key.STEP3_STACKED, stacked_peer(setup, cubes, setup.dtype), Key.CUT_CEILING),
-        (Key.CUT_CEILING, lambda: cut_ceiling_rate(setup, threads, cubes), None),
-        (Key.GENERATION_FLOAT32, lambda: tasks_rate(float32, threads), None),
-        (Key.STEP3_STACKED_FLOAT32, stacked_peer(setup, cubes, "float32"), None),
-        (Key.ROW_WINDOWS, lambda: tasks_rate(windows, threads), None),
-    ]
-    rates: dict[Key, list[float]] = {key: [] for key, _, _ in stages}
-    for _ in range(ROUNDS):
-        for key, rate, _ in stages:
-            rates[key].append(rate())
-    note = f"(median of {ROUNDS} alternating rounds)"
-    return [
-        Row(key, statistics.median(rates[key]), CUBES_PER_S, ceiling, note)
-        for key, _, ceiling in stages
-    ]
+    """Every stage of the cut and its peers, each held warm in an interpreter of its own
+    (as a training run holds one stream), in alternating rounds; medians."""
+    with ExitStack() as held:
+        measurements = {key: held.enter_context(Resident(make, setup)) for key, make, _ in STAGES}
+        rates = median_of_rounds(measurements, ROUNDS)
+    note = f"(median of {ROUNDS} alternating rounds, each warm in its own process)"
+    return [Row(key, rates[key], CUBES_PER_S, ceiling, note) for key, _, ceiling in STAGES]

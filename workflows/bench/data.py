@@ -103,10 +103,15 @@ def timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+_pools: dict[int, ThreadPool] = {}
+
+
 def on_threads(threads: int, work: Callable[[int], None]) -> float:
-    """Seconds for ``work(0 .. threads - 1)``, each call on its own thread."""
-    with ThreadPool(threads) as pool:
-        return timed(lambda: pool.map(work, range(threads)))
+    """Seconds for ``work(0 .. threads - 1)``, each call on a thread of a pool that lives
+    as long as the process, as a worker's threads do: what a thread keeps (the cutter's
+    buffer) is kept from one call to the next, not made and paged in again."""
+    pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPool(threads))
+    return timed(lambda: pool.map(work, range(threads), chunksize=1))
 
 
 @contextmanager

@@ -2,8 +2,11 @@
 
 The frames store is the volume (frames x rows x columns), the patch is the windows'
 shape of :func:`bench.definitions.window_shape` (a tenth of the frames by ``dim`` x
-``dim``), batches hold 16 patches, and torch runs on the setup's threads. Each method
-runs in a fresh interpreter, so that its peak memory (in the row's note) is its own:
+``dim``), batches hold 16 patches, and torch runs on one thread or the setup's threads,
+whichever is faster (:func:`at_best_threads`). Each method
+is held warm in an interpreter of its own, so that its peak memory (in the row's note)
+is its own, and timed once it has run once, beside the others of its kind in
+alternating rounds (:func:`measure`):
 
 - daskcubes: stream mode through ``Batches`` (shuffled), for uniform random windows,
   grid windows, weighted windows and label-balanced windows;
@@ -23,20 +26,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from bench.cut_rows import ROUNDS
 from bench.data import Setup
 from bench.definitions import window_shape
-from bench.probes import _peak_mib, in_fresh_process
+from bench.probes import Resident, in_fresh_process, median_of_rounds
 from bench.rows import CUBES_PER_S, SECONDS, Key, Row, importable
 from daskcubes import Batches, open_stream
 from daskcubes.cut.job import job_recipes
 
 BATCH = 16
+#: A held measurement: a call runs it once more and returns its patches per second.
+Rate = Callable[[], float]
 #: Windows in every axis, for the uniform, weighted and label-balanced rows.
 WINDOWS = {"frame_mode": "window", "row_mode": "window", "column_mode": "window"}
 GRID = {"frame_mode": "grid", "row_mode": "grid", "column_mode": "grid"}
@@ -105,14 +112,17 @@ def volume_shape(setup: Setup) -> tuple[int, int, int]:
     return setup.n_frames, setup.n_rows, setup.n_cols
 
 
-def daskcubes_run(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> tuple[float, float]:
-    """Patches per second of stream-mode ``Batches`` of ``kind`` windows, and peak MiB."""
+def daskcubes_patches(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
+    """Stream-mode ``Batches`` of ``kind`` windows; a call times the next epoch."""
     stream = open_stream(daskcubes_config(setup, kind, maps, n))  # the map summarised here
     batches = Batches(stream, BATCH, shuffle=True, seed=1, threads=setup.threads)
-    next(iter(batches.epoch(0)))  # the source loaded: a run's start-up, not its rate
-    started = time.perf_counter()
-    count = sum(len(batch.indices) for batch in batches.epoch(1))
-    return count / (time.perf_counter() - started), _peak_mib()
+
+    def epoch() -> float:
+        started = time.perf_counter()
+        count = sum(len(batch.indices) for batch in batches)
+        return count / (time.perf_counter() - started)
+
+    return epoch
 
 
 def plan_weighted(setup: Setup, maps: tuple[str, str], n: int) -> tuple[float, float]:
@@ -133,7 +143,6 @@ def _torchio_subject(setup: Setup, kind: str, maps: tuple[str, str]) -> Any:
     import torch
     import torchio as tio
 
-    torch.set_num_threads(setup.threads)
     images: dict[str, Any] = {
         "image": tio.ScalarImage(tensor=torch.from_numpy(volume(setup)[None]))
     }
@@ -146,42 +155,70 @@ def _torchio_subject(setup: Setup, kind: str, maps: tuple[str, str]) -> Any:
     return tio.Subject(**images)
 
 
-def torchio_run(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> tuple[float, float]:
-    """Patches per second of a TorchIO sampler (``kind``), batches of 16 stacked."""
+def at_best_threads(setup: Setup, rate: Rate) -> Rate:
+    """``rate`` with torch on one thread or on the setup's threads, whichever ran it
+    faster (once, untimed): torch's threads spin while they wait, and on cores that other
+    work shares two of them ran TorchIO's ``UniformSampler`` 5-30x slower than one."""
+    import torch
+
+    def run_on(threads: int) -> float:
+        torch.set_num_threads(threads)
+        return rate()
+
+    torch.set_num_threads(max(sorted({1, setup.threads}), key=run_on))
+    return rate
+
+
+def torchio_patches(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
+    """A TorchIO sampler (``kind``), ``n`` patches a call, in batches of 16 stacked;
+    ``GridSampler`` iterated uncollated; or (``queue``) patch training's loader; with
+    torch on its best count of threads."""
+    return at_best_threads(setup, _torchio(setup, kind, maps, n))
+
+
+def _torchio(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
     import torch
     import torchio as tio
 
     subject = _torchio_subject(setup, kind, maps)
     shape = patch_shape(setup)
-    if kind == "grid":
-        sampler = tio.GridSampler(subject, patch_size=shape, patch_overlap=0)
-        started = time.perf_counter()
-        count = 0
-        for k in range(min(n, len(sampler))):
-            sampler[k]["image"].data  # noqa: B018 - a patch, taken and dropped
-            count += 1
-        return count / (time.perf_counter() - started), _peak_mib()
     if kind == "queue":
         return _torchio_queue(setup, subject, n)
+    if kind == "grid":
+        grid = tio.GridSampler(subject, patch_size=shape, patch_overlap=0)
+        count = min(n, len(grid))
+
+        def grid_patches() -> float:
+            started = time.perf_counter()
+            for k in range(count):
+                grid[k]["image"].data  # noqa: B018 - a patch, taken and dropped
+            return count / (time.perf_counter() - started)
+
+        return grid_patches
     samplers: dict[str, Callable[[], Any]] = {
         "uniform": lambda: tio.UniformSampler(shape),
         "weighted": lambda: tio.WeightedSampler(shape, probability_map="weights"),
         "labels": lambda: tio.LabelSampler(shape, label_name="label", label_probabilities=RATIOS),
     }
-    patches = samplers[kind]()(subject, num_patches=n)
-    started = time.perf_counter()
-    count = 0
-    while count < n:
-        batch = torch.stack([next(patches)["image"].data for _ in range(BATCH)])
-        count += len(batch)
-    return count / (time.perf_counter() - started), _peak_mib()
+    sampler = samplers[kind]()
+
+    def sampled() -> float:
+        started = time.perf_counter()
+        patches = sampler(subject, num_patches=n)
+        count = 0
+        while count < n:
+            batch = torch.stack([next(patches)["image"].data for _ in range(BATCH)])
+            count += len(batch)
+        return count / (time.perf_counter() - started)
+
+    return sampled
 
 
-def _torchio_queue(setup: Setup, subject: Any, n: int) -> tuple[float, float]:
+def _torchio_queue(setup: Setup, subject: Any, n: int) -> Rate:
     import torchio as tio
 
     # The patch-training loop of TorchIO's documentation: a queue of patches filled by
-    # worker processes, read through a SubjectsLoader.
+    # worker processes, read through a SubjectsLoader, an epoch a call.
     queue = tio.Queue(
         tio.SubjectsDataset([subject]),
         max_length=n,
@@ -190,9 +227,13 @@ def _torchio_queue(setup: Setup, subject: Any, n: int) -> tuple[float, float]:
         num_workers=setup.threads,
     )
     loader = tio.SubjectsLoader(queue, batch_size=BATCH, num_workers=0)
-    started = time.perf_counter()
-    count = sum(len(batch["image"][tio.DATA]) for batch in loader)
-    return count / (time.perf_counter() - started), _peak_mib()
+
+    def epoch() -> float:
+        started = time.perf_counter()
+        count = sum(len(batch["image"][tio.DATA]) for batch in loader)
+        return count / (time.perf_counter() - started)
+
+    return epoch
 
 
 def check_grid_against_torchio(setup: Setup, few: int) -> None:
@@ -214,13 +255,17 @@ def check_grid_against_torchio(setup: Setup, few: int) -> None:
 # -- MONAI ---------------------------------------------------------------------------------
 
 
-def monai_run(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> tuple[float, float]:
-    """Patches per second of a MONAI transform of 16 samples a call, or GridPatchDataset."""
+def monai_patches(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
+    """A MONAI transform of 16 samples a call, or GridPatchDataset; ``n`` patches a call;
+    with torch on its best count of threads."""
+    return at_best_threads(setup, _monai(setup, kind, maps, n))
+
+
+def _monai(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> Rate:
     import torch
     from monai import transforms
     from monai.data import GridPatchDataset, PatchIter
 
-    torch.set_num_threads(setup.threads)
     shape = patch_shape(setup)
     # The volume, and the one map that ``kind`` crops by (MONAI copies the other items
     # of the dictionary into every sample).
@@ -231,13 +276,17 @@ def monai_run(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> tuple[f
         data["label"] = torch.from_numpy(volume(setup, maps[1])[None])
     if kind == "grid":
         dataset = GridPatchDataset(data=[data["image"]], patch_iter=PatchIter(patch_size=shape))
-        started = time.perf_counter()
-        count = 0
-        for _ in dataset:
-            count += 1
-            if count >= n:
-                break
-        return count / (time.perf_counter() - started), _peak_mib()
+
+        def grid_patches() -> float:
+            started = time.perf_counter()
+            count = 0
+            for _ in dataset:
+                count += 1
+                if count >= n:
+                    break
+            return count / (time.perf_counter() - started)
+
+        return grid_patches
     made: dict[str, Callable[[], Any]] = {
         "uniform": lambda: transforms.RandSpatialCropSamplesd(
             ["image"], roi_size=shape, num_samples=BATCH, random_size=False
@@ -250,61 +299,99 @@ def monai_run(setup: Setup, kind: str, maps: tuple[str, str], n: int) -> tuple[f
         ),
     }
     transform = made[kind]()
-    started = time.perf_counter()
-    count = 0
-    while count < n:
-        batch = torch.stack([sample["image"] for sample in transform(data)])
-        count += len(batch)
-    return count / (time.perf_counter() - started), _peak_mib()
+
+    def cropped() -> float:
+        started = time.perf_counter()
+        count = 0
+        while count < n:
+            batch = torch.stack([sample["image"] for sample in transform(data)])
+            count += len(batch)
+        return count / (time.perf_counter() - started)
+
+    return cropped
 
 
 # -- the rows ------------------------------------------------------------------------------
 
-DASKCUBES_ROWS = {
-    "uniform": Key.PATCH_UNIFORM,
-    "grid": Key.PATCH_GRID,
-    "weighted": Key.PATCH_WEIGHTED,
-    "labels": Key.PATCH_LABELS,
+#: The methods compared, kind by kind: the row, what measures it, and the module it needs.
+KINDS: dict[str, list[tuple[Key, Callable[..., Rate], str]]] = {
+    "uniform": [
+        (Key.PATCH_UNIFORM, daskcubes_patches, "daskcubes"),
+        (Key.TORCHIO_UNIFORM, torchio_patches, "torchio"),
+        (Key.MONAI_UNIFORM, monai_patches, "monai"),
+    ],
+    "queue": [(Key.TORCHIO_QUEUE, torchio_patches, "torchio")],
+    "grid": [
+        (Key.PATCH_GRID, daskcubes_patches, "daskcubes"),
+        (Key.TORCHIO_GRID, torchio_patches, "torchio"),
+        (Key.MONAI_GRID, monai_patches, "monai"),
+    ],
+    "weighted": [
+        (Key.PATCH_WEIGHTED, daskcubes_patches, "daskcubes"),
+        (Key.TORCHIO_WEIGHTED, torchio_patches, "torchio"),
+        (Key.MONAI_WEIGHTED, monai_patches, "monai"),
+    ],
+    "labels": [
+        (Key.PATCH_LABELS, daskcubes_patches, "daskcubes"),
+        (Key.TORCHIO_LABELS, torchio_patches, "torchio"),
+        (Key.MONAI_LABELS, monai_patches, "monai"),
+    ],
 }
-TORCHIO_ROWS = {
-    "uniform": Key.TORCHIO_UNIFORM,
-    "queue": Key.TORCHIO_QUEUE,
-    "grid": Key.TORCHIO_GRID,
-    "weighted": Key.TORCHIO_WEIGHTED,
-    "labels": Key.TORCHIO_LABELS,
-}
-MONAI_ROWS = {
-    "uniform": Key.MONAI_UNIFORM,
-    "grid": Key.MONAI_GRID,
-    "weighted": Key.MONAI_WEIGHTED,
-    "labels": Key.MONAI_LABELS,
-}
-
-
-def _row(key: Key, rate_and_peak: tuple[float, float], n: int) -> Row:
-    rate, peak = rate_and_peak
-    return Row(key, rate, CUBES_PER_S, note=f"({n} patches, peak {peak:,.0f} MiB)")
 
 
 def measure(setup: Setup) -> list[Row]:
-    """The patch libraries' rows, and daskcubes' beside them on the same volume."""
+    """The patch libraries' rows, and daskcubes' beside them on the same volume.
+
+    The methods of one kind of window are each held warm in an interpreter of their own
+    (:class:`bench.probes.Resident`: loaded, compiled and run once before any timing, as
+    a training loop runs epoch after epoch), so that a row's peak memory is its own, and
+    run in :data:`~bench.cut_rows.ROUNDS` alternating rounds; each row is its median.
+    """
     maps = write_maps(setup)
     # Whole batches: the libraries' samplers hand patches out 16 at a time.
-    n, few = -(-setup.cubes // BATCH) * BATCH, max(setup.few * BATCH // 4, BATCH)
-    rows = [
-        _row(key, in_fresh_process(daskcubes_run, setup, kind, maps, n), n)
-        for kind, key in DASKCUBES_ROWS.items()
-    ]
-    summary, planned = in_fresh_process(plan_weighted, setup, maps, setup.plan_cubes)
-    note = f"({setup.plan_cubes:,} windows; the map summarised first in {summary:.1f} s)"
-    rows.append(Row(Key.PLAN_WEIGHTED, planned, SECONDS, note=note))
+    # Two runs' cubes a pass (whole batches), so that a pass of the fastest takes a while.
+    n, few = -(-2 * setup.cubes // BATCH) * BATCH, max(setup.few * BATCH // 4, BATCH)
     if importable("torchio"):
         in_fresh_process(check_grid_against_torchio, setup, setup.few)
-        for kind, key in TORCHIO_ROWS.items():
-            count = few if kind in ("weighted", "labels") else n
-            rows.append(_row(key, in_fresh_process(torchio_run, setup, kind, maps, count), count))
-    if importable("monai"):
-        for kind, key in MONAI_ROWS.items():
-            count = few if kind in ("weighted", "labels") else n
-            rows.append(_row(key, in_fresh_process(monai_run, setup, kind, maps, count), count))
-    return rows
+    rows: dict[Key, Row] = {}
+    for kind, methods in KINDS.items():
+        methods = [m for m in methods if importable(m[2])]
+        counts = {
+            key: n if module == "daskcubes" or kind in FAST else few for key, _, module in methods
+        }
+        with ExitStack() as held:
+            residents = {
+                key: held.enter_context(Resident(make, setup, kind, maps, counts[key]))
+                for key, make, _ in methods
+            }
+            rates = median_of_rounds(residents, ROUNDS)
+            peaks = {key: resident.peak_mib() for key, resident in residents.items()}
+        for key in residents:
+            note = f"({counts[key]} patches, median of {ROUNDS} rounds, peak {peaks[key]:,.0f} MiB)"
+            rows[key] = Row(key, rates[key], CUBES_PER_S, note=note)
+    summary, planned = in_fresh_process(plan_weighted, setup, maps, setup.plan_cubes)
+    note = f"({setup.plan_cubes:,} windows; the map summarised first in {summary:.1f} s)"
+    rows[Key.PLAN_WEIGHTED] = Row(Key.PLAN_WEIGHTED, planned, SECONDS, note=note)
+    return [rows[key] for key in ORDER if key in rows]
+
+
+#: Kinds whose library samplers keep up with daskcubes' count of patches (the weighted
+#: and label-balanced samplers of the libraries take ``few``).
+FAST = ("uniform", "queue", "grid")
+#: The rows' order in the table.
+ORDER = [
+    Key.PATCH_UNIFORM,
+    Key.PATCH_GRID,
+    Key.PATCH_WEIGHTED,
+    Key.PATCH_LABELS,
+    Key.PLAN_WEIGHTED,
+    Key.TORCHIO_UNIFORM,
+    Key.TORCHIO_QUEUE,
+    Key.TORCHIO_GRID,
+    Key.TORCHIO_WEIGHTED,
+    Key.TORCHIO_LABELS,
+    Key.MONAI_UNIFORM,
+    Key.MONAI_GRID,
+    Key.MONAI_WEIGHTED,
+    Key.MONAI_LABELS,
+]

@@ -47,10 +47,10 @@ class Target:
 TARGETS: list[Target] = [
     Target("generation >= 5x article step 3", Key.GENERATION, Key.STEP3, 5),
     Target("generation >= 0.6x the cut ceiling", Key.GENERATION, Key.CUT_CEILING, 0.6),
-    Target("generation >= 1.0x the stacked-numpy peer", Key.GENERATION, Key.STEP3_STACKED, 1.0),
+    Target("stream mode >= 1.0x the stacked-numpy peer", Key.STREAM_LOOP, Key.STEP3_STACKED, 1.0),
     Target(
-        "generation, float32 >= 1.0x the stacked-numpy peer, float32",
-        Key.GENERATION_FLOAT32,
+        "stream mode, float32 >= 1.0x the stacked-numpy peer, float32",
+        Key.STREAM_LOOP_FLOAT32,
         Key.STEP3_STACKED_FLOAT32,
         1.0,
     ),
@@ -104,7 +104,12 @@ TARGETS: list[Target] = [
         0.8,
         needs="torch",
     ),
-    Target("random row windows >= 0.9x the article's cubes", Key.ROW_WINDOWS, Key.GENERATION, 0.9),
+    Target(
+        "random row windows >= 0.9x the article's cubes, streamed",
+        Key.STREAM_LOOP_ROW_WINDOWS,
+        Key.STREAM_LOOP,
+        0.9,
+    ),
     Target("windows in every axis >= 5x xbatcher", Key.WINDOWS, Key.XBATCHER, 5, needs="xbatcher"),
     Target(
         "out of core: peak memory <= 1.2x (budget + one batch)",
@@ -114,6 +119,13 @@ TARGETS: list[Target] = [
         at_most=True,
     ),
     Target("planning <= 10 s", Key.PLAN_TIME, None, 10, at_most=True),
+    Target(
+        "uniform windows >= 1.5x TorchIO UniformSampler",
+        Key.PATCH_UNIFORM,
+        Key.TORCHIO_UNIFORM,
+        1.5,
+        needs="torchio",
+    ),
     Target(
         "grid windows >= 2x TorchIO GridSampler",
         Key.PATCH_GRID,
