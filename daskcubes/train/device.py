@@ -427,7 +427,7 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
     def starts(self, batches: Sequence[np.ndarray], fresh: bool = False) -> Iterator[Pending]:
         """Begin cutting each of ``batches`` in turn, their recipes worked out on the host
         ahead of them, a block of about ``RECIPE_BLOCK`` cubes at once (vectorised and
-        checked: a fifth of the host's time per cube of one call a batch)."""
+        checked: about a third of the host's time per cube of one call a batch)."""
         per_block = max(RECIPE_BLOCK // max(len(batches[0]), 1), 1) if len(batches) else 1
         for first in range(0, len(batches), per_block):
             block = [np.asarray(ids, dtype=np.int64) for ids in batches[first : first + per_block]]
