@@ -153,3 +153,32 @@ def test_a_store_replaced_in_the_same_process_gets_its_own_codecs(tmp_path: Path
     fresh = config.model_copy(update={"compressor": "lz4", "out": str(tmp_path / "fresh.zarr")})
     jobs.sample(fresh, show_progress=False)
     assert_stores_identical(fresh.out, config.out)
+
+
+def test_a_store_s_group_holds_its_attributes_from_its_first_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write of a store's group metadata names it a daskcubes store: a reader (a
+    resume, another host's ``--resume``, the tests' record polls) that comes between the
+    group's creation and its attributes found an empty group, ``not written by daskcubes``."""
+    import json
+
+    from zarr.storage import LocalStore
+
+    written: list[tuple[str, dict[str, Any]]] = []
+    set_ = LocalStore.set
+
+    async def recorded(self: LocalStore, key: str, value: Any) -> None:
+        if key == "zarr.json":
+            written.append((str(self.root), json.loads(value.to_bytes())))
+        await set_(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", recorded)
+    config = small_config(tmp_path)
+    jobs.run(config, show_progress=False)
+    groups = [attrs for root, attrs in written if attrs.get("node_type") == "group"]
+    stores = {root for root, attrs in written if attrs.get("node_type") == "group"}
+    assert {Path(root).name for root in stores} >= {Path(config.out).name}
+    assert len(stores) >= 2 and groups  # the frames store's and the cube store's
+    for attrs in groups:
+        assert "daskcubes" in attrs.get("attributes", {}), attrs

@@ -216,7 +216,6 @@ def create_frames_store(
         check_resumable(path, "frames store", started["identity"], source.identity)
         return started
     n_frames, n_rows, n_cols = source.shape
-    group = storage.open_group(path, mode="w")
     attrs: dict[str, Any] = {
         "kind": "frames",
         "sources": source.sources,
@@ -228,7 +227,7 @@ def create_frames_store(
         "created": now(),
         "complete": None,
     }
-    group.attrs[ATTRS] = attrs
+    group = storage.open_group(path, mode="w", attributes={ATTRS: attrs})
     group.create_array(
         "frames",
         shape=(n_frames, n_rows, n_cols),
@@ -282,7 +281,6 @@ def create_cube_store(
         started = CubeSchema.from_attrs(attrs["plan"]).attrs()
         check_resumable(path, "cube store", started, plan_attrs)
         return attrs
-    group = storage.open_group(path, mode="w")
     attrs = {
         "kind": "cubes",
         "plan": plan_attrs,
@@ -291,6 +289,5 @@ def create_cube_store(
         "created": now(),
         "complete": None,
     }
-    group.attrs[ATTRS] = attrs
-    schema.create(group)
+    schema.create(storage.open_group(path, mode="w", attributes={ATTRS: attrs}))
     return attrs

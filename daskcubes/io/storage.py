@@ -310,9 +310,15 @@ class Storage:
     # zarr_format=3 and no consolidated metadata: zarr then looks for one metadata file
     # instead of probing for several (each probe is a request to an object store).
 
-    def open_group(self, url: str, mode: AccessMode) -> zarr.Group:
+    def open_group(
+        self, url: str, mode: AccessMode, attributes: dict[str, Any] | None = None
+    ) -> zarr.Group:
+        """The group at ``url``; one created (mode ``w``) holds ``attributes`` from its first
+        write, so that no reader ever finds it without them."""
         store = self.zarr_store(url, read_only=mode == "r")
-        return zarr.open_group(store=store, mode=mode, zarr_format=3, use_consolidated=False)
+        return zarr.open_group(
+            store=store, mode=mode, zarr_format=3, use_consolidated=False, attributes=attributes
+        )
 
     def open_array(self, url: str, name: str, mode: AccessMode) -> zarr.Array:
         store = self.zarr_store(url, read_only=mode == "r")
