@@ -417,7 +417,7 @@ def test_recipes_are_worked_out_ahead_a_block_of_batches_at_once(
         return job_recipes(job, positions)
 
     monkeypatch.setattr(device_module, "job_recipes", counted)
-    monkeypatch.setattr(device_module, "RECIPE_BLOCK", block)
+    monkeypatch.setattr(device_module, "RECIPES_AHEAD", block)
     for ids, cubes in Batches(stream, 4, shuffle=True, seed=2, prefetch=2):
         assert host(cubes).tobytes() == stored[ids].tobytes()
     assert len(made) == calls and sum(made) == len(stream)

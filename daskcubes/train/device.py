@@ -64,7 +64,7 @@ INDEX_ITEMSIZE = 8
 RESERVED_BATCH = 64
 #: Cubes whose recipes a device stream works out at once, ahead of the batches that cut
 #: them (:meth:`DeviceStream.starts`).
-RECIPE_BLOCK = 1024
+RECIPES_AHEAD = 1024
 
 DeviceLike = str | torch.device
 
@@ -426,9 +426,9 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
 
     def starts(self, batches: Sequence[np.ndarray], fresh: bool = False) -> Iterator[Pending]:
         """Begin cutting each of ``batches`` in turn, their recipes worked out on the host
-        ahead of them, a block of about ``RECIPE_BLOCK`` cubes at once (vectorised and
+        ahead of them, a block of about ``RECIPES_AHEAD`` cubes at once (vectorised and
         checked: about a third of the host's time per cube of one call a batch)."""
-        per_block = max(RECIPE_BLOCK // max(len(batches[0]), 1), 1) if len(batches) else 1
+        per_block = max(RECIPES_AHEAD // max(len(batches[0]), 1), 1) if len(batches) else 1
         for first in range(0, len(batches), per_block):
             block = [np.asarray(ids, dtype=np.int64) for ids in batches[first : first + per_block]]
             positions = np.concatenate(block)
