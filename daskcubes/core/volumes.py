@@ -33,7 +33,7 @@ from typing import Literal
 
 import numpy as np
 
-from daskcubes.core.definition import Definition
+from daskcubes.core.definition import Definition, check_grid_count
 from daskcubes.core.draws import GOLDEN, VOLUME_DRAWS, draw_key
 from daskcubes.core.plan import CubePlan, Recipes, Tiling, recipes_of
 from daskcubes.core.tables import WindowTable
@@ -153,7 +153,11 @@ class DatasetPlan(Tiling):
 
     def __post_init__(self) -> None:
         self.check_tiling()
-        if self.grid and self.n_cubes > self.offsets[-1]:
+        if self.grid and len(self.plans) == 1:
+            first = self.first
+            shape = (first.n_frames, first.n_rows, first.n_cols)
+            check_grid_count(self.n_cubes, first.cube_shape, first.definition, shape)
+        elif self.grid and self.n_cubes > self.offsets[-1]:
             counts = ", ".join(
                 f"{name} {count}" for name, count in zip(self.names, self.grid_counts, strict=True)
             )
