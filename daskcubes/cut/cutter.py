@@ -36,7 +36,7 @@ def load_slab(
     """``(len(frames), len(rows), n_cols)`` source values as ``dtype``, in the layout
     :func:`~daskcubes.core.kernels.empty_slab` makes, read one frame at a time so that only
     the slab and one frame's rows are held at once."""
-    array = storage.open_array(source.path, "frames", mode="r")
+    array = storage.open_array(source.path, source.array, mode="r")
     slab = empty_slab(len(frames), len(rows), source.shape[2], dtype, rows_contiguous)
     for layer, frame in enumerate(frames):
         slab[layer] = array[frame, rows.start : rows.stop, :]  # cast once, here
@@ -53,6 +53,22 @@ class _Slabs:
         self._slabs: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
         self.loads = 0
 
+    @staticmethod
+    def nbytes(job: CutJob) -> int:
+        frames = job.frames
+        return (
+            frames.shape[0]
+            * job.source.rows_needed
+            * frames.shape[2]
+            * np.dtype(job.dtype).itemsize
+        )
+
+    def room(self, job: CutJob) -> bool:
+        """Whether the whole slab of ``job`` fits beside those kept."""
+        with self._lock:
+            held = sum(slab.nbytes for slab in self._slabs.values())
+        return held + self.nbytes(job) <= job.source.held
+
     def get(self, job: CutJob) -> np.ndarray:
         layout = job.source
         key = (job.frames, job.storage, job.dtype, layout.rows_needed, layout.rows_contiguous)
@@ -60,8 +76,7 @@ class _Slabs:
             if key in self._slabs:
                 self._slabs.move_to_end(key)
                 return self._slabs[key]
-            frames, rows = job.frames, layout.rows_needed
-            nbytes = frames.shape[0] * rows * frames.shape[2] * np.dtype(job.dtype).itemsize
+            frames, rows, nbytes = job.frames, layout.rows_needed, self.nbytes(job)
             while (
                 self._slabs and sum(s.nbytes for s in self._slabs.values()) + nbytes > layout.held
             ):
@@ -94,11 +109,11 @@ def worker_slab(job: CutJob) -> np.ndarray:
 
 def warm_worker(cut: DatasetCut) -> None:
     """Compile the cut for each array's dtype and layout, and load the whole slabs of its
-    arrays into this process, as many as the budget keeps (returns nothing, so that the
-    slabs stay where they are)."""
+    arrays into this process, as many as the budget keeps beside each other (returns
+    nothing, so that the slabs stay where they are)."""
     for job in cut.jobs():
         compile_kernel(job.dtype, job.source.rows_contiguous)
-        if job.source.whole:
+        if job.source.whole and _slabs.room(job):
             worker_slab(job)
 
 
