@@ -214,6 +214,17 @@ class DatasetPlan(Tiling):
         return volumes_of_shards(self.seed, cubes // self.shard_size, shares), cubes
 
 
+def check_frame_counts(definition: Definition, shapes: Sequence[Shape]) -> None:
+    """Refuse ``frame_mode all`` over volumes of several frame counts, in one line."""
+    frame_counts = sorted({shape[0] for shape in shapes})
+    if definition.frame_mode == "all" and len(frame_counts) > 1:
+        raise UserError(
+            f"frame_mode all: the volumes have {frame_counts[0]} to {frame_counts[-1]} "
+            "frames, and a cube stacks every frame of one; set depth and frame_mode window "
+            "(or subset) to cut cubes of a few frames from each"
+        )
+
+
 def dataset_plan(
     names: Sequence[str],
     shapes: Sequence[Shape],
@@ -228,13 +239,7 @@ def dataset_plan(
     ``task_size``, volume ``k``'s plan of ``n`` cubes made by ``make(k, n)`` (the shard
     size is theirs); returns it with the names of the volumes left out, too small for the cube.
     ``frame_mode all`` needs volumes of one frame count."""
-    frame_counts = sorted({shape[0] for shape in shapes})
-    if definition.frame_mode == "all" and len(frame_counts) > 1:
-        raise UserError(
-            f"frame_mode all: the volumes have {frame_counts[0]} to {frame_counts[-1]} "
-            "frames, and a cube stacks every frame of one; set depth and frame_mode window "
-            "(or subset) to cut cubes of a few frames from each"
-        )
+    check_frame_counts(definition, shapes)
     counts = [window_count(definition, cube_shape, shape) for shape in shapes]
     shares = volume_shares(names, counts, asked)
     grid = definition.has_grid

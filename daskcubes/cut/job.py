@@ -19,7 +19,14 @@ import psutil
 from daskcubes.core.definition import CubeSizes, Definition, check_cube_fits
 from daskcubes.core.plan import RECIPE, CubePlan, Recipes, recipes_of, task_size_for
 from daskcubes.core.tables import WindowTable
-from daskcubes.core.volumes import DatasetPlan, Shape, ShareMode, dataset_plan, dataset_recipes
+from daskcubes.core.volumes import (
+    DatasetPlan,
+    Shape,
+    ShareMode,
+    check_frame_counts,
+    dataset_plan,
+    dataset_recipes,
+)
 from daskcubes.errors import UserError
 from daskcubes.io.layout import DatasetInfo, FramesStoreInfo, VolumeInfo
 from daskcubes.io.maps import window_table
@@ -270,6 +277,7 @@ def plan_cut(
     A volume too small for the cube is left out (its share is 0) and named on stderr.
     """
     shapes = frames.shapes
+    check_frame_counts(definition, shapes)
     largest = (max(s[0] for s in shapes), max(s[1] for s in shapes), max(s[2] for s in shapes))
     one = len(shapes) == 1
     check_cube_fits(
