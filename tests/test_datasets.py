@@ -194,9 +194,7 @@ def test_label_balanced_windows_draw_from_each_volume_s_ingested_labels(
     dataset: tuple[str, dict[str, Any]], tmp_path: Path
 ) -> None:
     store, values = dataset
-    given = settings(
-        store, tmp_path / "balanced.zarr", cubes=400, label_ratios={0: 1, 1: 1}
-    )
+    given = settings(store, tmp_path / "balanced.zarr", cubes=400, label_ratios={0: 1, 1: 1})
     daskcubes.sample(**given, progress=False)
     labels = open_cubes(given["out"])[:]["labels"]
     share_of_ones = labels.reshape(len(labels), -1).mean(axis=1)
