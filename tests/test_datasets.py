@@ -12,6 +12,7 @@ import pytest
 
 import daskcubes
 from daskcubes import Batches, open_cubes, open_stream
+from daskcubes.cut import cutter
 from daskcubes.errors import UserError
 from daskcubes.testing import assert_stores_identical
 
@@ -253,3 +254,39 @@ def test_one_volume_with_labels_keeps_its_cubes_and_recipes(tmp_path: Path) -> N
             == getattr(beside.recipes(slice(None)), name).tobytes()
         )
     assert "volumes" not in beside._group and "labels" in beside._group
+
+
+def test_a_stream_larger_than_its_budget_shuffles_in_blocks_of_the_volumes_it_holds(
+    dataset: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    store, _ = dataset
+    given = settings(store, tmp_path / "cubes.zarr", cubes=240)
+    daskcubes.sample(**given, progress=False)
+    stored = open_cubes(given["out"])[:]
+    whole = open_stream(**given)
+    assert whole.resident_volumes == 3
+    assert Batches(whole, 8, shuffle=True).plan.shuffle_block == 0  # over every cube
+    # Room for the slabs (cubes' values and labels) of one volume, not of two.
+    stream = open_stream(**{**given, "max_slab_bytes": 45_000})
+    assert stream.resident_volumes == 1
+    batches = Batches(stream, 8, shuffle=True, seed=4, prefetch=0, threads=1)
+    assert batches.state_dict()["shuffle_block"] == 1
+    volume_of, seen, mixed = stream.volumes(np.arange(240)), np.zeros(240, int), 0
+    loads = cutter.slab_loads()
+    for ids, batch in batches:
+        seen[ids] += 1
+        mixed += len(np.unique(volume_of[ids])) > 1
+        assert batch["labels"].tobytes() == stored["labels"][ids].tobytes()
+        assert batch["cubes"].tobytes() == stored["cubes"][ids].tobytes()
+    assert (seen == 1).all()
+    assert mixed <= 2  # a batch from two volumes only where it straddles two blocks
+    assert cutter.slab_loads() - loads <= 2 * 3  # each volume's two arrays loaded once
+    order = [ids.tolist() for ids, _ in Batches(stream, 8, shuffle=True, seed=4).epoch(1)]
+    resumed = Batches(stream, 8, shuffle=True, seed=4)
+    taken = [ids.tolist() for _, (ids, _) in zip(range(5), resumed.epoch(1), strict=False)]
+    state = resumed.state_dict()
+    again = Batches(stream, 8, shuffle=True, seed=4)
+    again.load_state_dict(state)
+    assert taken + [ids.tolist() for ids, _ in again.epoch(1)] == order
+    with pytest.raises(UserError, match="shuffle_block 1, but this loader has 0"):
+        Batches(whole, 8, shuffle=True, seed=4).load_state_dict(state)

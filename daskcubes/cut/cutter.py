@@ -102,6 +102,22 @@ def slab_loads() -> int:
     return _slabs.loads
 
 
+def resident_volumes(cut: DatasetCut) -> int:
+    """How many volumes' whole slabs a worker keeps at once within its budget, counting
+    the largest volumes (at least 1: a volume beyond the budget is cut block by block)."""
+    sizes = sorted(
+        (sum(_Slabs.nbytes(job) for job in v.jobs) for v in cut.volumes if v is not None),
+        reverse=True,
+    )
+    held, total, fits = cut.jobs()[0].source.held, 0, 0
+    for size in sizes:
+        total += size
+        if total > held:
+            break
+        fits += 1
+    return max(fits, 1)
+
+
 def worker_slab(job: CutJob) -> np.ndarray:
     """The whole slab of a ``whole`` layout, loaded once per process while it is kept."""
     return _slabs.get(job)
