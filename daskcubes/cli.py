@@ -252,8 +252,10 @@ def _describe_plan(schema: CubeSchema) -> list[str]:
         )
         lines += [
             f"    {k} '{record.name}': {' x '.join(map(str, record.shape))}, "
-            + (f"share {share:.3f}" if share > 0 else "left out (too small for the cube)")
-            for k, (record, share) in enumerate(zip(schema.volumes, plan.shares, strict=True))
+            + ("left out (too small for the cube)" if held is None else f"share {share:.3f}")
+            for k, (record, share, held) in enumerate(
+                zip(schema.volumes, plan.shares, plan.plans, strict=True)
+            )
         ]
         if len(schema.channels) > 1:
             lines.append(f"  channels: {', '.join(schema.channels)}")
