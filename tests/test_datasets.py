@@ -4,6 +4,7 @@ stored and streamed; the volumes' shares hold; grids enumerate each volume in tu
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ import daskcubes
 from daskcubes import Batches, open_cubes, open_stream
 from daskcubes.cut import cutter
 from daskcubes.errors import UserError
+from daskcubes.io.storage import Storage
+from daskcubes.runtime.verify import verify_cube_store
 from daskcubes.testing import assert_stores_identical
 
 #: Three volumes of different shapes (frames, rows, columns).
@@ -290,3 +293,32 @@ def test_a_stream_larger_than_its_budget_shuffles_in_blocks_of_the_volumes_it_ho
     assert taken + [ids.tolist() for ids, _ in again.epoch(1)] == order
     with pytest.raises(UserError, match="shuffle_block 1, but this loader has 0"):
         Batches(whole, 8, shuffle=True, seed=4).load_state_dict(state)
+
+
+def test_damaged_label_and_volume_chunks_are_found_and_cut_again(
+    dataset: tuple[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """verify reads every shard of every cube array and the volumes, and repair writes
+    the damaged ones again: the store ends byte-identical to a clean run."""
+    store, _ = dataset
+    given = settings(store, tmp_path / "cubes.zarr")
+    daskcubes.sample(**given, progress=False)
+    clean = tmp_path / "clean.zarr"
+    shutil.copytree(given["out"], clean)
+    labels_shard = Path(given["out"], "labels", "c.5.0.0.0")
+    raw = bytearray(labels_shard.read_bytes())
+    raw[10] ^= 0xFF
+    labels_shard.write_bytes(bytes(raw))
+    volumes_chunk = Path(given["out"], "volumes", "c.0")
+    raw = bytearray(volumes_chunk.read_bytes())
+    raw[3] ^= 0xFF
+    volumes_chunk.write_bytes(bytes(raw))
+    report = verify_cube_store(given["out"], Storage(), store)
+    assert any("array 'labels', shard labels/c.5.0.0.0 (cubes 20-23)" in p for p in report.problems)
+    assert any("array 'volumes'" in p for p in report.problems), report.problems
+    with pytest.raises(UserError, match="cube 20 is damaged \\(a chunk of array 'labels'"):
+        open_cubes(given["out"])[20]
+    mended = daskcubes.repair(given["out"])
+    assert mended.shards == [5] and mended.recipe_blocks == [0]
+    assert_stores_identical(given["out"], clean)
+    assert not verify_cube_store(given["out"], Storage(), store).problems

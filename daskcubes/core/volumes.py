@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -171,7 +172,7 @@ class DatasetPlan(Tiling):
         """The plan of one volume: exactly the cubes of ``plan``, in its tasks."""
         return cls((FRAMES,), (plan,), (1.0,), plan.n_cubes, plan.task_size, plan.shard_size)
 
-    @property
+    @cached_property
     def first(self) -> CubePlan:
         """The plan of the first volume that holds the cube (its cube, seed, definition)."""
         return next(plan for plan in self.plans if plan is not None)
@@ -267,7 +268,7 @@ def dataset_recipes(
     """The volume and recipe of each of ``cubes`` (any indices, any order); ``tables[k]``
     is volume ``k``'s map table (None where it draws from no map)."""
     volumes, local = plan.volumes_of(cubes)
-    found = np.unique(volumes)
+    found = np.unique(volumes) if len(plan.plans) > 1 else volumes[:1]
     if len(found) == 1:
         volume_plan = plan.plans[int(found[0])]
         assert volume_plan is not None  # a volume left out is never drawn

@@ -198,7 +198,7 @@ def cut_into(cut: DatasetCut, cubes: np.ndarray, outs: Mapping[str, np.ndarray])
     """The cubes ``cubes`` (any indices, any order) and their paired cubes into ``outs``
     (by name, as :func:`output_shapes`); returns each cube's volume."""
     volumes, recipes = cut_recipes(cut, cubes)
-    found = np.unique(volumes)
+    found = np.unique(volumes) if len(cut.volumes) > 1 else volumes[:1]
     for volume in found:
         mine = np.flatnonzero(volumes == volume) if len(found) > 1 else slice(None)
         part = (
