@@ -203,6 +203,24 @@ class DatasetPlan(Tiling):
         """A grid's first cube of each volume, then the grids' total."""
         return np.concatenate([[0], np.cumsum(self.grid_counts)])
 
+    def task_groups(self) -> list[np.ndarray]:
+        """The shards of each task: of several volumes, the shards of one volume each, a
+        task's worth at a time, volume after volume, so that a task cuts from one
+        volume's source (one volume: consecutive shards). The store's bytes do not
+        depend on them."""
+        if len(self.plans) == 1:
+            return super().task_groups()
+        per_task = self.task_size // self.shard_size
+        shards = np.arange(self.n_shards)
+        volumes, _ = self.volumes_of(shards * self.shard_size)
+        grouped = shards[np.argsort(volumes, kind="stable")]
+        bounds = np.flatnonzero(np.diff(np.sort(volumes))) + 1
+        return [
+            part[first : first + per_task]
+            for part in np.split(grouped, bounds)
+            for first in range(0, len(part), per_task)
+        ]
+
     def volumes_of(self, cubes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(volume, index in that volume's plan) of each of ``cubes``, int32 and int64."""
         cubes = np.asarray(cubes, dtype=np.int64)

@@ -221,10 +221,15 @@ def cut_into(cut: DatasetCut, cubes: np.ndarray, outs: Mapping[str, np.ndarray])
     return volumes
 
 
-def cut_range(cut: DatasetCut, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Cubes ``start .. stop`` and their paired cubes, by array name, as views into
+def cut_at(cut: DatasetCut, cubes: np.ndarray) -> dict[str, np.ndarray]:
+    """The cubes ``cubes`` and their paired cubes, by array name, as views into
     per-thread buffers, valid until the thread's next call."""
-    shapes = output_shapes(cut, stop - start)
+    shapes = output_shapes(cut, len(cubes))
     outs = {name: _batch_buffer(name, shape, dtype) for name, (shape, dtype) in shapes.items()}
-    cut_into(cut, np.arange(start, stop), outs)
+    cut_into(cut, cubes, outs)
     return outs
+
+
+def cut_range(cut: DatasetCut, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Cubes ``start .. stop`` and their paired cubes (as :func:`cut_at`)."""
+    return cut_at(cut, np.arange(start, stop))
