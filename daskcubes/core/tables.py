@@ -1,32 +1,63 @@
-"""Window tables: a weight map or a label volume summarised over where windows may lie.
+"""Window tables: a weight map or a label volume summarised over where windows may lie,
+within a stated memory bound.
 
-Pure arithmetic over a map's values, handed in frame by frame (``layer(frame)``; the
-storage layer reads them, :mod:`daskcubes.io.maps`). A map is summarised into a
-:class:`WindowTable` over the *window starts*: every place a window of the cube's shape
-may start (``n - size + 1`` along a ``window`` axis, one along ``all`` frames or the
-``first`` rows). The table is all a plan needs to draw window ``i`` from two uniforms.
+Pure arithmetic over a map's values; no I/O. The storage layer (:mod:`daskcubes.io.maps`)
+hands the values in twice: frame by frame once (``layer(frame)``, for the digest and the
+summary), and then block by block on demand through a :class:`MapReader`. A map is
+summarised over the *window starts*: every place a window of the cube's shape may start
+(``n - size + 1`` along a ``window`` axis, one along ``all`` frames or the ``first`` rows).
 
-- **Weights** over frames x rows x columns: a window's weight is the mean of the map
-  over the window's voxels, from a summed-area table of each frame and a running sum
-  over frames; a window holding no positive weight has weight exactly 0 (counted apart,
-  in integers, so that rounding never makes it drawable). Weights shaped as the window
-  starts give each start's weight directly.
+**Blocks.** The starts, in C order (frame start, row start, column start), are cut into
+*blocks*: one frame start by ``rows_per_block`` row starts by every column start, a
+contiguous run of flat starts. ``rows_per_block`` is the most rows whose starts number at
+most :data:`BLOCK_STARTS` (at least one row). A :class:`WindowTable` holds, per block, one
+integer per group (the block's total weight, or its count of qualifying starts of each
+class); a draw picks the block by those integers first, and then a window within the block
+from the block's own window weights or counts, computed again from the map's values over
+the block (``depth`` frames by ``rows_per_block + height - 1`` rows by every column), read
+through the reader. The last :data:`CACHED_BLOCKS` blocks so computed are kept.
+
+**The bound.** A table holds at most :data:`TABLE_BYTES_PER_BLOCK` bytes per block and
+group (8 bytes of an int64 total plus, for weights, the Python int of the running total
+that the exact draw searches), and at most :data:`CACHED_BLOCKS` blocks' windows (8 bytes
+a window start, at most :data:`BLOCK_STARTS` starts a block: 64 KiB each, 4 MiB in all);
+a block being computed reads ``depth x (rows_per_block + height - 1) x columns`` values of
+the map. :attr:`WindowTable.nbytes` is what a table holds now. Only a store made by the
+earlier weight recipe (``splitmix64-distinct`` with a weight map) still builds the full
+table of every positive start (16 bytes a start), on first use, to draw as it did.
+
+- **Weights** over frames x rows x columns: a window weighs the mean of the map over its
+  voxels, that is its sum, counted in **fixed point**: each voxel weight ``v`` is the
+  integer ``rint(v * 2**scale)`` (at least 1 where ``v > 0``, so a window is drawable
+  exactly when it holds a positive weight, as before), with ``scale`` the largest power
+  of two that keeps a block's total under 2**61. Sums of integers are exact in any order,
+  so a block's windows computed again weigh exactly what they weighed when the block's
+  total was taken, and the draw is reproducible bit for bit. Window ``i`` takes the
+  integer ``t = floor(m * T / 2**53)`` of its uniform ``u = m / 2**53`` and the total ``T``,
+  and the window whose interval of the running total holds ``t``: each window is drawn
+  with probability its fixed-point weight over ``T`` (to within 2**-53), and a window of
+  weight 0 never. Weights shaped as the window starts weigh each start directly.
 - **Labels** (whole-number classes) of the frames' shape: a window counts for class
   ``c`` when at least ``fraction`` of its voxels are of class ``c`` (counted exactly, in
-  integers). Each class's windows are drawn uniformly; classes by their shares.
+  integers). Classes are drawn by their shares and, within class ``k``, the ``j``-th
+  qualifying start in C order for ``j = floor(u * n_k)``: the same start as the full table
+  of every qualifying start drew, found through the block counts.
 
-Only drawable starts are kept (their flat index, and for weights the cumulative
-weight): 16 bytes a positive start for weights, 8 a qualifying start and class for
-labels. The table also holds a digest of the map's values, which a cube store records.
+The table also holds a digest of the map's values, which a cube store records; a block
+computed again whose total differs from the table's (the map rewritten since) is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import sys
+import threading
+from bisect import bisect_right
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -34,6 +65,15 @@ from daskcubes.errors import UserError
 
 MapKind = Literal["weights", "labels"]
 Shape = tuple[int, int, int]
+
+#: A block holds at most this many window starts (but at least one row of them).
+BLOCK_STARTS = 8192
+#: Blocks whose windows a table keeps at once (the most recently used).
+CACHED_BLOCKS = 64
+#: Bytes a table holds per block and group, at most (see the module's docstring).
+TABLE_BYTES_PER_BLOCK = 64
+#: A block's total weight stays under 2**this (so its int64 running sums never overflow).
+_BLOCK_BITS = 61
 
 
 @dataclass(frozen=True)
@@ -55,39 +95,13 @@ class MapSpec:
         return f"{self.kind} '{self.path}'"
 
 
-@dataclass(frozen=True, eq=False)
-class WindowTable:
-    """Drawable window starts, by group: one group for weights, one per class for labels.
+class MapReader(Protocol):
+    """A map's values read again, as the storage layer implements it."""
 
-    ``shares`` are the cumulative shares of the groups; group ``k`` holds the flat
-    indices (into the window starts, C order) ``flats[k]`` and, for weights, their
-    cumulative weights ``cdfs[k]`` (None: each start equally likely).
-    """
-
-    fingerprint: str
-    starts_shape: Shape
-    shares: np.ndarray
-    flats: tuple[np.ndarray, ...]
-    cdfs: tuple[np.ndarray | None, ...]
-
-    def draw(self, window_u: np.ndarray, group_u: np.ndarray) -> np.ndarray:
-        """(n,) int64 flat window starts for uniforms in [0, 1): ``group_u`` picks the
-        group by its share, ``window_u`` a start within it."""
-        groups = np.minimum(
-            np.searchsorted(self.shares, group_u, side="right"), len(self.flats) - 1
-        )
-        out = np.empty(len(window_u), dtype=np.int64)
-        for k, (flat, cdf) in enumerate(zip(self.flats, self.cdfs, strict=True)):
-            mine = groups == k
-            if not mine.any():
-                continue
-            u = window_u[mine]
-            if cdf is None:
-                picked = (u * len(flat)).astype(np.int64)
-            else:  # a start of weight 0 spans no interval of the CDF: never picked
-                picked = np.searchsorted(cdf, u * cdf[-1], side="right")
-            out[mine] = flat[np.minimum(picked, len(flat) - 1)]
-        return out
+    def read(self, frames: tuple[int, int], rows: tuple[int, int]) -> np.ndarray:
+        """(frames, rows, columns) values of frames ``frames[0] .. frames[1] - 1`` and rows
+        ``rows[0] .. rows[1] - 1``, every column."""
+        ...
 
 
 def starts_shape(modes: tuple[str, str, str], cube_shape: Shape, frames_shape: Shape) -> Shape:
@@ -99,6 +113,192 @@ def starts_shape(modes: tuple[str, str, str], cube_shape: Shape, frames_shape: S
     return counts[0], counts[1], counts[2]
 
 
+def rows_per_block(starts: Shape) -> int:
+    """Row starts per block: as many as keep a block within :data:`BLOCK_STARTS` starts."""
+    return max(1, min(starts[1], BLOCK_STARTS // starts[2]))
+
+
+@dataclass(eq=False)
+class WindowTable:
+    """Drawable window starts by block: one group for weights, one per class for labels.
+
+    ``shares`` are the cumulative shares of the groups. Block ``b`` is frame start
+    ``b // blocks_per_frame`` by row starts ``rows * (b % blocks_per_frame)`` onwards.
+    ``counts[k]`` is the running total over blocks of group ``k``: int64 counts of
+    qualifying starts for labels; for weights a list of exact Python ints of the running
+    fixed-point weight (``scale``: each voxel weight times 2**scale, rounded).
+    """
+
+    fingerprint: str
+    starts_shape: Shape
+    shares: np.ndarray
+    kind: MapKind
+    spec: MapSpec
+    reader: MapReader
+    cube_shape: Shape
+    by_start: bool
+    rows: int
+    counts: tuple[np.ndarray | list[int], ...] = field(repr=False)
+    scale: int = 0
+    #: (classes) voxels of a class a window needs to count for it (labels).
+    need: int = 0
+    #: The map's shape (the full table of the earlier weight recipe reads whole frames).
+    map_shape: Shape = (0, 0, 0)
+    _cache: OrderedDict[int, tuple[np.ndarray, ...]] = field(
+        default_factory=OrderedDict, repr=False
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _full: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def blocks_per_frame(self) -> int:
+        return -(-self.starts_shape[1] // self.rows)
+
+    @property
+    def n_blocks(self) -> int:
+        return self.starts_shape[0] * self.blocks_per_frame
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the table holds now: its block totals and the blocks' windows it keeps
+        (and the full table, where the earlier weight recipe built it)."""
+        held = self.shares.nbytes
+        for count in self.counts:
+            if isinstance(count, np.ndarray):
+                held += count.nbytes
+            else:
+                held += sys.getsizeof(count) + sum(sys.getsizeof(value) for value in count)
+        with self._lock:
+            held += sum(part.nbytes for parts in self._cache.values() for part in parts)
+        if self._full is not None:
+            held += sum(part.nbytes for part in self._full)
+        return held
+
+    @property
+    def bound(self) -> int:
+        """The most bytes :attr:`nbytes` may be (but for the earlier recipe's full table)."""
+        groups = len(self.counts)
+        windows = CACHED_BLOCKS * BLOCK_STARTS * 8 * groups
+        return self.shares.nbytes + TABLE_BYTES_PER_BLOCK * groups * self.n_blocks + windows
+
+    # -- drawing ---------------------------------------------------------------------------
+
+    def draw(self, window_u: np.ndarray, group_u: np.ndarray) -> np.ndarray:
+        """(n,) int64 flat window starts for uniforms in [0, 1): ``group_u`` picks the
+        group by its share, ``window_u`` a start within it."""
+        window_u = np.asarray(window_u, dtype=np.float64)
+        groups = np.minimum(
+            np.searchsorted(self.shares, group_u, side="right"), len(self.counts) - 1
+        )
+        blocks = np.empty(len(window_u), dtype=np.int64)
+        offsets = np.empty(len(window_u), dtype=np.int64)
+        for k, count in enumerate(self.counts):
+            mine = np.flatnonzero(groups == k)
+            if not mine.size:
+                continue
+            if isinstance(count, np.ndarray):  # labels: the j-th qualifying start
+                n = int(count[-1])
+                j = np.minimum((window_u[mine] * n).astype(np.int64), n - 1)
+                found = np.searchsorted(count, j, side="right")
+                before = np.where(found > 0, count[np.maximum(found - 1, 0)], 0)
+                blocks[mine], offsets[mine] = found, j - before
+            else:  # weights: the integer t = floor(m T / 2**53) of the running total
+                total = count[-1]
+                units = np.floor(window_u[mine] * 2.0**53).astype(np.uint64)
+                for at, m in zip(mine.tolist(), units.tolist(), strict=True):
+                    target = (m * total) >> 53
+                    at_block = bisect_right(count, target)
+                    blocks[at] = at_block
+                    offsets[at] = target - (count[at_block - 1] if at_block else 0)
+        out = np.empty(len(window_u), dtype=np.int64)
+        per_block = self.rows * self.starts_shape[2]
+        for block in np.unique(blocks).tolist():
+            mine = np.flatnonzero(blocks == block)
+            within = self._windows(block)
+            for k in np.unique(groups[mine]).tolist():
+                ours = mine[groups[mine] == k]
+                if self.kind == "weights":
+                    picked = np.searchsorted(within[k], offsets[ours], side="right")
+                else:
+                    picked = within[k][offsets[ours]]
+                out[ours] = self._first_flat(block, per_block) + picked
+        return out
+
+    def _first_flat(self, block: int, per_block: int) -> int:
+        frame, row_block = divmod(block, self.blocks_per_frame)
+        return (frame * self.starts_shape[1]) * self.starts_shape[2] + row_block * per_block
+
+    def _windows(self, block: int) -> tuple[np.ndarray, ...]:
+        """Per group, the block's running window weights (weights) or the offsets of its
+        qualifying starts (labels), from the cache or computed again."""
+        with self._lock:
+            if block in self._cache:
+                self._cache.move_to_end(block)
+                return self._cache[block]
+        found = self._compute(block)
+        with self._lock:
+            self._cache[block] = found
+            while len(self._cache) > CACHED_BLOCKS:
+                self._cache.popitem(last=False)
+        return found
+
+    def _compute(self, block: int) -> tuple[np.ndarray, ...]:
+        frame, row_block = divmod(block, self.blocks_per_frame)
+        first = row_block * self.rows
+        stop = min(first + self.rows, self.starts_shape[1])
+        depth, height, _ = self.cube_shape
+        if self.by_start:
+            values = self.reader.read((frame, frame + 1), (first, stop))
+            sums: tuple[np.ndarray, ...] = (_fixed(values[0], self.scale),)
+        else:
+            values = self.reader.read((frame, frame + depth), (first, stop + height - 1))
+            sums = self._block_sums(values)
+        found, totals = [], []
+        for k, window_sums in enumerate(sums):
+            flat = window_sums[: stop - first].reshape(-1)
+            if self.kind == "weights":
+                running = np.cumsum(flat.astype(np.int64))
+                totals.append(int(running[-1]) if running.size else 0)
+                found.append(running)
+            else:
+                offsets = np.flatnonzero(flat >= self.need)
+                totals.append(offsets.size)
+                found.append(offsets)
+            recorded = self.counts[k]
+            expected = int(recorded[block]) - (int(recorded[block - 1]) if block else 0)
+            if totals[-1] != expected:
+                raise UserError(
+                    f"{self.spec.what}: not the map these cubes were drawn with (its values "
+                    "differ from those it held when first read)"
+                )
+        return tuple(found)
+
+    def _block_sums(self, values: np.ndarray) -> tuple[np.ndarray, ...]:
+        _, height, width = self.cube_shape
+        if self.kind == "weights":
+            fixed = _fixed(values, self.scale).sum(axis=0, dtype=np.uint64)
+            return (_box_sums(fixed, height, width, np.uint64),)
+        labels = [label for label, share in self.spec.ratios if share > 0]
+        return tuple(
+            _box_sums((values == label).sum(axis=0, dtype=np.int64), height, width, np.int64)
+            for label in labels
+        )
+
+    # -- the earlier weight recipe ---------------------------------------------------------
+
+    def legacy_draw(self, window_u: np.ndarray, group_u: np.ndarray) -> np.ndarray:
+        """The draw of the recipe ``splitmix64-distinct``: for labels the same as
+        :meth:`draw`; for weights, a search of the float64 running weight of every
+        positive start (the full table, built on first use: stores made with it only)."""
+        if self.kind == "labels":
+            return self.draw(window_u, group_u)
+        if self._full is None:
+            self._full = _full_weights(self)
+        flat, cdf = self._full
+        picked = np.searchsorted(cdf, window_u * cdf[-1], side="right")
+        return flat[np.minimum(picked, len(flat) - 1)]
+
+
 #: A map's values frame by frame: ``layer(frame)`` is a (rows, columns) array.
 Layer = Callable[[int], np.ndarray]
 
@@ -106,21 +306,39 @@ Layer = Callable[[int], np.ndarray]
 def summarise(
     spec: MapSpec,
     layer: Layer,
+    reader: MapReader,
+    map_shape: Shape,
     starts: Shape,
     cube_shape: Shape,
-    by_start: bool,
     digest: hashlib.blake2b,
 ) -> WindowTable:
-    """The table of ``spec``'s map, whose values ``layer`` gives (and adds to ``digest``
-    as it reads them); ``by_start``: weights given per window start, not per voxel."""
+    """The table of ``spec``'s map, whose values ``layer`` gives frame by frame (adding
+    them to ``digest`` as it reads them) and ``reader`` block by block; weights are given
+    per window start when ``map_shape`` is ``starts``, else per voxel."""
+    by_start = spec.kind == "weights" and map_shape == starts
     if spec.kind == "labels":
-        return _label_table(spec, layer, starts, cube_shape, digest)
-    return _weight_table(spec, layer, starts, cube_shape, by_start, digest)
+        counts, need = _label_counts(spec, layer, starts, cube_shape)
+        shares = np.cumsum([share for _, share in spec.ratios if share > 0])
+        return WindowTable(
+            digest.hexdigest(), starts, shares / shares[-1], "labels", spec, reader,
+            cube_shape, False, rows_per_block(starts), counts, need=need, map_shape=map_shape,
+        )  # fmt: skip
+    scale, totals = _weight_totals(spec, layer, starts, cube_shape, by_start)
+    running: list[int] = []
+    total = 0
+    for value in totals.tolist():
+        total += value
+        running.append(total)
+    return WindowTable(
+        digest.hexdigest(), starts, np.ones(1), "weights", spec, reader, cube_shape, by_start,
+        rows_per_block(starts), (running,), scale=scale, map_shape=map_shape,
+    )  # fmt: skip
 
 
 def _box_sums(layer: np.ndarray, height: int, width: int, dtype: type) -> np.ndarray:
     """Sums of ``layer`` over every ``height`` x ``width`` box, by the box's first row and
-    column, from the layer's summed-area table."""
+    column, from the layer's summed-area table (exact for integers even where the
+    table's own sums wrap around)."""
     n_rows, n_cols = layer.shape
     table = np.zeros((n_rows + 1, n_cols + 1), dtype=dtype)
     np.cumsum(np.cumsum(layer, axis=0, dtype=dtype), axis=1, out=table[1:, 1:])
@@ -156,62 +374,68 @@ def _check_weights(maps: MapSpec, values: np.ndarray, frame: int) -> np.ndarray:
     return weights
 
 
-def _weight_table(
-    maps: MapSpec,
-    layer: Layer,
-    starts: Shape,
-    cube_shape: Shape,
-    by_start: bool,
-    digest: hashlib.blake2b,
-) -> WindowTable:
+def _fixed(values: np.ndarray, scale: int) -> np.ndarray:
+    """Weights in fixed point: ``rint(v * 2**scale)`` as uint64, at least 1 where ``v > 0``
+    (the scaling by a power of two is exact, so the integers never depend on the order
+    of any arithmetic)."""
+    weights = values.astype(np.float64)
+    fixed = np.rint(np.ldexp(weights, scale))
+    return np.where(weights > 0, np.maximum(fixed, 1.0), 0.0).astype(np.uint64)
+
+
+def _block_totals(window_sums: np.ndarray, rows: int) -> np.ndarray:
+    """(blocks of the frame start,) sums of ``window_sums`` (row starts x column starts)
+    over each block of ``rows`` row starts."""
+    row_sums = window_sums.sum(axis=1, dtype=window_sums.dtype)
+    return np.add.reduceat(row_sums, np.arange(0, len(row_sums), rows), dtype=row_sums.dtype)
+
+
+def _weight_totals(
+    maps: MapSpec, layer: Layer, starts: Shape, cube_shape: Shape, by_start: bool
+) -> tuple[int, np.ndarray]:
+    """The fixed-point scale of the map's weights and each block's total weight: the map
+    read twice, once for its largest weight (and the checks, and the digest)."""
     n_starts, start_rows, start_cols = starts
     depth, height, width = cube_shape
-    per_frame = start_rows * start_cols
-    flats, weights = [], []
-
-    def keep(frame_start: int, window_weights: np.ndarray) -> None:
-        flat = np.flatnonzero(window_weights > 0)
-        flats.append(flat + frame_start * per_frame)
-        weights.append(window_weights[flat])
-
+    frames = n_starts if by_start else n_starts + depth - 1
+    largest = max(float(_check_weights(maps, layer(frame), frame).max()) for frame in range(frames))
+    if largest == 0:
+        raise UserError(f"{maps.what}: every window has weight 0; expected some positive weight")
+    rows = rows_per_block(starts)
+    voxels = 1 if by_start else depth * height * width
+    bits = _BLOCK_BITS - math.ceil(math.log2(rows * start_cols * voxels))
+    if bits < 8:
+        raise UserError(
+            f"{maps.what}: windows of {voxels} voxels are too many to weigh exactly (a "
+            "smaller window, or weights per window start)"
+        )
+    scale = bits - math.frexp(largest)[1]
+    totals = []
     if by_start:
         for frame in range(n_starts):
-            keep(frame, _check_weights(maps, layer(frame), frame).reshape(-1))
+            totals.append(_block_totals(_fixed(layer(frame), scale), rows))
     else:
 
         def box_of(frame: int) -> Boxes:
-            values = _check_weights(maps, layer(frame), frame)
-            held = (values > 0).astype(np.int64)
-            return (
-                _box_sums(values, height, width, np.float64)[:start_rows],
-                _box_sums(held, height, width, np.int64)[:start_rows],
-            )
+            fixed = _fixed(layer(frame), scale)
+            return (_box_sums(fixed, height, width, np.uint64)[:start_rows],)
 
-        voxels = depth * height * width
-        tiny = np.finfo(np.float64).tiny
-        for frame, (sums, held) in enumerate(_frame_windows(box_of, n_starts, depth)):
-            # A window with no positive voxel weighs exactly 0, whatever the rounding of
-            # the running sums; one with some weighs more than 0.
-            mean = np.where(held > 0, np.maximum(sums / voxels, tiny), 0.0)
-            keep(frame, mean.reshape(-1))
-    flat, weight = np.concatenate(flats), np.concatenate(weights)
-    if not flat.size:
-        raise UserError(f"{maps.what}: every window has weight 0; expected some positive weight")
-    return WindowTable(digest.hexdigest(), starts, np.ones(1), (flat,), (np.cumsum(weight),))
+        for (sums,) in _frame_windows(box_of, n_starts, depth):
+            totals.append(_block_totals(sums, rows))
+    return scale, np.concatenate(totals)
 
 
-def _label_table(
-    maps: MapSpec,
-    layer: Layer,
-    starts: Shape,
-    cube_shape: Shape,
-    digest: hashlib.blake2b,
-) -> WindowTable:
-    n_starts, start_rows, start_cols = starts
+def _label_counts(
+    maps: MapSpec, layer: Layer, starts: Shape, cube_shape: Shape
+) -> tuple[tuple[np.ndarray, ...], int]:
+    """Per class asked for, the running count over blocks of the starts that qualify;
+    and the voxels of a class a window needs."""
+    n_starts, start_rows, _ = starts
     depth, height, width = cube_shape
     voxels = depth * height * width
     need = max(1, math.ceil(maps.fraction * voxels))
     asked = [(label, share) for label, share in maps.ratios if share > 0]
+    rows = rows_per_block(starts)
     present: set[int] = set()
     most = [0] * len(asked)
     found: list[list[np.ndarray]] = [[] for _ in asked]
@@ -233,12 +457,10 @@ def _label_table(
             for label, _ in asked
         )
 
-    for frame, counts in enumerate(_frame_windows(box_of, n_starts, depth)):
+    for counts in _frame_windows(box_of, n_starts, depth):
         for k, count in enumerate(counts):
             most[k] = max(most[k], int(count.max()))
-            found[k].append(
-                np.flatnonzero(count.reshape(-1) >= need) + frame * start_rows * start_cols
-            )
+            found[k].append(_block_totals((count >= need).astype(np.int64), rows))
     for (label, _), best in zip(asked, most, strict=True):
         if label not in present:
             held = ", ".join(map(str, sorted(present)[:10])) + (
@@ -254,11 +476,45 @@ def _label_table(
                 f"{maps.fraction} of its {voxels} voxels of class {label} (at most "
                 f"{best / voxels:.3g} of a window is)"
             )
-    shares = np.cumsum([share for _, share in asked])
-    return WindowTable(
-        digest.hexdigest(),
-        starts,
-        shares / shares[-1],
-        tuple(np.concatenate(parts) for parts in found),
-        (None,) * len(asked),
-    )
+    return tuple(np.cumsum(np.concatenate(parts)) for parts in found), need
+
+
+def _full_weights(table: WindowTable) -> tuple[np.ndarray, np.ndarray]:
+    """The earlier recipe's table: the flat index and float64 running weight of every
+    positive start (16 bytes a start), the map read again frame by frame."""
+    n_starts, start_rows, start_cols = table.starts_shape
+    depth, height, width = table.cube_shape
+    per_frame = start_rows * start_cols
+    map_rows = table.map_shape[1]
+    flats, weights = [], []
+
+    def layer(frame: int) -> np.ndarray:
+        values = table.reader.read((frame, frame + 1), (0, map_rows))[0]
+        return _check_weights(table.spec, values, frame)
+
+    def keep(frame_start: int, window_weights: np.ndarray) -> None:
+        flat = np.flatnonzero(window_weights > 0)
+        flats.append(flat + frame_start * per_frame)
+        weights.append(window_weights[flat])
+
+    if table.by_start:
+        for frame in range(n_starts):
+            keep(frame, layer(frame).reshape(-1))
+    else:
+
+        def box_of(frame: int) -> Boxes:
+            values = layer(frame)
+            held = (values > 0).astype(np.int64)
+            return (
+                _box_sums(values, height, width, np.float64)[:start_rows],
+                _box_sums(held, height, width, np.int64)[:start_rows],
+            )
+
+        voxels = depth * height * width
+        tiny = np.finfo(np.float64).tiny
+        for frame, (sums, held) in enumerate(_frame_windows(box_of, n_starts, depth)):
+            # A window with no positive voxel weighs exactly 0, whatever the rounding of
+            # the running sums; one with some weighs more than 0.
+            mean = np.where(held > 0, np.maximum(sums / voxels, tiny), 0.0)
+            keep(frame, mean.reshape(-1))
+    return np.concatenate(flats), np.cumsum(np.concatenate(weights))
