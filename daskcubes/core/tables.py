@@ -70,10 +70,14 @@ Shape = tuple[int, int, int]
 BLOCK_STARTS = 8192
 #: Blocks whose windows a table keeps at once (the most recently used).
 CACHED_BLOCKS = 64
+#: Bytes of the map's frames a table keeps, at most (but one frame, however large).
+CACHED_FRAME_BYTES = 512 * 2**20
 #: Bytes a table holds per block and group, at most (see the module's docstring).
 TABLE_BYTES_PER_BLOCK = 64
 #: A block's total weight stays under 2**this (so its int64 running sums never overflow).
 _BLOCK_BITS = 61
+#: Bits of a window's rows of one frame's fixed-point weights, at most.
+_FIXED_BITS = 32
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class WindowTable:
     )
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _full: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _frames: OrderedDict[int, np.ndarray] = field(default_factory=OrderedDict, repr=False)
 
     @property
     def blocks_per_frame(self) -> int:
@@ -170,6 +175,7 @@ class WindowTable:
                 held += sys.getsizeof(count) + sum(sys.getsizeof(value) for value in count)
         with self._lock:
             held += sum(part.nbytes for parts in self._cache.values() for part in parts)
+            held += sum(values.nbytes for values in self._frames.values())
         if self._full is not None:
             held += sum(part.nbytes for part in self._full)
         return held
@@ -179,7 +185,11 @@ class WindowTable:
         """The most bytes :attr:`nbytes` may be (but for the earlier recipe's full table)."""
         groups = len(self.counts)
         windows = CACHED_BLOCKS * BLOCK_STARTS * 8 * groups
-        return self.shares.nbytes + TABLE_BYTES_PER_BLOCK * groups * self.n_blocks + windows
+        frame = self.rows_needed * self.map_shape[2] * 8  # the most one frame may take
+        frames = max(CACHED_FRAME_BYTES, frame)
+        return (
+            self.shares.nbytes + TABLE_BYTES_PER_BLOCK * groups * self.n_blocks + windows + frames
+        )
 
     # -- drawing ---------------------------------------------------------------------------
 
@@ -246,16 +256,23 @@ class WindowTable:
         frame, row_block = divmod(block, self.blocks_per_frame)
         first = row_block * self.rows
         stop = min(first + self.rows, self.starts_shape[1])
-        depth, height, _ = self.cube_shape
+        depth, height, width = self.cube_shape
         if self.by_start:
-            values = self.reader.read((frame, frame + 1), (first, stop))
-            sums: tuple[np.ndarray, ...] = (_fixed(values[0], self.scale),)
-        else:
-            values = self.reader.read((frame, frame + depth), (first, stop + height - 1))
-            sums = self._block_sums(values)
+            sums: tuple[np.ndarray, ...] = (self._frame(frame)[first:stop].astype(np.uint64),)
+        elif self.kind == "weights":  # the frames' running sums down the rows, summed
+            held = np.zeros((stop - first, self.map_shape[2]), dtype=np.uint64)
+            for at in range(frame, frame + depth):
+                np.add(held, _rows_of(self._frame(at), first, stop, height), out=held)
+            sums = (_across_columns(held, width),)
+        else:  # each class's running counts down the rows, summed
+            classes = len(self.counts)
+            counts = np.zeros((classes, stop - first, self.map_shape[2]), dtype=np.int64)
+            for at in range(frame, frame + depth):
+                np.add(counts, _rows_of(self._frame(at), first, stop, height), out=counts)
+            sums = tuple(_across_columns(counts, width))
         found, totals = [], []
         for k, window_sums in enumerate(sums):
-            flat = window_sums[: stop - first].reshape(-1)
+            flat = window_sums.reshape(-1)
             if self.kind == "weights":
                 running = np.cumsum(flat.astype(np.int64))
                 totals.append(int(running[-1]) if running.size else 0)
@@ -273,16 +290,30 @@ class WindowTable:
                 )
         return tuple(found)
 
-    def _block_sums(self, values: np.ndarray) -> tuple[np.ndarray, ...]:
-        _, height, width = self.cube_shape
+    def _frame(self, frame: int) -> np.ndarray:
+        """The rows windows may reach of one frame of the map, as blocks sum them
+        (weights in fixed point), from the cache or read again."""
+        with self._lock:
+            if frame in self._frames:
+                self._frames.move_to_end(frame)
+                return self._frames[frame]
+        values = self.reader.read((frame, frame + 1), (0, self.rows_needed))[0]
         if self.kind == "weights":
-            fixed = _fixed(values, self.scale).sum(axis=0, dtype=np.uint64)
-            return (_box_sums(fixed, height, width, np.uint64),)
-        labels = [label for label, share in self.spec.ratios if share > 0]
-        return tuple(
-            _box_sums((values == label).sum(axis=0, dtype=np.int64), height, width, np.int64)
-            for label in labels
-        )
+            values = _fixed(values, self.scale)
+            values = values if self.by_start else _down_rows(values)
+        else:
+            values = _class_rows(values, self.spec, self.cube_shape[1])
+        self.keep_frame(frame, values)
+        return values
+
+    def keep_frame(self, frame: int, values: np.ndarray) -> None:
+        with self._lock:
+            _keep(self._frames, frame, values)
+
+    @property
+    def rows_needed(self) -> int:
+        """Rows of the map that some window reaches."""
+        return self.starts_shape[1] + (0 if self.by_start else self.cube_shape[1] - 1)
 
     # -- the earlier weight recipe ---------------------------------------------------------
 
@@ -316,14 +347,16 @@ def summarise(
     them to ``digest`` as it reads them) and ``reader`` block by block; weights are given
     per window start when ``map_shape`` is ``starts``, else per voxel."""
     by_start = spec.kind == "weights" and map_shape == starts
+    kept: OrderedDict[int, np.ndarray] = OrderedDict()  # frames as blocks sum them
     if spec.kind == "labels":
-        counts, need = _label_counts(spec, layer, starts, cube_shape)
+        counts, need = _label_counts(spec, layer, starts, cube_shape, kept)
         shares = np.cumsum([share for _, share in spec.ratios if share > 0])
         return WindowTable(
             digest.hexdigest(), starts, shares / shares[-1], "labels", spec, reader,
             cube_shape, False, rows_per_block(starts), counts, need=need, map_shape=map_shape,
+            _frames=kept,
         )  # fmt: skip
-    scale, totals = _weight_totals(spec, layer, starts, cube_shape, by_start)
+    scale, totals = _weight_totals(spec, layer, starts, cube_shape, by_start, kept)
     running: list[int] = []
     total = 0
     for value in totals.tolist():
@@ -331,8 +364,18 @@ def summarise(
         running.append(total)
     return WindowTable(
         digest.hexdigest(), starts, np.ones(1), "weights", spec, reader, cube_shape, by_start,
-        rows_per_block(starts), (running,), scale=scale, map_shape=map_shape,
+        rows_per_block(starts), (running,), scale=scale, map_shape=map_shape, _frames=kept,
     )  # fmt: skip
+
+
+def _keep(frames: OrderedDict[int, np.ndarray], frame: int, values: np.ndarray) -> None:
+    """Keep a frame's values (the rows windows reach, as a block sums them) within
+    :data:`CACHED_FRAME_BYTES`: the least recently used go first."""
+    frames[frame] = values
+    frames.move_to_end(frame)
+    held = sum(kept.nbytes for kept in frames.values())
+    while held > CACHED_FRAME_BYTES and len(frames) > 1:
+        held -= frames.popitem(last=False)[1].nbytes
 
 
 def _box_sums(layer: np.ndarray, height: int, width: int, dtype: type) -> np.ndarray:
@@ -363,24 +406,27 @@ def _frame_windows(box_of: Callable[[int], Boxes], n_starts: int, depth: int) ->
 
 
 def _check_weights(maps: MapSpec, values: np.ndarray, frame: int) -> np.ndarray:
-    weights = values.astype(np.float64)
+    weights = values if values.dtype.kind == "f" else values.astype(np.float64)
     bad = ~np.isfinite(weights) | (weights < 0)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise UserError(
-            f"{maps.what}: value {weights[row, col]} at frame {frame}, row {row}, column "
-            f"{col}; expected finite weights of 0 or more"
+            f"{maps.what}: value {float(weights[row, col])} at frame {frame}, row {row}, "
+            f"column {col}; expected finite weights of 0 or more"
         )
     return weights
 
 
 def _fixed(values: np.ndarray, scale: int) -> np.ndarray:
-    """Weights in fixed point: ``rint(v * 2**scale)`` as uint64, at least 1 where ``v > 0``
-    (the scaling by a power of two is exact, so the integers never depend on the order
-    of any arithmetic)."""
-    weights = values.astype(np.float64)
-    fixed = np.rint(np.ldexp(weights, scale))
-    return np.where(weights > 0, np.maximum(fixed, 1.0), 0.0).astype(np.uint64)
+    """Weights in fixed point: ``rint(v * 2**scale)`` as uint32 (the scale keeps the
+    largest under 2**32), at least 1 where ``v > 0``; in the map's own float type (or
+    float64), the same integers wherever and in whatever order they are computed."""
+    weights = values if values.dtype.kind == "f" else values.astype(np.float64)
+    fixed = np.ldexp(weights, scale)
+    np.rint(fixed, out=fixed)
+    top = np.nextafter(fixed.dtype.type(2.0**32), fixed.dtype.type(0))  # (a map rewritten)
+    np.clip(fixed, 1, top, out=fixed)
+    return np.where(weights > 0, fixed, 0).astype(np.uint32)
 
 
 def _block_totals(window_sums: np.ndarray, rows: int) -> np.ndarray:
@@ -391,14 +437,24 @@ def _block_totals(window_sums: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _weight_totals(
-    maps: MapSpec, layer: Layer, starts: Shape, cube_shape: Shape, by_start: bool
+    maps: MapSpec,
+    layer: Layer,
+    starts: Shape,
+    cube_shape: Shape,
+    by_start: bool,
+    kept: OrderedDict[int, np.ndarray],
 ) -> tuple[int, np.ndarray]:
     """The fixed-point scale of the map's weights and each block's total weight: the map
     read twice, once for its largest weight (and the checks, and the digest)."""
     n_starts, start_rows, start_cols = starts
     depth, height, width = cube_shape
     frames = n_starts if by_start else n_starts + depth - 1
-    largest = max(float(_check_weights(maps, layer(frame), frame).max()) for frame in range(frames))
+    raw: OrderedDict[int, np.ndarray] = OrderedDict()  # kept from the first read, if they fit
+    largest = 0.0
+    for frame in range(frames):
+        values = _check_weights(maps, layer(frame), frame)
+        largest = max(largest, float(values.max()))
+        _keep(raw, frame, values)
     if largest == 0:
         raise UserError(f"{maps.what}: every window has weight 0; expected some positive weight")
     rows = rows_per_block(starts)
@@ -409,28 +465,88 @@ def _weight_totals(
             f"{maps.what}: windows of {voxels} voxels are too many to weigh exactly (a "
             "smaller window, or weights per window start)"
         )
-    scale = bits - math.frexp(largest)[1]
+    # The largest weight below 2**bits; and a window's ``height`` rows of one frame under
+    # 2**32, so that a frame keeps as uint32 running sums down its rows.
+    fixed_bits = _FIXED_BITS - (0 if by_start else math.ceil(math.log2(height)))
+    scale = min(bits, fixed_bits) - math.frexp(largest)[1]
     totals = []
+
+    def again(frame: int) -> np.ndarray:
+        return raw.pop(frame) if frame in raw else layer(frame)
+
     if by_start:
         for frame in range(n_starts):
-            totals.append(_block_totals(_fixed(layer(frame), scale), rows))
-    else:
+            fixed = _fixed(again(frame), scale)
+            _keep(kept, frame, fixed)
+            totals.append(_block_totals(fixed.astype(np.uint64), rows))
+        return scale, np.concatenate(totals)
 
-        def box_of(frame: int) -> Boxes:
-            fixed = _fixed(layer(frame), scale)
-            return (_box_sums(fixed, height, width, np.uint64)[:start_rows],)
+    def down_rows(frame: int) -> np.ndarray:
+        if frame in kept:
+            return kept[frame]
+        running = _down_rows(_fixed(again(frame)[: start_rows + height - 1], scale))
+        _keep(kept, frame, running)
+        return running
 
-        for (sums,) in _frame_windows(box_of, n_starts, depth):
-            totals.append(_block_totals(sums, rows))
+    # The sums of ``height`` rows of the window's frames, frame start by frame start.
+    held = np.zeros((start_rows, start_cols + width - 1), dtype=np.uint64)
+    for frame in range(depth):
+        np.add(held, _rows_of(down_rows(frame), 0, start_rows, height), out=held)
+    for start in range(n_starts):
+        if start:
+            np.add(held, _rows_of(down_rows(start + depth - 1), 0, start_rows, height), out=held)
+            np.subtract(held, _rows_of(down_rows(start - 1), 0, start_rows, height), out=held)
+        totals.append(_block_totals(_across_columns(held, width), rows))
     return scale, np.concatenate(totals)
 
 
+def _down_rows(fixed: np.ndarray) -> np.ndarray:
+    """(rows + 1, columns) uint32 running sums of fixed-point weights down the rows, from 0
+    (they wrap around, but the sum of fewer than ``2**32 / largest`` rows, a difference of
+    two, is exact)."""
+    running = np.zeros((fixed.shape[0] + 1, fixed.shape[1]), dtype=np.uint32)
+    np.cumsum(fixed, axis=0, dtype=np.uint32, out=running[1:])
+    return running
+
+
+def _class_rows(values: np.ndarray, spec: MapSpec, height: int) -> np.ndarray:
+    """(classes, rows + 1, columns) running counts of each class asked for down the rows,
+    from 0, in the least unsigned type that holds ``height`` (they wrap around, but a count
+    over ``height`` rows, a difference of two, is exact)."""
+    labels = [label for label, share in spec.ratios if share > 0]
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32) if height <= np.iinfo(t).max)
+    running = np.zeros((len(labels), values.shape[0] + 1, values.shape[1]), dtype=dtype)
+    for k, label in enumerate(labels):
+        np.cumsum(values == label, axis=0, dtype=dtype, out=running[k, 1:])
+    return running
+
+
+def _rows_of(down: np.ndarray, first: int, stop: int, height: int) -> np.ndarray:
+    """The sums of ``height`` rows from each row ``first .. stop - 1`` of one frame, from its
+    running sums down the rows (the last axis but one): a difference of two, exact in
+    their unsigned type however they wrap."""
+    return down[..., first + height : stop + height, :] - down[..., first:stop, :]
+
+
+def _across_columns(rows: np.ndarray, width: int) -> np.ndarray:
+    """Window sums (row starts x column starts) from sums of rows: ``width`` columns as a
+    difference of two running sums across the columns (the last axis)."""
+    dtype = rows.dtype
+    across = np.zeros((*rows.shape[:-1], rows.shape[-1] + 1), dtype=dtype)
+    np.cumsum(rows, axis=-1, dtype=dtype, out=across[..., 1:])
+    return across[..., width:] - across[..., :-width]
+
+
 def _label_counts(
-    maps: MapSpec, layer: Layer, starts: Shape, cube_shape: Shape
+    maps: MapSpec,
+    layer: Layer,
+    starts: Shape,
+    cube_shape: Shape,
+    kept: OrderedDict[int, np.ndarray],
 ) -> tuple[tuple[np.ndarray, ...], int]:
     """Per class asked for, the running count over blocks of the starts that qualify;
     and the voxels of a class a window needs."""
-    n_starts, start_rows, _ = starts
+    n_starts, start_rows, start_cols = starts
     depth, height, width = cube_shape
     voxels = depth * height * width
     need = max(1, math.ceil(maps.fraction * voxels))
@@ -440,7 +556,9 @@ def _label_counts(
     most = [0] * len(asked)
     found: list[list[np.ndarray]] = [[] for _ in asked]
 
-    def box_of(frame: int) -> Boxes:
+    def down_rows(frame: int) -> np.ndarray:
+        if frame in kept:
+            return kept[frame]
         values = layer(frame)
         if (
             values.dtype.kind == "f"
@@ -452,23 +570,29 @@ def _label_counts(
                 f"{col}; expected whole-number classes"
             )
         present.update(int(v) for v in np.unique(values))
-        return tuple(
-            _box_sums((values == label).astype(np.int64), height, width, np.int64)[:start_rows]
-            for label, _ in asked
-        )
+        running = _class_rows(values[: start_rows + height - 1], maps, height)
+        _keep(kept, frame, running)
+        return running
 
-    for counts in _frame_windows(box_of, n_starts, depth):
-        for k, count in enumerate(counts):
+    # Each class's counts over ``height`` rows of the window's frames, start by start.
+    held = np.zeros((len(asked), start_rows, start_cols + width - 1), dtype=np.int64)
+    for frame in range(depth):
+        np.add(held, _rows_of(down_rows(frame), 0, start_rows, height), out=held)
+    for start in range(n_starts):
+        if start:
+            np.add(held, _rows_of(down_rows(start + depth - 1), 0, start_rows, height), out=held)
+            np.subtract(held, _rows_of(down_rows(start - 1), 0, start_rows, height), out=held)
+        for k, count in enumerate(_across_columns(held, width)):
             most[k] = max(most[k], int(count.max()))
             found[k].append(_block_totals((count >= need).astype(np.int64), rows))
     for (label, _), best in zip(asked, most, strict=True):
         if label not in present:
-            held = ", ".join(map(str, sorted(present)[:10])) + (
+            holds = ", ".join(map(str, sorted(present)[:10])) + (
                 ", ..." if len(present) > 10 else ""
             )
             raise UserError(
                 f"label_ratios: class {label} does not occur in {maps.what} (it holds classes "
-                f"{held})"
+                f"{holds})"
             )
         if best < need:
             raise UserError(
