@@ -14,23 +14,30 @@ most :data:`BLOCK_STARTS` (at least one row). A :class:`WindowTable` holds, per 
 integer per group (the block's total weight, or its count of qualifying starts of each
 class); a draw picks the block by those integers first, and then a window within the block
 from the block's own window weights or counts, computed again from the map's values over
-the block (``depth`` frames by ``rows_per_block + height - 1`` rows by every column), read
-through the reader. The last :data:`CACHED_BLOCKS` blocks so computed are kept.
+the block (``depth`` frames by ``rows_per_block + height - 1`` rows by every column). Each
+frame a block reads is kept as running sums down its rows (weights in fixed point as
+uint32, labels as one count a class in the least unsigned type that holds ``height``), so
+that a block costs ``depth`` differences of two rows and one running sum across the
+columns; frames are kept, the least recently used let go first, within
+:data:`CACHED_FRAME_BYTES`, and read again through the reader when needed after that.
 
 **The bound.** A table holds at most :data:`TABLE_BYTES_PER_BLOCK` bytes per block and
-group (8 bytes of an int64 total plus, for weights, the Python int of the running total
-that the exact draw searches), and at most :data:`CACHED_BLOCKS` blocks' windows (8 bytes
-a window start, at most :data:`BLOCK_STARTS` starts a block: 64 KiB each, 4 MiB in all);
-a block being computed reads ``depth x (rows_per_block + height - 1) x columns`` values of
-the map. :attr:`WindowTable.nbytes` is what a table holds now. Only a store made by the
-earlier weight recipe (``splitmix64-distinct`` with a weight map) still builds the full
-table of every positive start (16 bytes a start), on first use, to draw as it did.
+group (an int64 running count for labels; for weights the Python int of the running total
+that the exact draw searches), the windows of the last :data:`CACHED_BLOCKS` blocks drawn
+from (8 bytes a start, at most :data:`BLOCK_STARTS` starts a block: 64 KiB each, 4 MiB a
+group), and :data:`CACHED_FRAME_BYTES` of the map's frames (or one frame, if larger).
+:attr:`WindowTable.nbytes` is what a table holds now, :attr:`WindowTable.bound` its bound.
+Only a store made by the earlier weight recipe (``splitmix64-distinct`` with a weight
+map) still builds the full table of every positive start (16 bytes a start), on first
+use, to draw as it did.
 
 - **Weights** over frames x rows x columns: a window weighs the mean of the map over its
   voxels, that is its sum, counted in **fixed point**: each voxel weight ``v`` is the
   integer ``rint(v * 2**scale)`` (at least 1 where ``v > 0``, so a window is drawable
-  exactly when it holds a positive weight, as before), with ``scale`` the largest power
-  of two that keeps a block's total under 2**61. Sums of integers are exact in any order,
+  exactly when it holds a positive weight, as before), computed in the map's float type,
+  with ``scale`` the largest that keeps a block's total under 2**61 and ``height`` rows
+  of one frame under 2**32 (the largest weight is then 2**24 to 2**25 units for windows
+  of 65 to 128 rows). Sums of integers are exact in any order,
   so a block's windows computed again weigh exactly what they weighed when the block's
   total was taken, and the draw is reproducible bit for bit. Window ``i`` takes the
   integer ``t = floor(m * T / 2**53)`` of its uniform ``u = m / 2**53`` and the total ``T``,
@@ -614,7 +621,7 @@ def _full_weights(table: WindowTable) -> tuple[np.ndarray, np.ndarray]:
 
     def layer(frame: int) -> np.ndarray:
         values = table.reader.read((frame, frame + 1), (0, map_rows))[0]
-        return _check_weights(table.spec, values, frame)
+        return _check_weights(table.spec, values, frame).astype(np.float64)
 
     def keep(frame_start: int, window_weights: np.ndarray) -> None:
         flat = np.flatnonzero(window_weights > 0)
