@@ -19,7 +19,46 @@ from daskcubes.core.plan import RECIPE, WEIGHTS_RECIPE, CubePlan
 from daskcubes.core.tables import MapSpec, WindowTable, starts_shape, summarise
 from daskcubes.cut import job as job_module
 from daskcubes.errors import UserError
-from tests.test_maps import follows, map_config, save
+from tests.helpers import small_config
+
+WINDOWS: dict[str, Any] = {"frame_mode": "window", "row_mode": "window", "column_mode": "window"}
+
+
+def save(path: Path, values: np.ndarray) -> str:
+    array = zarr.open_array(str(path), mode="w", shape=values.shape, dtype=values.dtype)
+    array[...] = values
+    return str(path)
+
+
+def follows(counts: np.ndarray, weights: np.ndarray) -> bool:
+    """Pearson's chi-square test that ``counts`` were drawn in proportion to ``weights``:
+    the statistic under its 99.99th percentile (normal approximation), every count of
+    weight 0 being 0."""
+    if counts[weights == 0].any():
+        return False
+    expected = weights[weights > 0] / weights.sum() * counts.sum()
+    statistic = float(((counts[weights > 0] - expected) ** 2 / expected).sum())
+    df = expected.size - 1
+    return statistic < df + 3.72 * np.sqrt(2 * df)
+
+
+def map_config(root: Path, kind: str) -> Any:
+    """A run of windows drawn from a weight map or a label volume of 6 x 30 x 20."""
+    shape = (6, 30, 20)
+    if kind == "weights":
+        weights = np.random.default_rng(2).random(shape)
+        weights[:, 10:] = 0.0
+        maps: dict[str, Any] = {"weights": save(root / "weights.zarr", weights)}
+    else:
+        labels = np.zeros(shape, dtype=np.int16)
+        labels[:, :, 12:] = 3
+        maps = {
+            "labels": save(root / "labels.zarr", labels),
+            "label_ratios": {0: 1.0, 3: 1.0},
+            "label_fraction": 0.75,
+        }
+    values = {"n_frames": 6, "n_rows": 30, "n_cols": 20, "depth": 2, "height": 5, "width": 4}
+    return small_config(root, **values, **WINDOWS, **maps)
 
 
 class ArrayMap:
@@ -201,7 +240,7 @@ def test_a_map_rewritten_since_it_was_read_is_refused() -> None:
     weights = np.random.default_rng(7).random((4, 8, 8))
     table, reader = table_of(MapSpec("weights", "mem"), weights, (2, 3, 3))
     reader.values = weights * 3 + 1
-    table._frames.clear()  # the frames kept from the first read, let go
+    tables._KEPT.clear()  # the frames kept from the first read, let go
     with pytest.raises(UserError, match="not the map these cubes were drawn with"):
         table.draw(*uniforms(10))
 
@@ -211,8 +250,7 @@ def test_a_map_rewritten_since_it_was_read_is_refused() -> None:
 
 def test_a_table_stays_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tables, "BLOCK_STARTS", 8192)
-    monkeypatch.setattr(tables, "CACHED_BLOCKS", 8)
-    monkeypatch.setattr(tables, "CACHED_FRAME_BYTES", 2 * 2**20)  # 5 frames of fixed weights
+    monkeypatch.setattr(tables, "CACHED_BYTES", 2 * 2**20)  # 5 frames of fixed weights
     weights = np.random.default_rng(8).random((12, 300, 300), dtype=np.float32)
     window = (4, 20, 20)
     table, reader = table_of(MapSpec("weights", "mem"), weights, window)
@@ -221,7 +259,7 @@ def test_a_table_stays_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None
     assert len(np.unique(drawn)) > 2900 and reader.reads > 8
     assert table.nbytes <= table.bound
     assert table.bound < 16 * positive / 4
-    assert len(table._cache) <= 8 and len(table._frames) <= 5
+    assert tables._KEPT.nbytes <= 2 * 2**20
     # Labels: the running counts and the kept blocks.
     labels = (weights > 0.5).astype(np.int8)
     spec = MapSpec("labels", "mem", ((0, 1.0), (1, 1.0)), 0.5)
@@ -229,6 +267,8 @@ def test_a_table_stays_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None
     label_table.draw(*uniforms(3000))
     qualifying = sum(int(count[-1]) for count in label_table.counts)  # 8 bytes each in full
     assert label_table.nbytes <= label_table.bound < 8 * qualifying
+    # Both tables' frames and blocks within one budget: the process's.
+    assert tables._KEPT.nbytes <= 2 * 2**20
 
 
 # -- recipes: which stores draw which way ----------------------------------------------------

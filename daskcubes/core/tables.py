@@ -18,14 +18,16 @@ the block (``depth`` frames by ``rows_per_block + height - 1`` rows by every col
 frame a block reads is kept as running sums down its rows (weights in fixed point as
 uint32, labels as one count a class in the least unsigned type that holds ``height``), so
 that a block costs ``depth`` differences of two rows and one running sum across the
-columns; frames are kept, the least recently used let go first, within
-:data:`CACHED_FRAME_BYTES`, and read again through the reader when needed after that.
+columns. Frames and blocks' windows are kept for all the tables of a process together,
+the least recently used let go first, within :data:`CACHED_BYTES`, and read or computed
+again when needed after that.
 
 **The bound.** A table holds at most :data:`TABLE_BYTES_PER_BLOCK` bytes per block and
 group (an int64 running count for labels; for weights the Python int of the running total
-that the exact draw searches), the windows of the last :data:`CACHED_BLOCKS` blocks drawn
-from (8 bytes a start, at most :data:`BLOCK_STARTS` starts a block: 64 KiB each, 4 MiB a
-group), and :data:`CACHED_FRAME_BYTES` of the map's frames (or one frame, if larger).
+that the exact draw searches), and a process keeps at most :data:`CACHED_BYTES` of frames
+and blocks' windows (8 bytes a start, at most :data:`BLOCK_STARTS` starts a block) for all
+its tables together, however many maps (volumes) it draws from; while a map is first
+read, up to as much again of its frames as read.
 :attr:`WindowTable.nbytes` is what a table holds now, :attr:`WindowTable.bound` its bound.
 Only a store made by the earlier weight recipe (``splitmix64-distinct`` with a weight
 map) still builds the full table of every positive start (16 bytes a start), on first
@@ -57,6 +59,7 @@ computed again whose total differs from the table's (the map rewritten since) is
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import sys
 import threading
@@ -75,12 +78,13 @@ Shape = tuple[int, int, int]
 
 #: A block holds at most this many window starts (but at least one row of them).
 BLOCK_STARTS = 8192
-#: Blocks whose windows a table keeps at once (the most recently used).
-CACHED_BLOCKS = 64
-#: Bytes of the map's frames a table keeps, at most (but one frame, however large).
-CACHED_FRAME_BYTES = 512 * 2**20
+#: Bytes of maps' frames and blocks' windows a process keeps for all its tables together,
+#: at most (but the last one kept, however large).
+CACHED_BYTES = 512 * 2**20
 #: Bytes a table holds per block and group, at most (see the module's docstring).
 TABLE_BYTES_PER_BLOCK = 64
+#: Numbers that name each table's frames and blocks among those a process keeps.
+_TOKENS: Iterator[int] = itertools.count()
 #: A block's total weight stays under 2**this (so its int64 running sums never overflow).
 _BLOCK_BITS = 61
 #: Bits of a window's rows of one frame's fixed-point weights, at most.
@@ -155,12 +159,9 @@ class WindowTable:
     need: int = 0
     #: The map's shape (the full table of the earlier weight recipe reads whole frames).
     map_shape: Shape = (0, 0, 0)
-    _cache: OrderedDict[int, tuple[np.ndarray, ...]] = field(
-        default_factory=OrderedDict, repr=False
-    )
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: What names this table's frames and blocks among those a process keeps.
+    token: int = field(default_factory=lambda: next(_TOKENS), repr=False)
     _full: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-    _frames: OrderedDict[int, np.ndarray] = field(default_factory=OrderedDict, repr=False)
 
     @property
     def blocks_per_frame(self) -> int:
@@ -180,9 +181,7 @@ class WindowTable:
                 held += count.nbytes
             else:
                 held += sys.getsizeof(count) + sum(sys.getsizeof(value) for value in count)
-        with self._lock:
-            held += sum(part.nbytes for parts in self._cache.values() for part in parts)
-            held += sum(values.nbytes for values in self._frames.values())
+        held += _KEPT.held(self.token)
         if self._full is not None:
             held += sum(part.nbytes for part in self._full)
         return held
@@ -191,12 +190,9 @@ class WindowTable:
     def bound(self) -> int:
         """The most bytes :attr:`nbytes` may be (but for the earlier recipe's full table)."""
         groups = len(self.counts)
-        windows = CACHED_BLOCKS * BLOCK_STARTS * 8 * groups
-        frame = self.rows_needed * self.map_shape[2] * 8  # the most one frame may take
-        frames = max(CACHED_FRAME_BYTES, frame)
-        return (
-            self.shares.nbytes + TABLE_BYTES_PER_BLOCK * groups * self.n_blocks + windows + frames
-        )
+        frame = self.rows_needed * self.map_shape[2] * 8 * groups  # the most one frame takes
+        kept = max(CACHED_BYTES, frame, BLOCK_STARTS * 8 * groups)
+        return self.shares.nbytes + TABLE_BYTES_PER_BLOCK * groups * self.n_blocks + kept
 
     # -- drawing ---------------------------------------------------------------------------
 
@@ -248,15 +244,10 @@ class WindowTable:
     def _windows(self, block: int) -> tuple[np.ndarray, ...]:
         """Per group, the block's running window weights (weights) or the offsets of its
         qualifying starts (labels), from the cache or computed again."""
-        with self._lock:
-            if block in self._cache:
-                self._cache.move_to_end(block)
-                return self._cache[block]
-        found = self._compute(block)
-        with self._lock:
-            self._cache[block] = found
-            while len(self._cache) > CACHED_BLOCKS:
-                self._cache.popitem(last=False)
+        found = _KEPT.get((self.token, "block", block))
+        if found is None:
+            found = self._compute(block)
+            _KEPT.put((self.token, "block", block), found)
         return found
 
     def _compute(self, block: int) -> tuple[np.ndarray, ...]:
@@ -300,22 +291,17 @@ class WindowTable:
     def _frame(self, frame: int) -> np.ndarray:
         """The rows windows may reach of one frame of the map, as blocks sum them
         (weights in fixed point), from the cache or read again."""
-        with self._lock:
-            if frame in self._frames:
-                self._frames.move_to_end(frame)
-                return self._frames[frame]
+        kept = _KEPT.get((self.token, "frame", frame))
+        if kept is not None:
+            return kept[0]
         values = self.reader.read((frame, frame + 1), (0, self.rows_needed))[0]
         if self.kind == "weights":
             values = _fixed(values, self.scale)
             values = values if self.by_start else _down_rows(values)
         else:
             values = _class_rows(values, self.spec, self.cube_shape[1])
-        self.keep_frame(frame, values)
+        _KEPT.put((self.token, "frame", frame), (values,))
         return values
-
-    def keep_frame(self, frame: int, values: np.ndarray) -> None:
-        with self._lock:
-            _keep(self._frames, frame, values)
 
     @property
     def rows_needed(self) -> int:
@@ -354,14 +340,15 @@ def summarise(
     them to ``digest`` as it reads them) and ``reader`` block by block; weights are given
     per window start when ``map_shape`` is ``starts``, else per voxel."""
     by_start = spec.kind == "weights" and map_shape == starts
-    kept: OrderedDict[int, np.ndarray] = OrderedDict()  # frames as blocks sum them
+    token = next(_TOKENS)
+    kept = _Frames(token)  # frames as blocks sum them
     if spec.kind == "labels":
         counts, need = _label_counts(spec, layer, starts, cube_shape, kept)
         shares = np.cumsum([share for _, share in spec.ratios if share > 0])
         return WindowTable(
             digest.hexdigest(), starts, shares / shares[-1], "labels", spec, reader,
             cube_shape, False, rows_per_block(starts), counts, need=need, map_shape=map_shape,
-            _frames=kept,
+            token=token,
         )  # fmt: skip
     scale, totals = _weight_totals(spec, layer, starts, cube_shape, by_start, kept)
     running: list[int] = []
@@ -371,17 +358,74 @@ def summarise(
         running.append(total)
     return WindowTable(
         digest.hexdigest(), starts, np.ones(1), "weights", spec, reader, cube_shape, by_start,
-        rows_per_block(starts), (running,), scale=scale, map_shape=map_shape, _frames=kept,
+        rows_per_block(starts), (running,), scale=scale, map_shape=map_shape, token=token,
     )  # fmt: skip
 
 
+class _Kept:
+    """The maps' frames and blocks' windows a process keeps for all its tables, by
+    (table, kind, index), within :data:`CACHED_BYTES`: the least recently used go first."""
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[tuple[int, str, int], tuple[np.ndarray, ...]] = OrderedDict()
+        self.nbytes = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, str, int]) -> tuple[np.ndarray, ...] | None:
+        with self.lock:
+            found = self.items.get(key)
+            if found is not None:
+                self.items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[int, str, int], value: tuple[np.ndarray, ...]) -> None:
+        with self.lock:
+            if key in self.items:
+                self.nbytes -= sum(part.nbytes for part in self.items.pop(key))
+            self.items[key] = value
+            self.nbytes += sum(part.nbytes for part in value)
+            while self.nbytes > CACHED_BYTES and len(self.items) > 1:
+                self.nbytes -= sum(part.nbytes for part in self.items.popitem(last=False)[1])
+
+    def held(self, token: int) -> int:
+        with self.lock:
+            return sum(
+                part.nbytes
+                for key, parts in self.items.items()
+                if key[0] == token
+                for part in parts
+            )
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.nbytes = 0
+
+
+_KEPT = _Kept()
+
+
+@dataclass(frozen=True)
+class _Frames:
+    """One table's frames among those the process keeps (while the map is first read)."""
+
+    token: int
+
+    def get(self, frame: int) -> np.ndarray | None:
+        found = _KEPT.get((self.token, "frame", frame))
+        return None if found is None else found[0]
+
+    def put(self, frame: int, values: np.ndarray) -> None:
+        _KEPT.put((self.token, "frame", frame), (values,))
+
+
 def _keep(frames: OrderedDict[int, np.ndarray], frame: int, values: np.ndarray) -> None:
-    """Keep a frame's values (the rows windows reach, as a block sums them) within
-    :data:`CACHED_FRAME_BYTES`: the least recently used go first."""
+    """Keep a frame's values read first (while the map is first read) within
+    :data:`CACHED_BYTES`: the least recently used go first."""
     frames[frame] = values
     frames.move_to_end(frame)
     held = sum(kept.nbytes for kept in frames.values())
-    while held > CACHED_FRAME_BYTES and len(frames) > 1:
+    while held > CACHED_BYTES and len(frames) > 1:
         held -= frames.popitem(last=False)[1].nbytes
 
 
@@ -449,7 +493,7 @@ def _weight_totals(
     starts: Shape,
     cube_shape: Shape,
     by_start: bool,
-    kept: OrderedDict[int, np.ndarray],
+    kept: _Frames,
 ) -> tuple[int, np.ndarray]:
     """The fixed-point scale of the map's weights and each block's total weight: the map
     read twice, once for its largest weight (and the checks, and the digest)."""
@@ -484,15 +528,16 @@ def _weight_totals(
     if by_start:
         for frame in range(n_starts):
             fixed = _fixed(again(frame), scale)
-            _keep(kept, frame, fixed)
+            kept.put(frame, fixed)
             totals.append(_block_totals(fixed.astype(np.uint64), rows))
         return scale, np.concatenate(totals)
 
     def down_rows(frame: int) -> np.ndarray:
-        if frame in kept:
-            return kept[frame]
+        found = kept.get(frame)
+        if found is not None:
+            return found
         running = _down_rows(_fixed(again(frame)[: start_rows + height - 1], scale))
-        _keep(kept, frame, running)
+        kept.put(frame, running)
         return running
 
     # The sums of ``height`` rows of the window's frames, frame start by frame start.
@@ -549,7 +594,7 @@ def _label_counts(
     layer: Layer,
     starts: Shape,
     cube_shape: Shape,
-    kept: OrderedDict[int, np.ndarray],
+    kept: _Frames,
 ) -> tuple[tuple[np.ndarray, ...], int]:
     """Per class asked for, the running count over blocks of the starts that qualify;
     and the voxels of a class a window needs."""
@@ -564,8 +609,9 @@ def _label_counts(
     found: list[list[np.ndarray]] = [[] for _ in asked]
 
     def down_rows(frame: int) -> np.ndarray:
-        if frame in kept:
-            return kept[frame]
+        found = kept.get(frame)
+        if found is not None:
+            return found
         values = layer(frame)
         if (
             values.dtype.kind == "f"
@@ -578,7 +624,7 @@ def _label_counts(
             )
         present.update(int(v) for v in np.unique(values))
         running = _class_rows(values[: start_rows + height - 1], maps, height)
-        _keep(kept, frame, running)
+        kept.put(frame, running)
         return running
 
     # Each class's counts over ``height`` rows of the window's frames, start by start.
