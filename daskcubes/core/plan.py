@@ -39,7 +39,7 @@ from daskcubes.core.draws import (
     first_distinct,
     mix64,
 )
-from daskcubes.core.tables import MapSpec, WindowTable
+from daskcubes.core.tables import MapSpec, Shape, WindowTable
 from daskcubes.errors import UserError
 
 #: Cubes per chunk of the recipe arrays (``columns``, ``rows``, ``frames``) in a cube
@@ -47,6 +47,11 @@ from daskcubes.errors import UserError
 RECIPE_BLOCK = 65536
 #: The recipe function new cube stores are made with, by the name the store records.
 RECIPE = "splitmix64-distinct"
+#: The recipe function of new stores whose windows a weight map draws: the windows of
+#: :data:`RECIPE`, but each window drawn by its fixed-point weight through the map's
+#: blocks (:mod:`daskcubes.core.tables`), not by a float64 search of every start's.
+#: Stores drawn from a weight map under :data:`RECIPE` keep their draw (the full table).
+WEIGHTS_RECIPE = "splitmix64-blocked-weights"
 #: The recipe function of stores whose attributes name none (made before they did).
 LEGACY_RECIPE = "seedsequence-choice"
 
@@ -176,13 +181,18 @@ class CubePlan(Tiling):
     seed: int
     task_size: int
     shard_size: int
-    recipe: str = RECIPE
+    #: The recipe function's name; "" (the default) is the one new stores of the
+    #: definition are made with: :data:`WEIGHTS_RECIPE` for a weight map, else :data:`RECIPE`.
+    recipe: str = ""
     definition: Definition = Definition()  # noqa: RUF009 (frozen: one shared default)
     #: The digest of the values of the map ``definition.weights`` or ``labels`` names,
     #: once read (the cut layer reads it and records it; a stored plan checks it).
     map_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        if not self.recipe:
+            newest = WEIGHTS_RECIPE if self.definition.weights is not None else RECIPE
+            object.__setattr__(self, "recipe", newest)
         if self.recipe not in _RECIPE_FUNCTIONS:
             raise UserError(
                 f"recipe function {self.recipe!r}: unknown to this version of daskcubes "
@@ -299,15 +309,16 @@ def _unit_floats(hashes: np.ndarray) -> np.ndarray:
     return (hashes >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def _map_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable) -> Recipes:
-    """Windows whose starts the plan's map draws: a uniform of each cube's own stream
-    picks the start; classes come from a Weyl sequence over the cube index (golden-ratio
-    steps), whose shares of any run of cubes stay within a few cubes of the asked ones."""
+def _map_recipes(plan: CubePlan, cubes: np.ndarray, draw: MapDraw, shape: Shape) -> Recipes:
+    """Windows whose starts the plan's map draws (``draw``, over starts of ``shape``): a
+    uniform of each cube's own stream picks the start; classes come from a Weyl sequence
+    over the cube index (golden-ratio steps), whose shares of any run of cubes stay
+    within a few cubes of the asked ones."""
     window_u = _unit_floats(mix64(cube_keys(plan.seed, WINDOW_DRAWS, cubes)))
     steps = np.asarray(cubes, dtype=np.uint64) * np.uint64(GOLDEN)
     class_u = _unit_floats(steps + np.uint64(draw_key(plan.seed, CLASS_DRAWS)))
-    flat = table.draw(window_u, class_u)
-    frame, row, column = np.unravel_index(flat, table.starts_shape)
+    flat = draw(window_u, class_u)
+    frame, row, column = np.unravel_index(flat, shape)
     return Recipes(
         _windows(frame.astype(np.int32), plan.depth),
         row.astype(np.int32),
@@ -315,14 +326,24 @@ def _map_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable) -> Recip
     )
 
 
+#: A map's draw: flat window starts from the window's and the class's uniforms.
+MapDraw = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
 def _counter_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable | None) -> Recipes:
-    if table is not None:
-        return _map_recipes(plan, cubes, table)
+    if table is not None:  # labels draw the same either way; weights as they did
+        return _map_recipes(plan, cubes, table.legacy_draw, table.starts_shape)
     # One key per kind of choice, so that changing how one is made leaves the others
     # as they were (the article's columns are the same under any frame or row mode).
     return Recipes(
         _counter_frames(plan, cubes), _counter_rows(plan, cubes), _counter_columns(plan, cubes)
     )
+
+
+def _blocked_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable | None) -> Recipes:
+    if table is not None:
+        return _map_recipes(plan, cubes, table.draw, table.starts_shape)
+    return _counter_recipes(plan, cubes, None)
 
 
 def _seedsequence_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable | None) -> Recipes:
@@ -339,6 +360,7 @@ def _seedsequence_recipes(plan: CubePlan, cubes: np.ndarray, table: WindowTable 
 #: Recipe functions by the name a cube store records (``plan.recipe`` in its attributes).
 _RECIPE_FUNCTIONS: dict[str, Callable[[CubePlan, np.ndarray, WindowTable | None], Recipes]] = {
     RECIPE: _counter_recipes,
+    WEIGHTS_RECIPE: _blocked_recipes,
     LEGACY_RECIPE: _seedsequence_recipes,
 }
 

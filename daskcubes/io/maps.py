@@ -2,16 +2,19 @@
 windows lie, summarised by :mod:`daskcubes.core.tables` (what a table holds, and how).
 
 A map is any array ``ingest`` reads (a zarr array, a variable of a zarr store, NetCDF or
-HDF5 file, or frame files). It is read once, frame by frame, checked against the frames'
-shape or the window starts', and its digest computed as it is read; a table is kept per
-process by that digest, which a cube store records and checks.
+HDF5 file, or frame files). It is read whole once, frame by frame, checked against the
+frames' shape or the window starts', and its digest computed as it is read; a table is
+kept per process by that digest, which a cube store records and checks. The table reads
+the map again, a block of frames and rows at a time, as windows are drawn from it
+(:class:`ArrayReader`, the :class:`~daskcubes.core.tables.MapReader` of the core).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+import dask.array as da
 import numpy as np
 
 from daskcubes.core.tables import MapSpec, Shape, WindowTable, starts_shape, summarise
@@ -87,4 +90,16 @@ def _summary(
         return values
 
     read: set[int] = set()
-    return summarise(maps, layer, starts, cube_shape, shape == starts, digest)
+    reader = ArrayReader(source.array)
+    return summarise(maps, layer, reader, shape, starts, cube_shape, digest)
+
+
+@dataclass(frozen=True, eq=False)
+class ArrayReader:
+    """A map's values, read again a block at a time (:class:`~daskcubes.core.tables.MapReader`)."""
+
+    array: da.Array
+
+    def read(self, frames: tuple[int, int], rows: tuple[int, int]) -> np.ndarray:
+        block = self.array[frames[0] : frames[1], rows[0] : rows[1]]
+        return np.asarray(block.compute(scheduler="sync"))
