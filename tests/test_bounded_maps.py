@@ -299,7 +299,9 @@ def test_a_store_of_the_earlier_weight_recipe_verifies_and_refuses_to_resume(
 ) -> None:
     config = map_config(tmp_path, "weights")
     with monkeypatch.context() as patch:
-        patch.setattr(job_module, "CubePlan", lambda **values: CubePlan(**values, recipe=RECIPE))
+        patch.setattr(
+            job_module, "CubePlan", lambda **values: CubePlan(**{**values, "recipe": RECIPE})
+        )
         jobs.run(config, show_progress=False)
     assert recorded_recipe(config.out) == RECIPE
     built: list[WindowTable] = []

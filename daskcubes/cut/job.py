@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 
 from daskcubes.core.definition import CubeSizes, Definition, check_cube_fits
-from daskcubes.core.plan import RECIPE, CubePlan, Recipes, recipes_of, task_size_for
+from daskcubes.core.plan import CubePlan, Recipes, recipes_of, task_size_for
 from daskcubes.core.tables import WindowTable
 from daskcubes.core.volumes import (
     DatasetPlan,
@@ -268,14 +268,17 @@ def plan_cut(
     worker_memory: int | None = None,
     threads: int = 1,
     map_fingerprints: Sequence[str | None] | None = None,
-    recipe: str = RECIPE,
+    recipe: str = "",
+    fresh_maps: bool = False,
 ) -> DatasetCut:
     """The cut of ``cubes`` cubes of ``sizes`` from the frames store ``frames``: the plan
     checked against its volumes' shapes (and each volume's map, if the definition draws
     from one, read and checked now, before anything is written; ``map_fingerprints``:
     the digests a store recorded), the source laid out for workers of ``worker_memory``
     bytes (default: this machine's available memory) and ``threads`` threads; the
-    recipes made by the function named ``recipe`` (a store's, to cut its cubes again).
+    recipes made by the function named ``recipe`` (a store's, to cut its cubes again;
+    by default the one new stores of the definition are made with); ``fresh_maps`` reads
+    the maps again even where this process has read them.
 
     A volume too small for the cube is left out (its share is 0) and named on stderr.
     """
@@ -312,7 +315,9 @@ def plan_cut(
     plan, _ = dataset_plan(frames.names, shapes, make, cubes, cube_shape, definition, shares, tasks)
     recorded = list(map_fingerprints or [None] * len(shapes))
     plans = tuple(
-        None if p is None else _with_map(p, storage, frames.volumes[k].shape, recorded[k])
+        None
+        if p is None
+        else _with_map(p, storage, frames.volumes[k].shape, recorded[k], fresh_maps)
         for k, p in enumerate(plan.plans)
     )
     plan = replace(plan, plans=plans)
@@ -331,7 +336,8 @@ def store_cut_job(
 ) -> DatasetCut:
     """The cut that made a cube store of ``schema`` from ``frames`` (whose fingerprint the
     caller has checked), on ``threads`` threads of this machine, with the default source
-    budget; its maps read again and checked against the digests the store records."""
+    budget; its maps read again (a map rewritten since is noticed) and checked against
+    the digests the store records."""
     plan, first = schema.plan, schema.plan.first
     recorded = (
         [record.map_fingerprint for record in schema.volumes]
@@ -353,18 +359,22 @@ def store_cut_job(
         threads=threads,
         map_fingerprints=recorded,
         recipe=first.recipe,
+        fresh_maps=True,
     )
 
 
-def _with_map(plan: CubePlan, storage: Storage, shape: Shape, fingerprint: str | None) -> CubePlan:
+def _with_map(
+    plan: CubePlan, storage: Storage, shape: Shape, fingerprint: str | None, fresh: bool
+) -> CubePlan:
     """``plan`` with the digest of its map (None if it draws from none): read now and
-    checked against ``fingerprint`` if one was recorded. Every copy of the plan (each
-    task's) checks its table against it."""
+    checked against ``fingerprint`` if one was recorded (``fresh``: read again even
+    where this process has read it). Every copy of the plan (each task's) checks its
+    table against it."""
     if plan.definition.map_spec() is None:
         return plan
     spec = plan.definition.map_spec(fingerprint)
     assert spec is not None
-    table = window_table(spec, storage, plan.definition.modes, plan.cube_shape, shape)
+    table = window_table(spec, storage, plan.definition.modes, plan.cube_shape, shape, fresh)
     return replace(plan, map_fingerprint=table.fingerprint)
 
 
