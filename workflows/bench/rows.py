@@ -193,9 +193,6 @@ NEEDS: dict[Key, str] = {
     **{key: "monai" for key in Key if key.name.startswith("MONAI_")},
     Key.VOLUMES_TORCHIO: "torchio",
     Key.VOLUMES_MONAI: "monai",
-    # The faster of TorchIO and MONAI: measured where TorchIO is (MONAI adds to it).
-    Key.VOLUMES_FASTER_PEER: "torchio",
-    Key.VOLUMES_PEER_PEAK: "torchio",
 }
 
 
