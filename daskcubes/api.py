@@ -15,7 +15,7 @@ or ``"resume"``. Bad settings or input raise :class:`~daskcubes.errors.UserError
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -27,7 +27,7 @@ from daskcubes.config import Config, canonical, describe, load_config
 from daskcubes.errors import UserError
 from daskcubes.io.layout import WriteMode
 from daskcubes.io.lease import LeaseTerms
-from daskcubes.io.sources import in_memory_source
+from daskcubes.io.sources import dataset_sources
 from daskcubes.io.storage import Storage
 from daskcubes.jobs import Gather
 from daskcubes.runtime.executors import Executor, create_executor
@@ -112,24 +112,38 @@ def ingest(
     config: ConfigLike = None,
     *,
     frames: Any = None,
+    labels: Any = None,
+    paired: Mapping[str, Any] | None = None,
     client: Client | str | None = None,
     mode: WriteMode = "new",
     progress: bool = True,
     **settings: Any,
 ) -> StageResult:
-    """Write frames into the frames store (``frames_store``).
+    """Write frames, and the arrays paired with them, into the frames store (``frames_store``).
 
     ``frames`` is where they are (frame files, a zarr array, a NetCDF, HDF5 or zarr
-    store with ``frames_variable``), or the frames themselves: a dask or numpy array, an
-    ``xarray.DataArray`` or a zarr array, shaped (frame, row, column).
+    store with ``frames_variable``; several variables, comma separated, are the channels
+    of one cube), or the frames themselves: a dask or numpy array, an
+    ``xarray.DataArray`` or a zarr array, shaped (frame, row, column), or a list of such
+    arrays (the channels). A mapping of volume names to any of these is a dataset of
+    many volumes, numbered in the mapping's order. ``labels`` (and each array of
+    ``paired``, by name) is stored beside the frames and cut with each cube: one array
+    of the frames' shape, or a mapping by volume name as ``frames`` is.
     """
-    if frames is None or isinstance(frames, str | Path):
+    pairs = {**(paired or {}), **({} if labels is None else {"labels": labels})}
+    if (frames is None or isinstance(frames, str | Path)) and not pairs:
         if frames is not None:
             settings["frames"] = str(frames)
         return _stage(jobs.ingest, config, client, mode, progress, settings)
-    allow_nonfinite = settings_of(config, **settings).allow_nonfinite
-    source = in_memory_source(frames, allow_nonfinite)
-    return _stage(jobs.ingest, config, client, mode, progress, settings, source=source)
+    settled = settings_of(config, **settings)
+    volumes = dataset_sources(
+        settled.frames if frames is None else str(frames) if isinstance(frames, Path) else frames,
+        pairs,
+        settled.frames_variable,
+        jobs.storage_of(settled),
+        settled.allow_nonfinite,
+    )
+    return _stage(jobs.ingest, config, client, mode, progress, settings, volumes=volumes)
 
 
 def sample(

@@ -183,11 +183,22 @@ def describe_store(path: str, storage: Storage) -> list[str]:
     lines = [f"{path}: daskcubes {attrs.get('kind')} store, created {attrs.get('created')}"]
     for name, array in group.arrays():
         lines.append(f"  {name}: shape {array.shape}, {array.dtype}, chunks {array.chunks}")
+    if "volumes" in attrs and attrs.get("kind") == "frames":
+        lines.append("  volumes/<k>/<array>: each volume's frames and paired arrays")
     complete = attrs.get("complete")
     lines.append(f"  complete: {complete['finished'] if complete else 'no (run did not finish)'}")
     if attrs.get("kind") == "cubes":
         lines += _describe_plan(CubeSchema.from_attrs(attrs["plan"]))
         lines.append(f"  frames store: {attrs['frames_store']['path']}")
+    elif "volumes" in attrs:
+        lines.append(
+            f"  {len(attrs['volumes'])} volumes; channels {', '.join(attrs['channels'])}; "
+            f"paired arrays {', '.join(attrs['pairs']) or 'none'}"
+        )
+        lines += [
+            f"    {k} '{volume['name']}': {' x '.join(map(str, volume['shape']))}"
+            for k, volume in enumerate(attrs["volumes"])
+        ]
     else:
         sources = attrs["sources"]
         named = (
@@ -216,17 +227,34 @@ def _describe_plan(schema: CubeSchema) -> list[str]:
         f"{schema.dtype}, seed {plan.seed}",
         f"  definition: {definition}{article}",
     ]
-    if grid:
-        windows = " x ".join(map(str, plan.grid_shape))
+    first = plan.first
+    if grid and not schema.volumes:
+        windows = " x ".join(map(str, first.grid_shape))
         lines.append(
-            f"  grid: {windows} windows (frames x rows x columns), {math.prod(plan.grid_shape)} "
+            f"  grid: {windows} windows (frames x rows x columns), {math.prod(first.grid_shape)} "
             f"in all; cube i is window i in C order"
         )
+    if not schema.volumes:
+        lines.append(f"  cut from: {first.n_frames} frames of {first.n_rows} x {first.n_cols}")
+    else:
+        lines.append(
+            f"  cut from: {len(schema.volumes)} volumes, shares {schema.volume_shares}"
+            + (", windows of each volume's grid in turn" if grid else "")
+        )
+        lines += [
+            f"    {k} '{record.name}': {' x '.join(map(str, record.shape))}, "
+            + (f"share {share:.3f}" if share > 0 else "left out (too small for the cube)")
+            for k, (record, share) in enumerate(zip(schema.volumes, plan.shares, strict=True))
+        ]
+        if len(schema.channels) > 1:
+            lines.append(f"  channels: {', '.join(schema.channels)}")
+        if schema.pairs:
+            pairs = ", ".join(f"{name} ({dtype})" for name, dtype in schema.pairs)
+            lines.append(f"  paired arrays: {pairs}")
     return [
         *lines,
-        f"  cut from: {plan.n_frames} frames of {plan.n_rows} x {plan.n_cols}",
         f"  layout: {plan.shard_size} cubes a shard file, compressor {schema.compressor}, "
-        f"recipe function {plan.recipe}",
+        f"recipe function {first.recipe}",
     ]
 
 

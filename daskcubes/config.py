@@ -173,7 +173,9 @@ class Config(BaseModel):
     )
     label_ratios: dict[int, float] = Field(
         default_factory=dict,
-        description='labels: the share of windows of each class, such as {"0": 1, "1": 3}',
+        description="label-balanced windows: the share of windows of each class, such as "
+        '{"0": 1, "1": 3}, drawn from labels, or without it from the labels ingested with '
+        "the frames (each volume's own)",
     )
     label_fraction: float = Field(
         0.5,
@@ -181,6 +183,12 @@ class Config(BaseModel):
         le=1,
         description="labels: the least fraction of a window's voxels of a class for the "
         "window to count for it",
+    )
+    volume_shares: Literal["windows", "equal"] | dict[str, float] = Field(
+        "windows",
+        description="a dataset of many volumes: each volume's share of the cubes, in "
+        "proportion to the windows it holds (windows: every window of the dataset equally "
+        'likely), the same for each (equal), or per volume name, such as {"a": 1, "b": 3}',
     )
     seed: int = Field(0, ge=0, description="root seed: cube i depends only on (seed, i)")
     dtype: DType = Field("float64", description="dtype of the cubes")

@@ -9,6 +9,7 @@ and optionally an executor that is already open (used as it is, and left open).
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,11 +18,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from daskcubes.config import Config
-from daskcubes.cut.job import CutJob, plan_cut
+from daskcubes.cut.job import DatasetCut, plan_cut
 from daskcubes.errors import UserError
 from daskcubes.io.layout import WriteMode, frames_store_info
 from daskcubes.io.lease import LeaseTerms
-from daskcubes.io.sources import FrameSource, location_source
+from daskcubes.io.sources import VolumeSource, dataset_sources
 from daskcubes.io.storage import Storage
 from daskcubes.io.synthetic import SyntheticFrames
 from daskcubes.runtime import stages
@@ -77,23 +78,46 @@ def _options(
     return StageOptions(executor, lease, mode, show_progress)
 
 
-def cut_job(config: Config) -> CutJob:
+def cut_job(config: Config) -> DatasetCut:
     """The cut of the config's cubes from its frames store: the plan checked against the
-    store (and a map read, once), laid out for this machine."""
+    store (and its maps read, once), laid out for this machine. A volume too small for
+    the cube is left out, with a line on stderr naming it."""
     storage = storage_of(config)
     frames = frames_store_info(config.frames_store, storage)
-    return plan_cut(
+    counts = sorted({shape[0] for shape in frames.shapes})
+    if config.depth is None and len(counts) > 1 and config.frame_mode != "all":
+        raise UserError(
+            f"depth: not set, and the volumes of frames store '{frames.path}' have "
+            f"{counts[0]} to {counts[-1]} frames; set depth (frames per cube)"
+        )
+    if len(frames.volumes) > 1 and (config.weights or config.labels):
+        setting = "weights" if config.weights else "labels"
+        raise UserError(
+            f"{setting}: one map of one volume's shape, but frames store '{frames.path}' holds "
+            f"{len(frames.volumes)} volumes; balance windows on their ingested labels "
+            "(label_ratios without labels)"
+        )
+    cut = plan_cut(
         frames,
         storage,
         cubes=config.cubes,
-        sizes=config.cube_sizes(frames.shape[0]),
+        sizes=config.cube_sizes(counts[0]),
         definition=config.definition,
         seed=config.seed,
         task_size=config.task_size,
         shard_size=config.shard_size,
         dtype=config.dtype,
+        shares=config.volume_shares,
         max_slab_bytes=config.max_slab_bytes,
     )
+    for volume, plan in zip(frames.volumes, cut.plan.plans, strict=True):
+        if plan is None:
+            print(
+                f"daskcubes: volume '{volume.name}' ({' x '.join(map(str, volume.shape))}) "
+                f"holds no cube of {' x '.join(map(str, cut.plan.cube_shape))}: left out",
+                file=sys.stderr,
+            )
+    return cut
 
 
 def generate(
@@ -122,18 +146,24 @@ def ingest(
     mode: WriteMode = "new",
     show_progress: bool = True,
     executor: Executor | None = None,
-    source: FrameSource | None = None,
+    volumes: list[VolumeSource] | None = None,
 ) -> StageResult:
-    """Write the frames (``source``, by default those ``frames`` names) into the frames
-    store ``frames_store``."""
+    """Write the frames (the dataset ``volumes``, by default those ``frames`` or
+    ``volumes`` names) into the frames store ``frames_store``."""
     storage = storage_of(config)
-    if source is None:
-        source = location_source(
-            config.frames, config.frames_variable, storage, config.allow_nonfinite
-        )
+    if volumes is None:
+        volumes = config_volumes(config, storage)
     with executor_for(config, executor) as on:
         options = _options(config, on, mode, show_progress)
-        return stages.ingest(source, config.frames_store, storage, options)
+        return stages.ingest(volumes, config.frames_store, storage, options)
+
+
+def config_volumes(config: Config, storage: Storage) -> list[VolumeSource]:
+    """The dataset the config names: the frames at ``frames`` (one volume, with channels
+    if ``frames_variable`` names several variables)."""
+    return dataset_sources(
+        config.frames, {}, config.frames_variable, storage, config.allow_nonfinite
+    )
 
 
 def sample(

@@ -131,7 +131,7 @@ def test_cubes_of_any_definition_match_the_formula(tmp_path: Path, name: str) ->
     assert schema.plan.definition == Definition(
         config.frame_mode, config.row_mode, config.column_mode, config.sorted_columns
     )
-    from_plan = recipes_of(schema.plan, np.arange(config.cubes))
+    from_plan = recipes_of(schema.plan.first, np.arange(config.cubes))
     for name_ in ("frames", "rows", "columns"):
         assert np.array_equal(getattr(recipes, name_), getattr(from_plan, name_))
 
@@ -217,7 +217,7 @@ def test_a_budget_smaller_than_the_source_gives_the_same_store(tmp_path: Path, c
         scheduler="threads",
         workers=2,
     )
-    layout = for_workers(jobs.cut_job(banded), 10**12, 2).source
+    layout = for_workers(jobs.cut_job(banded), 10**12, 2).jobs()[0].source
     assert (layout.whole, layout.frame_block, layout.row_step) == (False, frame_block, row_step)
     jobs.sample(banded, show_progress=False)
     assert_stores_identical(whole.out, banded.out)
@@ -249,7 +249,7 @@ def test_frames_larger_than_a_worker_s_memory(tmp_path: Path) -> None:
         out = str(tmp_path / "cluster.zarr")
         overrides = {"out": out, "synthetic": False, "scheduler": cluster.scheduler_address}
         cluster_config = Config.model_validate({**config.model_dump(), **overrides})
-        job = for_workers(jobs.cut_job(cluster_config), limit, 1)
+        job = for_workers(jobs.cut_job(cluster_config), limit, 1).jobs()[0]
         assert not job.source.whole and job.source.budget == limit // 2
         assert main(["sample", *cli_args(cluster_config)]) == 0
     assert_stores_identical(config.out, out)

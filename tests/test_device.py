@@ -40,6 +40,7 @@ from daskcubes.train.device import (  # noqa: E402
     Uploads,
     batch_overhead,
     device_gather,
+    single_job,
     upload_index,
 )
 from tests.helpers import DEFINITIONS, small_config  # noqa: E402
@@ -72,9 +73,10 @@ def out_of_core_budgets(config: Config) -> dict[str, int]:
     (where cubes may start on other rows than the first) and blocks of 2 frames by a
     band, for ``config``'s frames and cubes."""
     job = open_stream(config).job
-    plan, row_bytes = job.plan, job.plan.n_cols * np.dtype(config.dtype).itemsize
+    plan = job.plan.first
+    row_bytes = plan.n_cols * np.dtype(config.dtype).itemsize
     budgets = {"frame blocks": 2 * plan.height * row_bytes}
-    if job.source.rows_needed > plan.height + 2:
+    if single_job(job).source.rows_needed > plan.height + 2:
         budgets["bands"] = plan.n_frames * (plan.height + 2) * row_bytes
     return budgets
 
@@ -189,7 +191,8 @@ def test_on_the_cpu_the_stream_cuts_on_the_host_and_hands_out_its_memory(
         assert cubes.numpy().tobytes() == stored[ids].tobytes()
         # The ring buffer the host cut into, as a tensor: no copy.
         assert cubes.data_ptr() == cut_into[i]
-        assert any(np.shares_memory(cubes.numpy(), ring) for ring in batches.ring._buffers)
+        ring = batches.rings["cubes"]._buffers
+        assert any(np.shares_memory(cubes.numpy(), buffer) for buffer in ring)
     assert len(cut_into) == len(batches) == 5
 
 
@@ -427,7 +430,7 @@ def test_resuming_mid_epoch_gives_the_rest_as_on_the_host(
     device_stream: tuple[DeviceStream, np.ndarray],
 ) -> None:
     stream, stored = device_stream
-    on_host = Batches(CubeStream(stream.job), 4, shuffle=True, seed=5)
+    on_host = Batches(CubeStream(stream.cut), 4, shuffle=True, seed=5)
     host_order = [ids.tolist() for ids, _ in on_host]
     first = Batches(stream, 4, shuffle=True, seed=5)
     taken = [ids.tolist() for _, (ids, _) in zip(range(3), first, strict=False)]

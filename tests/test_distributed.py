@@ -77,7 +77,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def slab_loads(client: Client) -> dict[str, int]:
     """How many times each worker process has loaded a source slab."""
-    return client.run(lambda: cutter._cached_slab.cache_info().misses)
+    return client.run(cutter.slab_loads)
 
 
 def test_cli_on_an_existing_cluster_matches_sync(

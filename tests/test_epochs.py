@@ -168,7 +168,7 @@ def test_a_state_of_another_epoch_order_is_refused(name: str, settings: dict) ->
 
 
 def ring_buffers(loader: Batches) -> list[np.ndarray]:
-    return loader.ring._buffers
+    return loader.rings["cubes"]._buffers
 
 
 @pytest.mark.parametrize("prefetch", [0, 1, 3])

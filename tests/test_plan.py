@@ -16,6 +16,7 @@ from daskcubes.config import Config, load_config
 from daskcubes.core import draws
 from daskcubes.core.definition import Definition
 from daskcubes.core.kernels import compiled_draws
+from daskcubes.core.volumes import DatasetPlan
 from daskcubes.core.plan import (
     AUTO_MIN_TASKS,
     LEGACY_RECIPE,
@@ -235,7 +236,7 @@ def legacy_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Config:
     config = small_config(tmp_path)
     with monkeypatch.context() as patch:
         patch.setattr(
-            job_module, "CubePlan", lambda **values: CubePlan(**values, recipe=LEGACY_RECIPE)
+            job_module, "CubePlan", lambda **values: CubePlan(**{**values, "recipe": LEGACY_RECIPE})
         )
         jobs.run(config, show_progress=False)
     group = zarr.open_group(config.out, mode="r+")
@@ -325,5 +326,7 @@ def test_the_definition_has_one_spelling() -> None:
     config = load_config(**{**defined.to_dict(), "label_ratios": {"2": 3, "0": 1}})
     assert config.definition == defined
     assert Definition.from_dict({"n_cubes": 3}) == Definition()  # older stores: the article's
-    schema = CubeSchema(plan(definition=defined, depth=3), "float64", "none", "digest")
+    schema = CubeSchema(
+        DatasetPlan.of(plan(definition=defined, depth=3)), "float64", "none", "digest"
+    )
     assert CubeSchema.from_attrs(schema.attrs()).plan.definition == defined

@@ -12,6 +12,7 @@ import zarr
 import daskcubes.io.shards
 from daskcubes import jobs
 from daskcubes.core.plan import CubePlan
+from daskcubes.core.volumes import DatasetPlan
 from daskcubes.io.layout import create_cube_store
 from daskcubes.io.schema import CubeSchema
 from daskcubes.io.shards import (
@@ -52,7 +53,7 @@ def cube_array(
     """A cube store's ``cubes``: 10 items of (3, 4, 4), one chunk each, 4 per shard, each
     chunk with its crc32c unless ``checksums`` is off (as stores were before)."""
     group = zarr.open_group(str(path), mode="w")
-    CubeSchema(PLAN, dtype, compressor, "-", checksums).create(group)
+    CubeSchema(DatasetPlan.of(PLAN), dtype, compressor, "-", checksums).create(group)
     array = zarr.open_array(str(path), path="cubes", mode="r+")
     return array.with_config({"write_empty_chunks": write_empty_chunks})
 
@@ -130,7 +131,7 @@ def test_compressed_shards_go_through_zarr(tmp_path: Path) -> None:
 
 def test_the_cube_store_takes_the_direct_path(tmp_path: Path) -> None:
     path, storage = str(tmp_path / "cubes.zarr"), Storage.of()
-    schema = CubeSchema(PLAN, "float64", "none", "-")
+    schema = CubeSchema(DatasetPlan.of(PLAN), "float64", "none", "-")
     create_cube_store(path, schema, {}, "new", storage)
     assert is_raw_layout(storage.open_array(path, "cubes", mode="r+"))
     for shard in range(PLAN.n_shards):

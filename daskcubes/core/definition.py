@@ -174,15 +174,15 @@ MAP_MODES = (("all", "window"), ("first", "window"), ("window",))
 
 
 def _check_map_settings(definition: Definition) -> None:
-    if definition.labels is None and definition.label_ratios:
-        raise UserError("label_ratios needs labels (the label volume)")
     if definition.labels is not None and not definition.label_ratios:
         raise UserError(
             'labels needs label_ratios: the share of each class, such as {"0": 1, "1": 1}'
         )
-    if definition.labels is not None and definition.weights is not None:
+    if definition.weights is not None and (
+        definition.labels is not None or definition.label_ratios
+    ):
         raise UserError("weights and labels: windows are drawn from one map; give one of them")
-    if definition.labels is None and definition.weights is None:
+    if definition.weights is None and not definition.label_ratios:
         return
     if not 0 < definition.label_fraction <= 1:
         raise UserError(

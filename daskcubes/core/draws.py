@@ -30,6 +30,8 @@ ROW_DRAWS = 2
 #: Maps: the uniform that picks a window, and the low-discrepancy one that picks a class.
 WINDOW_DRAWS = 3
 CLASS_DRAWS = 4
+#: Datasets of many volumes: the low-discrepancy draw of each shard's volume.
+VOLUME_DRAWS = 5
 #: Draws computed at once, bounding the memory of a call (~60 MB of temporaries).
 _DRAWS_PER_CHUNK = 1 << 21
 

@@ -93,8 +93,66 @@ class Recipes:
     columns: np.ndarray
 
 
+class Tiling:
+    """How ``n_cubes`` cubes are grouped: ``shard_size`` cubes form one shard file of the
+    cube store, ``task_size`` cubes (a whole number of shards) one task, and
+    :data:`RECIPE_BLOCK` cubes one chunk of the recipe arrays."""
+
+    n_cubes: int
+    task_size: int
+    shard_size: int
+
+    @property
+    def n_tasks(self) -> int:
+        return -(-self.n_cubes // self.task_size)
+
+    @property
+    def recipe_block(self) -> int:
+        """Cubes per chunk of the recipe arrays."""
+        return min(self.n_cubes, RECIPE_BLOCK)
+
+    @property
+    def n_recipe_blocks(self) -> int:
+        return -(-self.n_cubes // self.recipe_block)
+
+    def task_bounds(self, task: int) -> tuple[int, int]:
+        """First cube and one past the last cube of task ``task``."""
+        start = task * self.task_size
+        return start, min(start + self.task_size, self.n_cubes)
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_cubes // self.shard_size)
+
+    def shard_bounds(self, shard: int) -> tuple[int, int]:
+        """First cube and one past the last cube of shard file ``shard``."""
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.n_cubes)
+
+    def task_shards(self, task: int) -> range:
+        """The shards that task ``task`` writes."""
+        per_task = self.task_size // self.shard_size
+        return range(task * per_task, min((task + 1) * per_task, self.n_shards))
+
+    def recipe_block_bounds(self, block: int) -> tuple[int, int]:
+        start = block * self.recipe_block
+        return start, min(start + self.recipe_block, self.n_cubes)
+
+    def check_tiling(self) -> None:
+        """Refuse counts and sizes that make no tiling, naming the setting."""
+        if self.n_cubes < 1:
+            raise UserError(f"cubes: {self.n_cubes}; expected at least 1")
+        if self.shard_size < 1:
+            raise UserError(f"shard_size: {self.shard_size}; expected at least 1")
+        if self.task_size < 1 or self.task_size % self.shard_size:
+            raise UserError(
+                f"task_size: {self.task_size}; expected a multiple of shard_size "
+                f"({self.shard_size}), so that each task writes whole shards"
+            )
+
+
 @dataclass(frozen=True)
-class CubePlan:
+class CubePlan(Tiling):
     """Which cubes to cut from frames of a given shape, and in which tasks.
 
     Cubes are ``(depth, height, width)``, cut from ``n_frames`` frames of ``n_rows`` x
@@ -129,15 +187,7 @@ class CubePlan:
             )
         if self.recipe == LEGACY_RECIPE and not self.definition.is_article:
             raise UserError(f"recipe function {LEGACY_RECIPE!r} makes only the article's cubes")
-        if self.n_cubes < 1:
-            raise UserError(f"cubes: {self.n_cubes}; expected at least 1")
-        if self.shard_size < 1:
-            raise UserError(f"shard_size: {self.shard_size}; expected at least 1")
-        if self.task_size < 1 or self.task_size % self.shard_size:
-            raise UserError(
-                f"task_size: {self.task_size}; expected a multiple of shard_size "
-                f"({self.shard_size}), so that each task writes whole shards"
-            )
+        self.check_tiling()
         self._check_definition()
         if self.map_fingerprint is not None and self.definition.map_spec() is None:
             raise ValueError("a plan has a map's fingerprint only when its definition names a map")
@@ -171,44 +221,8 @@ class CubePlan:
         return tuple(len(starts) for starts in self.grid_starts)
 
     @property
-    def n_tasks(self) -> int:
-        return -(-self.n_cubes // self.task_size)
-
-    @property
-    def recipe_block(self) -> int:
-        """Cubes per chunk of the recipe arrays."""
-        return min(self.n_cubes, RECIPE_BLOCK)
-
-    @property
-    def n_recipe_blocks(self) -> int:
-        return -(-self.n_cubes // self.recipe_block)
-
-    @property
     def cube_shape(self) -> tuple[int, int, int]:
         return (self.depth, self.height, self.width)
-
-    def task_bounds(self, task: int) -> tuple[int, int]:
-        """First cube and one past the last cube of task ``task``."""
-        start = task * self.task_size
-        return start, min(start + self.task_size, self.n_cubes)
-
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_cubes // self.shard_size)
-
-    def shard_bounds(self, shard: int) -> tuple[int, int]:
-        """First cube and one past the last cube of shard file ``shard``."""
-        start = shard * self.shard_size
-        return start, min(start + self.shard_size, self.n_cubes)
-
-    def task_shards(self, task: int) -> range:
-        """The shards that task ``task`` writes."""
-        per_task = self.task_size // self.shard_size
-        return range(task * per_task, min((task + 1) * per_task, self.n_shards))
-
-    def recipe_block_bounds(self, block: int) -> tuple[int, int]:
-        start = block * self.recipe_block
-        return start, min(start + self.recipe_block, self.n_cubes)
 
 
 def seedsequence_columns(seed: int, index: int, n_cols: int, dim: int) -> np.ndarray:

@@ -27,16 +27,21 @@ Pure arithmetic: names and shapes in, volumes out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from daskcubes.core.definition import Definition
 from daskcubes.core.draws import GOLDEN, VOLUME_DRAWS, draw_key
+from daskcubes.core.plan import CubePlan, Recipes, Tiling, recipes_of
+from daskcubes.core.tables import WindowTable
 from daskcubes.errors import UserError
 
 Shape = tuple[int, int, int]
+#: The name of the one volume of a dataset of plain frames.
+FRAMES = "frames"
 ShareMode = Literal["windows", "equal"]
 
 
@@ -61,6 +66,12 @@ def window_count(definition: Definition, cube_shape: Shape, shape: Shape) -> int
         elif mode == "random":
             count *= math.perm(n, size)
     return count
+
+
+def grid_windows(definition: Definition, cube_shape: Shape, shape: Shape) -> int:
+    """Windows of a grid over frames of ``shape`` (its axes only; an axis not in the grid
+    counts once)."""
+    return math.prod(len(starts) for starts in definition.grid(cube_shape, shape))
 
 
 def volume_shares(
@@ -119,3 +130,147 @@ def volumes_of_shards(seed: int, shards: np.ndarray, shares: np.ndarray) -> np.n
     cumulative[np.flatnonzero(shares > 0)[-1] :] = 1.0
     # side="right": a point on a share-0 volume's (empty) interval goes to the next one.
     return np.searchsorted(cumulative, uniforms, side="right").astype(np.int32)
+
+
+@dataclass(frozen=True)
+class DatasetPlan(Tiling):
+    """Which cubes to cut from a dataset of volumes, and from which volume each comes.
+
+    ``plans[k]`` is volume ``k``'s :class:`~daskcubes.core.plan.CubePlan` (its shape, the
+    dataset's cube and seed), or None for a volume too small to hold the cube (left out:
+    its share is 0). Cube ``i`` comes from volume ``v`` as that plan's cube ``local``
+    (:meth:`volumes_of`): a grid enumerates every volume's windows in turn; other
+    definitions draw each shard's volume by ``shares`` and keep the cube's index, so
+    that a dataset of one volume cuts exactly the cubes of its plan.
+    """
+
+    names: tuple[str, ...]
+    plans: tuple[CubePlan | None, ...]
+    shares: tuple[float, ...]
+    n_cubes: int
+    task_size: int
+    shard_size: int
+
+    def __post_init__(self) -> None:
+        self.check_tiling()
+        if self.grid and self.n_cubes > self.offsets[-1]:
+            counts = ", ".join(
+                f"{name} {count}" for name, count in zip(self.names, self.grid_counts, strict=True)
+            )
+            raise UserError(
+                f"cubes: {self.n_cubes}; the volumes' grids have {self.offsets[-1]} windows in "
+                f"all ({counts}), so expected 1 to {self.offsets[-1]}"
+            )
+
+    @classmethod
+    def of(cls, plan: CubePlan) -> DatasetPlan:
+        """The plan of one volume: exactly the cubes of ``plan``, in its tasks."""
+        return cls((FRAMES,), (plan,), (1.0,), plan.n_cubes, plan.task_size, plan.shard_size)
+
+    @property
+    def first(self) -> CubePlan:
+        """The plan of the first volume that holds the cube (its cube, seed, definition)."""
+        return next(plan for plan in self.plans if plan is not None)
+
+    @property
+    def seed(self) -> int:
+        return self.first.seed
+
+    @property
+    def cube_shape(self) -> tuple[int, int, int]:
+        return self.first.cube_shape
+
+    @property
+    def definition(self) -> Definition:
+        return self.first.definition
+
+    @property
+    def grid(self) -> bool:
+        return self.definition.has_grid
+
+    @property
+    def grid_counts(self) -> tuple[int, ...]:
+        """Windows of each volume's grid (0 for a volume left out)."""
+        return tuple(0 if p is None else int(np.prod(p.grid_shape)) for p in self.plans)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """A grid's first cube of each volume, then the grids' total."""
+        return np.concatenate([[0], np.cumsum(self.grid_counts)])
+
+    def volumes_of(self, cubes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(volume, index in that volume's plan) of each of ``cubes``, int32 and int64."""
+        cubes = np.asarray(cubes, dtype=np.int64)
+        if len(self.plans) == 1:
+            return np.zeros(len(cubes), dtype=np.int32), cubes
+        if self.grid:
+            volumes = np.searchsorted(self.offsets[1:], cubes, side="right").astype(np.int32)
+            return volumes, cubes - self.offsets[volumes]
+        shares = np.array(self.shares, dtype=np.float64)
+        return volumes_of_shards(self.seed, cubes // self.shard_size, shares), cubes
+
+
+def dataset_plan(
+    names: Sequence[str],
+    shapes: Sequence[Shape],
+    make: Callable[[int, int], CubePlan],
+    n_cubes: int,
+    cube_shape: Shape,
+    definition: Definition,
+    asked: ShareMode | Mapping[str, float],
+    task_size: int,
+) -> tuple[DatasetPlan, list[str]]:
+    """The plan of ``n_cubes`` cubes over volumes ``names`` of ``shapes``, in tasks of
+    ``task_size``, volume ``k``'s plan of ``n`` cubes made by ``make(k, n)`` (the shard
+    size is theirs); returns it with the names of the volumes left out, too small for the cube.
+    ``frame_mode all`` needs volumes of one frame count."""
+    frame_counts = sorted({shape[0] for shape in shapes})
+    if definition.frame_mode == "all" and len(frame_counts) > 1:
+        raise UserError(
+            f"frame_mode all: the volumes have {frame_counts[0]} to {frame_counts[-1]} "
+            "frames, and a cube stacks every frame of one; set depth and frame_mode window "
+            "(or subset) to cut cubes of a few frames from each"
+        )
+    counts = [window_count(definition, cube_shape, shape) for shape in shapes]
+    shares = volume_shares(names, counts, asked)
+    grid = definition.has_grid
+    plans = tuple(
+        None
+        if count == 0
+        else make(k, grid_windows(definition, cube_shape, shapes[k]) if grid else n_cubes)
+        for k, count in enumerate(counts)
+    )
+    left_out = [name for name, plan in zip(names, plans, strict=True) if plan is None]
+    plan = DatasetPlan(
+        tuple(names),
+        plans,
+        tuple(float(share) for share in shares),
+        n_cubes,
+        task_size,
+        next(plan for plan in plans if plan is not None).shard_size,
+    )
+    return plan, left_out
+
+
+def dataset_recipes(
+    plan: DatasetPlan, cubes: np.ndarray, tables: Sequence[WindowTable | None]
+) -> tuple[np.ndarray, Recipes]:
+    """The volume and recipe of each of ``cubes`` (any indices, any order); ``tables[k]``
+    is volume ``k``'s map table (None where it draws from no map)."""
+    volumes, local = plan.volumes_of(cubes)
+    found = np.unique(volumes)
+    if len(found) == 1:
+        volume_plan = plan.plans[int(found[0])]
+        assert volume_plan is not None  # a volume left out is never drawn
+        return volumes, recipes_of(volume_plan, local, tables[int(found[0])])
+    n, (depth, _, width) = len(local), plan.cube_shape
+    out = Recipes(
+        np.empty((n, depth), np.int32), np.empty(n, np.int32), np.empty((n, width), np.int32)
+    )
+    for volume in found:
+        mine = volumes == volume
+        volume_plan = plan.plans[int(volume)]
+        assert volume_plan is not None
+        part = recipes_of(volume_plan, local[mine], tables[int(volume)])
+        out.frames[mine], out.rows[mine], out.columns[mine] = part.frames, part.rows, part.columns
+    return volumes, out

@@ -11,14 +11,17 @@ at a time.
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from daskcubes.core.kernels import compile_kernel, empty_slab, gather_cubes
 from daskcubes.core.plan import Recipes
-from daskcubes.cut.job import CutJob, job_recipes
+from daskcubes.cut.job import CutJob, DatasetCut, cut_recipes
 from daskcubes.io.layout import FramesStoreInfo
+from daskcubes.io.schema import CUBES
 from daskcubes.io.storage import Storage
 
 
@@ -40,32 +43,63 @@ def load_slab(
     return slab
 
 
-_slab_lock = threading.Lock()
+class _Slabs:
+    """The whole slabs of a process, by what they hold, within the bytes a layout lets
+    a worker hold (``held``): a slab of another volume or array drops the least recently
+    used ones first. Threads of one worker wait for a load rather than repeat it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._slabs: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self.loads = 0
+
+    def get(self, job: CutJob) -> np.ndarray:
+        layout = job.source
+        key = (job.frames, job.storage, job.dtype, layout.rows_needed, layout.rows_contiguous)
+        with self._lock:
+            if key in self._slabs:
+                self._slabs.move_to_end(key)
+                return self._slabs[key]
+            frames, rows = job.frames, layout.rows_needed
+            nbytes = frames.shape[0] * rows * frames.shape[2] * np.dtype(job.dtype).itemsize
+            while (
+                self._slabs and sum(s.nbytes for s in self._slabs.values()) + nbytes > layout.held
+            ):
+                self._slabs.popitem(last=False)
+            slab = load_slab(
+                frames,
+                job.storage,
+                job.dtype,
+                range(frames.shape[0]),
+                range(rows),
+                layout.rows_contiguous,
+            )
+            self._slabs[key] = slab
+            self.loads += 1
+            return slab
 
 
-# One slab per process: a job on other frames replaces it rather than holding two.
-@lru_cache(maxsize=1)
-def _cached_slab(
-    frames: FramesStoreInfo, storage: Storage, dtype: str, rows: int, rows_contiguous: bool
-) -> np.ndarray:
-    return load_slab(frames, storage, dtype, range(frames.shape[0]), range(rows), rows_contiguous)
+_slabs = _Slabs()
+
+
+def slab_loads() -> int:
+    """How many whole slabs this process has loaded."""
+    return _slabs.loads
 
 
 def worker_slab(job: CutJob) -> np.ndarray:
-    """The whole slab of a ``whole`` layout, loaded once per process."""
-    with _slab_lock:  # threads of one worker wait for the first load rather than repeat it
-        layout = job.source
-        return _cached_slab(
-            job.frames, job.storage, job.dtype, layout.rows_needed, layout.rows_contiguous
-        )
+    """The whole slab of a ``whole`` layout, loaded once per process while it is kept."""
+    return _slabs.get(job)
 
 
-def warm_worker(job: CutJob) -> None:
-    """Compile the cut for the job, and load its slab into this process if its layout
-    keeps the source whole (returns nothing, so that the slab stays where it is)."""
-    compile_kernel(job.dtype, job.source.rows_contiguous)
-    if job.source.whole:
-        worker_slab(job)
+def warm_worker(cut: DatasetCut) -> None:
+    """Compile the cut for each array's dtype and layout, and load the whole slabs of its
+    arrays into this process, as many as the budget keeps (returns nothing, so that the
+    slabs stay where they are)."""
+    for job in cut.jobs():
+        compile_kernel(job.dtype, job.source.rows_contiguous)
+        if job.source.whole:
+            worker_slab(job)
 
 
 _blocks = threading.local()
@@ -107,16 +141,59 @@ def cut_cubes(job: CutJob, cubes: Recipes, out: np.ndarray) -> np.ndarray:
 _buffers = threading.local()
 
 
-def _batch_buffer(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """A per-thread output buffer, reused so that each task does not page-fault anew."""
-    buffer = getattr(_buffers, "array", None)
+def _batch_buffer(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A per-thread output buffer for array ``name``, reused so that each task does not
+    page-fault anew."""
+    kept: dict[str, np.ndarray] = getattr(_buffers, "arrays", None) or {}
+    _buffers.arrays = kept
+    buffer = kept.get(name)
     if buffer is None or buffer.dtype != dtype or buffer.size < int(np.prod(shape)):
-        buffer = _buffers.array = np.empty(shape, dtype=dtype)
+        buffer = kept[name] = np.empty(shape, dtype=dtype)
     return buffer.reshape(-1)[: int(np.prod(shape))].reshape(shape)
 
 
-def cut_range(job: CutJob, start: int, stop: int) -> np.ndarray:
-    """Cubes ``start .. stop`` as an array view into a per-thread buffer, valid until
-    the thread's next call."""
-    out = _batch_buffer((stop - start, *job.plan.cube_shape), job.dtype)
-    return cut_cubes(job, job_recipes(job, np.arange(start, stop)), out)
+def output_shapes(cut: DatasetCut, n: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The arrays a cut of ``n`` cubes fills, by name: ``cubes`` (with a channel axis
+    after the cube axis if there are several channels), then the paired arrays."""
+    cube = cut.plan.cube_shape
+    channels = (cut.channels,) if cut.channels > 1 else ()
+    return {
+        CUBES: ((n, *channels, *cube), cut.dtype),
+        **{name: ((n, *cube), dtype) for name, dtype in cut.pairs},
+    }
+
+
+def cut_into(cut: DatasetCut, cubes: np.ndarray, outs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The cubes ``cubes`` (any indices, any order) and their paired cubes into ``outs``
+    (by name, as :func:`output_shapes`); returns each cube's volume."""
+    volumes, recipes = cut_recipes(cut, cubes)
+    found = np.unique(volumes)
+    for volume in found:
+        mine = np.flatnonzero(volumes == volume) if len(found) > 1 else slice(None)
+        part = (
+            recipes
+            if len(found) == 1
+            else Recipes(recipes.frames[mine], recipes.rows[mine], recipes.columns[mine])
+        )
+        volume_cut = cut.volumes[int(volume)]
+        assert volume_cut is not None  # a volume left out is never drawn
+        targets = [
+            (job, outs[CUBES][:, c] if cut.channels > 1 else outs[CUBES])
+            for c, job in enumerate(volume_cut.channels)
+        ] + [(job, outs[name]) for job, (name, _) in zip(volume_cut.pairs, cut.pairs, strict=True)]
+        for job, target in targets:
+            if len(found) == 1 and target.flags.c_contiguous:
+                cut_cubes(job, part, target)
+            else:
+                n = len(part.rows)
+                target[mine] = cut_cubes(job, part, np.empty((n, *target.shape[1:]), target.dtype))
+    return volumes
+
+
+def cut_range(cut: DatasetCut, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Cubes ``start .. stop`` and their paired cubes, by array name, as views into
+    per-thread buffers, valid until the thread's next call."""
+    shapes = output_shapes(cut, stop - start)
+    outs = {name: _batch_buffer(name, shape, dtype) for name, (shape, dtype) in shapes.items()}
+    cut_into(cut, np.arange(start, stop), outs)
+    return outs

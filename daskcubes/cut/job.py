@@ -10,18 +10,20 @@ enough to travel with every task. The map a plan draws windows from is read thro
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import psutil
 
 from daskcubes.core.definition import CubeSizes, Definition, check_cube_fits
-from daskcubes.core.plan import CubePlan, Recipes, recipes_of, task_size_for
+from daskcubes.core.plan import RECIPE, CubePlan, Recipes, recipes_of, task_size_for
 from daskcubes.core.tables import WindowTable
+from daskcubes.core.volumes import DatasetPlan, Shape, ShareMode, dataset_plan, dataset_recipes
 from daskcubes.errors import UserError
-from daskcubes.io.layout import FramesStoreInfo
+from daskcubes.io.layout import DatasetInfo, FramesStoreInfo, VolumeInfo
 from daskcubes.io.maps import window_table
-from daskcubes.io.schema import CubeSchema
+from daskcubes.io.schema import CubeSchema, VolumeRecord
 from daskcubes.io.storage import Storage
 
 #: The share of a worker's memory that source values may take by default (the rest is
@@ -51,6 +53,9 @@ class SourceLayout:
     frame_block: int
     row_step: int
     rows_contiguous: bool
+    #: Bytes a worker holds of every array's whole slabs together (the arrays of a volume
+    #: share it, so ``budget`` is an array's share); the least recently used go first.
+    held: int = 0
 
 
 def source_layout(
@@ -117,14 +122,128 @@ def _layout(
     max_slab_bytes: int | None,
     worker_memory: int | None,
     threads: int,
+    arrays: int = 1,
 ) -> SourceLayout:
+    """The layout of one of a volume's ``arrays`` arrays, within its share of the budget."""
     memory = available_memory() if worker_memory is None else worker_memory
-    budget = source_budget(max_slab_bytes, memory)
-    return source_layout(plan, frames.path, dtype, budget, threads)
+    held = source_budget(max_slab_bytes, memory)
+    layout = source_layout(plan, frames.path, dtype, held // arrays, threads)
+    return replace(layout, held=held)
+
+
+@dataclass(frozen=True)
+class VolumeCut:
+    """The cut of one volume: a job per channel of its frames, and one per paired array
+    (in the frames store's order), all of one plan."""
+
+    channels: tuple[CutJob, ...]
+    pairs: tuple[CutJob, ...] = ()
+
+    @property
+    def jobs(self) -> tuple[CutJob, ...]:
+        return (*self.channels, *self.pairs)
+
+
+@dataclass(frozen=True)
+class DatasetCut:
+    """Everything the cut of a dataset needs, small enough to travel with every task:
+    the frames store, the plan (which volume each cube comes from, and each volume's
+    plan), and a :class:`VolumeCut` per volume (None for a volume left out)."""
+
+    frames: DatasetInfo
+    plan: DatasetPlan
+    dtype: str
+    storage: Storage
+    volumes: tuple[VolumeCut | None, ...]
+    #: The source budget asked for (None: a share of each worker's memory).
+    max_slab_bytes: int | None = None
+    #: The volumes' shares as asked (``windows``, ``equal``, or by volume name).
+    volume_shares: str | dict[str, float] = "windows"
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """The paired arrays the cut makes beside the cubes: (name, dtype)."""
+        return self.frames.pairs
+
+    @property
+    def channels(self) -> int:
+        """Channels of each cube (1: no channel axis)."""
+        return len(self.frames.channels)
+
+    def jobs(self) -> list[CutJob]:
+        return [job for volume in self.volumes if volume is not None for job in volume.jobs]
+
+    @property
+    def cube_nbytes(self) -> int:
+        """Bytes of one cube with its channels and paired cubes."""
+        voxels = int(np.prod(self.plan.cube_shape))
+        sizes = [self.dtype] * self.channels + [dtype for _, dtype in self.pairs]
+        return voxels * sum(np.dtype(dtype).itemsize for dtype in sizes)
+
+    def schema(self, compressor: str) -> CubeSchema:
+        """The schema of the cube store this cut fills, with ``compressor``."""
+        frames = self.frames
+        if not frames.layered:
+            return CubeSchema(self.plan, self.dtype, compressor, frames.fingerprint)
+        records = tuple(
+            VolumeRecord(
+                volume.name,
+                volume.shape,
+                volume.fingerprint,
+                None if plan is None else plan.map_fingerprint,
+            )
+            for volume, plan in zip(frames.volumes, self.plan.plans, strict=True)
+        )
+        return CubeSchema(
+            self.plan,
+            self.dtype,
+            compressor,
+            frames.fingerprint,
+            volumes=records,
+            volume_shares=self.volume_shares,
+            channels=frames.channels,
+            pairs=frames.pairs,
+        )
+
+
+def volume_definition(definition: Definition, frames: DatasetInfo, k: int) -> Definition:
+    """The definition volume ``k`` is cut with: the dataset's, with label-balanced windows
+    (``label_ratios`` without a label map) drawn from the volume's ingested ``labels``."""
+    if not definition.label_ratios or definition.labels is not None:
+        return definition
+    if "labels" not in dict(frames.pairs):
+        raise UserError(
+            f"label_ratios: frames store '{frames.path}' holds no labels; give labels (a "
+            "label volume) or ingest labels with the frames"
+        )
+    labels = next(a for a in frames.volumes[k].pairs if a.array.endswith("/labels"))
+    return replace(definition, labels=f"{frames.path.rstrip('/')}/{labels.array}")
+
+
+def _volume_cut(
+    plan: CubePlan,
+    volume: VolumeInfo,
+    dtype: str,
+    storage: Storage,
+    max_slab_bytes: int | None,
+    worker_memory: int | None,
+    threads: int,
+) -> VolumeCut:
+    """The jobs of one volume's arrays, each laid out within its share of the budget."""
+    arrays = len(volume.channels) + len(volume.pairs)
+
+    def job(frames: FramesStoreInfo, as_dtype: str) -> CutJob:
+        layout = _layout(plan, frames, as_dtype, max_slab_bytes, worker_memory, threads, arrays)
+        return CutJob(frames, plan, as_dtype, storage, layout, max_slab_bytes)
+
+    return VolumeCut(
+        tuple(job(frames, dtype) for frames in volume.channels),
+        tuple(job(pair, pair.dtype) for pair in volume.pairs),
+    )
 
 
 def plan_cut(
-    frames: FramesStoreInfo,
+    frames: DatasetInfo,
     storage: Storage,
     *,
     cubes: int,
@@ -134,54 +253,131 @@ def plan_cut(
     task_size: int | str,
     shard_size: int,
     dtype: str,
+    shares: ShareMode | Mapping[str, float] = "windows",
     max_slab_bytes: int | None = None,
     worker_memory: int | None = None,
     threads: int = 1,
-) -> CutJob:
+    map_fingerprints: Sequence[str | None] | None = None,
+    recipe: str = RECIPE,
+) -> DatasetCut:
     """The cut of ``cubes`` cubes of ``sizes`` from the frames store ``frames``: the plan
-    checked against its shape (and a map, if the definition names one, read and checked
-    now, before anything is written), the source laid out for workers of
-    ``worker_memory`` bytes (default: this machine's available memory) and ``threads``
-    threads."""
-    check_cube_fits(sizes, definition, frames.shape)
-    depth, height, width = (size for _, size in sizes)
-    n_frames, n_rows, n_cols = frames.shape
-    cube_nbytes = depth * height * width * np.dtype(dtype).itemsize
-    plan = CubePlan(
-        n_cubes=cubes,
-        depth=depth,
-        height=height,
-        width=width,
-        n_frames=n_frames,
-        n_rows=n_rows,
-        n_cols=n_cols,
-        seed=seed,
-        task_size=task_size_for(task_size, cubes, shard_size, cube_nbytes),
-        shard_size=shard_size,
-        definition=definition,
+    checked against its volumes' shapes (and each volume's map, if the definition draws
+    from one, read and checked now, before anything is written; ``map_fingerprints``:
+    the digests a store recorded), the source laid out for workers of ``worker_memory``
+    bytes (default: this machine's available memory) and ``threads`` threads; the
+    recipes made by the function named ``recipe`` (a store's, to cut its cubes again).
+
+    A volume too small for the cube is left out (its share is 0) and named on stderr.
+    """
+    shapes = frames.shapes
+    largest = (max(s[0] for s in shapes), max(s[1] for s in shapes), max(s[2] for s in shapes))
+    one = len(shapes) == 1
+    check_cube_fits(
+        sizes, definition, largest, "the frames store has" if one else "the largest volume has"
     )
-    spec = plan.map_spec
-    if spec is not None:  # its digest is what every copy of the plan (each task's) checks
-        table = window_table(spec, storage, definition.modes, plan.cube_shape, frames.shape)
-        plan = replace(plan, map_fingerprint=table.fingerprint)
-    layout = _layout(plan, frames, dtype, max_slab_bytes, worker_memory, threads)
-    return CutJob(frames, plan, dtype, storage, layout, max_slab_bytes)
+    cube_shape = (sizes[0][1], sizes[1][1], sizes[2][1])
+    sizes_of = [dtype] * len(frames.channels) + [d for _, d in frames.pairs]
+    cube_nbytes = int(np.prod(cube_shape)) * sum(np.dtype(d).itemsize for d in sizes_of)
+    tasks = task_size_for(task_size, cubes, shard_size, cube_nbytes)
+    definitions = [volume_definition(definition, frames, k) for k in range(len(shapes))]
 
+    def make(k: int, n: int) -> CubePlan:
+        n_frames, n_rows, n_cols = shapes[k]
+        return CubePlan(
+            n_cubes=n,
+            depth=cube_shape[0],
+            height=cube_shape[1],
+            width=cube_shape[2],
+            n_frames=n_frames,
+            n_rows=n_rows,
+            n_cols=n_cols,
+            seed=seed,
+            task_size=shard_size,  # the dataset plan's tasks are the ones run
+            shard_size=shard_size,
+            recipe=recipe,
+            definition=definitions[k],
+        )
 
-def for_workers(job: CutJob, worker_memory: int, threads: int) -> CutJob:
-    """``job`` with its source laid out for workers of ``worker_memory`` bytes and
-    ``threads`` threads (nothing is read again)."""
-    layout = _layout(job.plan, job.frames, job.dtype, job.max_slab_bytes, worker_memory, threads)
-    return replace(job, source=layout)
+    plan, _ = dataset_plan(frames.names, shapes, make, cubes, cube_shape, definition, shares, tasks)
+    recorded = list(map_fingerprints or [None] * len(shapes))
+    plans = tuple(
+        None if p is None else _with_map(p, storage, frames.volumes[k].shape, recorded[k])
+        for k, p in enumerate(plan.plans)
+    )
+    plan = replace(plan, plans=plans)
+    volumes = tuple(
+        None
+        if p is None
+        else _volume_cut(p, volume, dtype, storage, max_slab_bytes, worker_memory, threads)
+        for p, volume in zip(plans, frames.volumes, strict=True)
+    )
+    asked = shares if isinstance(shares, str) else dict(shares)
+    return DatasetCut(frames, plan, dtype, storage, volumes, max_slab_bytes, asked)
 
 
 def store_cut_job(
-    schema: CubeSchema, frames: FramesStoreInfo, storage: Storage, threads: int = 1
-) -> CutJob:
-    """The cut that made a cube store of ``schema`` from ``frames``, on ``threads``
-    threads of this machine (with the default source budget)."""
-    layout = _layout(schema.plan, frames, schema.dtype, None, None, threads)
-    return CutJob(frames, schema.plan, schema.dtype, storage, layout, None)
+    schema: CubeSchema, frames: DatasetInfo, storage: Storage, threads: int = 1
+) -> DatasetCut:
+    """The cut that made a cube store of ``schema`` from ``frames`` (whose fingerprint the
+    caller has checked), on ``threads`` threads of this machine, with the default source
+    budget; its maps read again and checked against the digests the store records."""
+    plan, first = schema.plan, schema.plan.first
+    recorded = (
+        [record.map_fingerprint for record in schema.volumes]
+        if schema.volumes
+        else [first.map_fingerprint]
+    )
+    depth, height, width = plan.cube_shape
+    return plan_cut(
+        frames,
+        storage,
+        cubes=plan.n_cubes,
+        sizes=(("depth", depth), ("height", height), ("width", width)),
+        definition=plan.definition,
+        seed=plan.seed,
+        task_size=plan.shard_size,
+        shard_size=plan.shard_size,
+        dtype=schema.dtype,
+        shares=schema.volume_shares,  # type: ignore[arg-type]
+        threads=threads,
+        map_fingerprints=recorded,
+        recipe=first.recipe,
+    )
+
+
+def _with_map(plan: CubePlan, storage: Storage, shape: Shape, fingerprint: str | None) -> CubePlan:
+    """``plan`` with the digest of its map (None if it draws from none): read now and
+    checked against ``fingerprint`` if one was recorded. Every copy of the plan (each
+    task's) checks its table against it."""
+    if plan.definition.map_spec() is None:
+        return plan
+    spec = plan.definition.map_spec(fingerprint)
+    assert spec is not None
+    table = window_table(spec, storage, plan.definition.modes, plan.cube_shape, shape)
+    return replace(plan, map_fingerprint=table.fingerprint)
+
+
+def laid_out(job: CutJob, worker_memory: int, threads: int, arrays: int = 1) -> CutJob:
+    """``job`` with its source laid out for workers of ``worker_memory`` bytes and
+    ``threads`` threads, one of ``arrays`` arrays sharing the budget (nothing is read
+    again)."""
+    asked = job.max_slab_bytes
+    layout = _layout(job.plan, job.frames, job.dtype, asked, worker_memory, threads, arrays)
+    return replace(job, source=layout)
+
+
+def for_workers(cut: DatasetCut, worker_memory: int, threads: int) -> DatasetCut:
+    """``cut`` with its source laid out for workers of ``worker_memory`` bytes and
+    ``threads`` threads (nothing is read again)."""
+
+    def volume(cut: VolumeCut) -> VolumeCut:
+        arrays = len(cut.jobs)
+        return VolumeCut(
+            tuple(laid_out(job, worker_memory, threads, arrays) for job in cut.channels),
+            tuple(laid_out(job, worker_memory, threads, arrays) for job in cut.pairs),
+        )
+
+    return replace(cut, volumes=tuple(None if v is None else volume(v) for v in cut.volumes))
 
 
 def job_table(job: CutJob, fresh: bool = False) -> WindowTable | None:
@@ -199,3 +395,9 @@ def job_table(job: CutJob, fresh: bool = False) -> WindowTable | None:
 def job_recipes(job: CutJob, cubes: np.ndarray) -> Recipes:
     """Recipes of ``cubes`` (any indices, any order) under the job's plan."""
     return recipes_of(job.plan, cubes, job_table(job))
+
+
+def cut_recipes(cut: DatasetCut, cubes: np.ndarray) -> tuple[np.ndarray, Recipes]:
+    """The volume and recipe of each of ``cubes`` (any indices, any order)."""
+    tables = [None if v is None else job_table(v.channels[0]) for v in cut.volumes]
+    return dataset_recipes(cut.plan, np.asarray(cubes, dtype=np.int64), tables)

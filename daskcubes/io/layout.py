@@ -28,7 +28,7 @@ from zarr.errors import GroupNotFoundError
 from daskcubes.core.plan import stored_recipe
 from daskcubes.errors import UserError
 from daskcubes.io.schema import CHUNK_KEY_ENCODING, CubeSchema, chunk_codecs
-from daskcubes.io.sources import FrameSource
+from daskcubes.io.sources import FRAMES, FrameSource, VolumeSource, digest_of
 from daskcubes.io.storage import AccessMode, Storage, local_path
 from daskcubes.version import __version__
 
@@ -199,49 +199,152 @@ def mark_complete(url: str, storage: Storage, **record: Any) -> None:
 
 @dataclass(frozen=True)
 class FramesStoreInfo:
-    """What sampling needs to know of a complete frames store."""
+    """One array of frames of a complete frames store, as the cut reads it: the store's
+    ``path``, the ``array`` inside it, its shape, dtype and the fingerprint of its values."""
 
     path: str
     shape: tuple[int, int, int]
     dtype: str
     fingerprint: str
+    array: str = "frames"
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """One volume of a frames store: its frames (an array per channel) and paired arrays."""
+
+    name: str
+    fingerprint: str
+    channels: tuple[FramesStoreInfo, ...]
+    pairs: tuple[FramesStoreInfo, ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels[0].shape
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What sampling needs to know of a complete frames store: its volumes, in order, and
+    the names of their channels and paired arrays (the same in every volume).
+
+    ``layered``: the store holds its arrays by volume (``volumes/<k>/<name>``); a store
+    of one volume of plain frames holds one array ``frames``, as it always has.
+    """
+
+    path: str
+    fingerprint: str
+    volumes: tuple[VolumeInfo, ...]
+    channels: tuple[str, ...] = (FRAMES,)
+    pairs: tuple[tuple[str, str], ...] = ()
+    layered: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(volume.name for volume in self.volumes)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, int, int], ...]:
+        return tuple(volume.shape for volume in self.volumes)
+
+
+def is_layered(volumes: list[VolumeSource]) -> bool:
+    """Whether a dataset needs the layered layout: more than plain frames of one volume."""
+    only = volumes[0]
+    return len(volumes) > 1 or bool(only.pairs) or [n for n, _ in only.channels] != [FRAMES]
+
+
+def volume_array(k: int, name: str) -> str:
+    """The path, inside a layered frames store, of array ``name`` of volume ``k``."""
+    return f"volumes/{k}/{name}"
+
+
+def store_arrays(volumes: list[VolumeSource]) -> list[tuple[str, FrameSource]]:
+    """Each array of the dataset by its path in the frames store, in the order ingest
+    numbers their frames."""
+    if not is_layered(volumes):
+        return [(FRAMES, volumes[0].channels[0][1])]
+    return [
+        (volume_array(k, name), source)
+        for k, volume in enumerate(volumes)
+        for name, source in volume.arrays
+    ]
+
+
+def _dataset_record(volumes: list[VolumeSource]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The identity of a layered dataset (what a resumed ingest compares) and its volumes'
+    attributes."""
+    identity: dict[str, Any] = {}
+    records = []
+    for volume in volumes:
+        arrays = {name: source.identity for name, source in volume.arrays}
+        identity[volume.name] = arrays
+        fingerprints = {name: source.fingerprint for name, source in volume.arrays}
+        records.append(
+            {
+                "name": volume.name,
+                "shape": list(volume.shape),
+                "fingerprint": digest_of([volume.name, fingerprints]),
+                "arrays": {
+                    name: {
+                        "dtype": source.dtype,
+                        "fingerprint": source.fingerprint,
+                        "sources": source.sources,
+                    }
+                    for name, source in volume.arrays
+                },
+            }
+        )
+    return identity, records
 
 
 def create_frames_store(
-    path: str, source: FrameSource, mode: WriteMode, storage: Storage
+    path: str, volumes: list[VolumeSource], mode: WriteMode, storage: Storage
 ) -> dict[str, Any]:
-    """The frames store for ``source`` (new, or resumed if unfinished); returns its attributes."""
+    """The frames store of the dataset ``volumes`` (new, or resumed if unfinished);
+    returns its attributes. One volume of plain frames is stored as it always was."""
+    layered = is_layered(volumes)
+    source = volumes[0].channels[0][1]
+    if layered:
+        identity, records = _dataset_record(volumes)
+        fingerprint = digest_of([record["fingerprint"] for record in records])
+    else:
+        identity, fingerprint = source.identity, source.fingerprint
     if prepare_store(path, "frames store", mode, storage):
         started = store_attrs(open_group(path, "frames store", storage))
-        check_resumable(path, "frames store", started["identity"], source.identity)
+        check_resumable(path, "frames store", started["identity"], identity)
         return started
-    n_frames, n_rows, n_cols = source.shape
-    attrs: dict[str, Any] = {
-        "kind": "frames",
-        "sources": source.sources,
-        "columns": list(source.columns),
-        "dtype": source.dtype,
-        "identity": source.identity,
-        "fingerprint": source.fingerprint,
-        "versions": versions(),
-        "created": now(),
-        "complete": None,
-    }
-    group = storage.open_group(path, mode="w", attributes={ATTRS: attrs})
-    group.create_array(
-        "frames",
-        shape=(n_frames, n_rows, n_cols),
-        dtype=source.dtype,
-        chunks=(1, min(FRAME_ROW_CHUNK, n_rows), n_cols),
-        compressors=chunk_codecs("none"),  # each chunk's crc32c: zarr readers check it
-        fill_value=0,
-        dimension_names=("frame", "row", "col"),
-        chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
+    attrs: dict[str, Any] = {"kind": "frames"}
+    if layered:
+        attrs["volumes"] = records
+        attrs["channels"] = [name for name, _ in volumes[0].channels]
+        attrs["pairs"] = {name: pair.dtype for name, pair in volumes[0].pairs}
+    else:
+        attrs.update(sources=source.sources, columns=list(source.columns), dtype=source.dtype)
+    attrs.update(
+        identity=identity,
+        fingerprint=fingerprint,
+        versions=versions(),
+        created=now(),
+        complete=None,
     )
+    group = storage.open_group(path, mode="w", attributes={ATTRS: attrs})
+    for name, array in store_arrays(volumes):
+        n_frames, n_rows, n_cols = array.shape
+        group.create_array(
+            name,
+            shape=(n_frames, n_rows, n_cols),
+            dtype=array.dtype,
+            chunks=(1, min(FRAME_ROW_CHUNK, n_rows), n_cols),
+            compressors=chunk_codecs("none"),  # each chunk's crc32c: zarr readers check it
+            fill_value=0,
+            dimension_names=("frame", "row", "col"),
+            chunk_key_encoding=CHUNK_KEY_ENCODING,  # type: ignore[arg-type]
+        )
     return attrs
 
 
-def frames_store_info(path: str, storage: Storage) -> FramesStoreInfo:
+def frames_store_info(path: str, storage: Storage) -> DatasetInfo:
     """Describe a complete frames store, or raise a :class:`UserError`."""
     group = open_group(path, "frames store", storage)
     attrs = store_attrs(group)
@@ -249,9 +352,38 @@ def frames_store_info(path: str, storage: Storage) -> FramesStoreInfo:
         raise UserError(f"frames store '{path}': holds {attrs.get('kind')}, not frames")
     if not attrs.get("complete"):
         raise UserError(f"frames store '{path}': incomplete (its ingest did not finish)")
-    shape = group["frames"].shape  # type: ignore[union-attr]
-    return FramesStoreInfo(
-        path, (shape[0], shape[1], shape[2]), attrs["dtype"], attrs["fingerprint"]
+    if "volumes" not in attrs:
+        n_frames, n_rows, n_cols = group["frames"].shape  # type: ignore[union-attr]
+        frames = FramesStoreInfo(
+            path, (n_frames, n_rows, n_cols), attrs["dtype"], attrs["fingerprint"]
+        )
+        return DatasetInfo(
+            path, frames.fingerprint, (VolumeInfo(FRAMES, frames.fingerprint, (frames,)),)
+        )
+    channels, pairs = list(attrs["channels"]), dict(attrs["pairs"])
+
+    def array(k: int, record: dict[str, Any], name: str) -> FramesStoreInfo:
+        n_frames, n_rows, n_cols = record["shape"]
+        found = record["arrays"][name]
+        return FramesStoreInfo(
+            path,
+            (n_frames, n_rows, n_cols),
+            found["dtype"],
+            found["fingerprint"],
+            volume_array(k, name),
+        )
+
+    volumes = tuple(
+        VolumeInfo(
+            record["name"],
+            record["fingerprint"],
+            tuple(array(k, record, name) for name in channels),
+            tuple(array(k, record, name) for name in pairs),
+        )
+        for k, record in enumerate(attrs["volumes"])
+    )
+    return DatasetInfo(
+        path, attrs["fingerprint"], volumes, tuple(channels), tuple(pairs.items()), layered=True
     )
 
 

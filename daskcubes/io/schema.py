@@ -20,7 +20,7 @@ store resumes, verifies and is repaired in its own layout.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import zarr
@@ -29,6 +29,7 @@ import zarr.codecs
 
 from daskcubes.core.definition import DEFINED_SEMANTICS, SEMANTICS, Definition
 from daskcubes.core.plan import CubePlan, stored_recipe
+from daskcubes.core.volumes import DatasetPlan, dataset_plan
 from daskcubes.errors import UserError
 
 #: Chunk keys ``c.i.j...``: fixed here rather than left to zarr's default, so that the
@@ -96,34 +97,84 @@ def chunk_codecs(compressor: str, checksum: bool = True) -> Any:
 
 
 @dataclass(frozen=True)
+class VolumeRecord:
+    """What a cube store records of each volume of a layered frames store it was cut from."""
+
+    name: str
+    shape: tuple[int, int, int]
+    fingerprint: str
+    map_fingerprint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "fingerprint": self.fingerprint,
+            "map_fingerprint": self.map_fingerprint,
+        }
+
+
+VOLUMES = "volumes"
+
+
+@dataclass(frozen=True)
 class CubeSchema:
     """Everything that defines a cube store's bytes; a resumed run must match it all.
 
-    The plan's ``task_size`` (how cubes are grouped into tasks) is not part of it.
+    The plan's ``task_size`` (how cubes are grouped into tasks) is not part of it. A
+    store cut from a frames store of volumes (``volumes`` not empty) records each
+    volume, the shares asked for, the cubes' channels and the paired arrays.
     """
 
-    plan: CubePlan
+    plan: DatasetPlan
     dtype: str
     compressor: str
     frames_fingerprint: str
     #: Whether new arrays get chunk checksums (a store's own say so in its metadata).
     checksums: bool = True
+    volumes: tuple[VolumeRecord, ...] = ()
+    volume_shares: str | dict[str, float] = "windows"
+    channels: tuple[str, ...] = ()
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def definition(self) -> Definition:
+        return self.plan.definition
+
+    @property
+    def several(self) -> bool:
+        """Whether the store records each cube's volume (``volumes``)."""
+        return len(self.plan.plans) > 1
 
     def attrs(self) -> dict[str, Any]:
         """The ``daskcubes.plan`` attribute of the store."""
-        plan, definition = self.plan, self.plan.definition
+        plan, definition, first = self.plan, self.plan.definition, self.plan.first
+        volume = (
+            {
+                "n_frames": first.n_frames,
+                "n_rows": first.n_rows,
+                "n_cols": first.n_cols,
+                "map_fingerprint": first.map_fingerprint,
+            }
+            if not self.volumes
+            else {
+                "volumes": [record.to_dict() for record in self.volumes],
+                "volume_shares": self.volume_shares,
+                "shares": list(plan.shares),
+                "channels": list(self.channels),
+                "pairs": dict(self.pairs),
+            }
+        )
         return {
             "semantics": SEMANTICS if definition.is_article else DEFINED_SEMANTICS,
-            "recipe": plan.recipe,
+            "recipe": first.recipe,
             "n_cubes": plan.n_cubes,
-            "depth": plan.depth,
-            "height": plan.height,
-            "width": plan.width,
+            "depth": first.depth,
+            "height": first.height,
+            "width": first.width,
             **definition.to_dict(),
-            "map_fingerprint": plan.map_fingerprint,
-            "n_frames": plan.n_frames,
-            "n_rows": plan.n_rows,
-            "n_cols": plan.n_cols,
+            **{key: volume.pop(key) for key in ("map_fingerprint",) if key in volume},
+            **volume,
             "seed": plan.seed,
             "shard_size": plan.shard_size,
             "recipe_block": plan.recipe_block,
@@ -138,46 +189,99 @@ class CubeSchema:
 
         ``task_size`` groups the plan's cubes into tasks; by default one shard per task.
         Stores made before the definition was recorded hold the article's cubes of edge
-        ``dim`` from all ``depth`` frames.
+        ``dim`` from all ``depth`` frames. The plans of a store's volumes hold no map:
+        its cuts are made again from the frames store (:func:`daskcubes.cut.job.plan_cut`).
         """
         if attrs.get("semantics") not in (SEMANTICS, DEFINED_SEMANTICS):
             raise UserError(
                 f"cube store made with cube semantics {attrs.get('semantics')!r}; this "
                 f"version of daskcubes knows {SEMANTICS!r} and {DEFINED_SEMANTICS!r}"
             )
-        plan = CubePlan(
-            n_cubes=attrs["n_cubes"],
-            depth=attrs["depth"],
-            height=attrs["height"] if "height" in attrs else attrs["dim"],
-            width=attrs["width"] if "width" in attrs else attrs["dim"],
-            n_frames=attrs.get("n_frames", attrs["depth"]),
-            n_rows=attrs["n_rows"],
-            n_cols=attrs["n_cols"],
-            seed=attrs["seed"],
-            task_size=task_size or attrs["shard_size"],
-            shard_size=attrs["shard_size"],
-            recipe=stored_recipe(attrs),
-            definition=Definition.from_dict(attrs),
-            map_fingerprint=attrs.get("map_fingerprint"),
+        definition = Definition.from_dict(attrs)
+        shard_size = attrs["shard_size"]
+        height = attrs["height"] if "height" in attrs else attrs["dim"]
+        width = attrs["width"] if "width" in attrs else attrs["dim"]
+
+        def make(shape: tuple[int, int, int], n: int, fingerprint: str | None) -> CubePlan:
+            return CubePlan(
+                n_cubes=n,
+                depth=attrs["depth"],
+                height=height,
+                width=width,
+                n_frames=shape[0],
+                n_rows=shape[1],
+                n_cols=shape[2],
+                seed=attrs["seed"],
+                task_size=shard_size,
+                shard_size=shard_size,
+                recipe=stored_recipe(attrs),
+                definition=definition,
+                map_fingerprint=fingerprint,
+            )
+
+        tasks = task_size or shard_size
+        if "volumes" not in attrs:
+            shape = (attrs.get("n_frames", attrs["depth"]), attrs["n_rows"], attrs["n_cols"])
+            only = make(shape, attrs["n_cubes"], attrs.get("map_fingerprint"))
+            plan = DatasetPlan.of(replace(only, task_size=tasks))
+            return cls(plan, attrs["dtype"], attrs["compressor"], attrs["frames_fingerprint"])
+        records = tuple(
+            VolumeRecord(r["name"], tuple(r["shape"]), r["fingerprint"], r["map_fingerprint"])
+            for r in attrs["volumes"]
         )
-        return cls(plan, attrs["dtype"], attrs["compressor"], attrs["frames_fingerprint"])
+        plan, _ = dataset_plan(
+            [r.name for r in records],
+            [r.shape for r in records],
+            lambda k, n: make(records[k].shape, n, None),
+            attrs["n_cubes"],
+            (attrs["depth"], height, width),
+            definition,
+            attrs["volume_shares"],
+            tasks,
+        )
+        return cls(
+            plan,
+            attrs["dtype"],
+            attrs["compressor"],
+            attrs["frames_fingerprint"],
+            volumes=records,
+            volume_shares=attrs["volume_shares"],
+            channels=tuple(attrs["channels"]),
+            pairs=tuple(attrs["pairs"].items()),
+        )
 
     def arrays(self) -> list[ArraySpec]:
         """The store's arrays: ``cubes`` first, then the recipe arrays."""
         plan = self.plan
-        n, depth, width, block = plan.n_cubes, plan.depth, plan.width, plan.recipe_block
-        cube = plan.cube_shape
+        n, block, cube = plan.n_cubes, plan.recipe_block, plan.cube_shape
+        depth, _, width = cube
+        channels = (len(self.channels),) if len(self.channels) > 1 else ()
+        cube_dims = ("frame", "row", "col")
         return [
             ArraySpec(
                 CUBES,
-                shape=(n, *cube),
+                shape=(n, *channels, *cube),
                 dtype=self.dtype,
-                chunks=(1, *cube),
-                shards=(plan.shard_size, *cube),
+                chunks=(1, *channels, *cube),
+                shards=(plan.shard_size, *channels, *cube),
                 compressor=self.compressor,
-                dimension_names=("cube", "frame", "row", "col"),
+                dimension_names=("cube", *("channel",) * len(channels), *cube_dims),
                 fill_value=0,
                 checksum=self.checksums,
+            ),
+            *(
+                ArraySpec(
+                    name,
+                    shape=(n, *cube),
+                    dtype=dtype,
+                    chunks=(1, *cube),
+                    shards=(plan.shard_size, *cube),
+                    compressor=self.compressor,
+                    dimension_names=("cube", *cube_dims),
+                    fill_value=0,
+                    checksum=self.checksums,
+                )
+                for name, dtype in self.pairs
             ),
             *(
                 ArraySpec(
@@ -193,6 +297,7 @@ class CubeSchema:
                     ("columns", (n, width), ("cube", "col")),
                     ("rows", (n,), ("cube",)),
                     ("frames", (n, depth), ("cube", "frame")),
+                    *(((VOLUMES, (n,), ("cube",)),) if self.several else ()),
                 )
             ),
         ]
@@ -207,8 +312,14 @@ class CubeSchema:
         found = dict(group.arrays())
         return [p for spec in self.arrays() if (p := spec.problem(found.get(spec.name)))]
 
-    def shard_key(self, shard: int) -> str:
-        """The store key (a path inside the store) of the shard file ``shard`` of ``cubes``
-        in a store this schema creates."""
+    @property
+    def cube_arrays(self) -> tuple[str, ...]:
+        """The arrays of one chunk a cube, sharded alike: ``cubes`` and the paired arrays."""
+        return (CUBES, *(name for name, _ in self.pairs))
+
+    def shard_key(self, shard: int, array: str = CUBES) -> str:
+        """The store key (a path inside the store) of the shard file ``shard`` of ``array``
+        (``cubes`` or a paired array) in a store this schema creates."""
         separator = CHUNK_KEY_ENCODING["separator"]
-        return f"{CUBES}/" + separator.join(["c", str(shard), *"0" * len(self.plan.cube_shape)])
+        axes = len(self.plan.cube_shape) + (len(self.channels) > 1 and array == CUBES)
+        return f"{array}/" + separator.join(["c", str(shard), *"0" * axes])

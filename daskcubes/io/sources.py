@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
+from daskcubes.core.volumes import FRAMES
 from daskcubes.errors import UserError
 from daskcubes.io.frames import (
     FrameSpec,
@@ -77,7 +79,7 @@ class FrameSource:
         return str(self.array.dtype)
 
 
-def _digest(value: Any) -> str:
+def digest_of(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
@@ -95,7 +97,7 @@ def files_source(paths: list[str], storage: Storage, allow_nonfinite: bool = Fal
     files, spec = inspect_frames(paths, storage)
     described = [(basename(f.path), f.size, f.fingerprint) for f in files]
     # The digest stores have always recorded: cube stores name their frames store by it.
-    digest = _digest([described, spec.n_rows, list(spec.columns), spec.dtype])
+    digest = digest_of([described, spec.n_rows, list(spec.columns), spec.dtype])
     name = f"frame-files-{tokenize(digest, allow_nonfinite, storage)}"
     graph = {
         (name, i, 0, 0): (_frame_chunk, f.path, spec, storage, allow_nonfinite)
@@ -181,7 +183,7 @@ def array_source(
         what,
         columns or tuple(str(c) for c in range(n_cols)),
         identity,
-        digest or _digest(identity),
+        digest or digest_of(identity),
         sources,
     )
 
@@ -281,7 +283,7 @@ def location_source(
     if isinstance(found, zarr.Array):
         if variable is not None:
             raise UserError(f"frames_variable: '{variable}'; frames '{location}' is one array")
-        identity["metadata"] = _digest(found.metadata.to_dict())
+        identity["metadata"] = digest_of(found.metadata.to_dict())
         source = array_source(da.from_zarr(found), what, identity, [identity], allow_nonfinite)
         return replace(source, location=location)
     if "daskcubes" in found.attrs:
@@ -292,7 +294,7 @@ def location_source(
     xr = _xarray(what)
     dataset = xr.open_zarr(storage.zarr_store(location, read_only=True), consolidated=False)
     data, variable = _variable(dataset, variable, location)
-    identity.update(variable=variable, metadata=_digest(found[variable].metadata.to_dict()))
+    identity.update(variable=variable, metadata=digest_of(found[variable].metadata.to_dict()))
     source = _data_array_source(
         data, f"frames '{location}' variable '{variable}'", identity, allow_nonfinite, None
     )
@@ -321,3 +323,144 @@ def in_memory_source(frames: Any, allow_nonfinite: bool = False) -> FrameSource:
     what = f"frames (dask array '{frames.name}')"
     identity = {"array": "dask array", "dask": frames.name}
     return array_source(frames, what, identity, [identity], allow_nonfinite)
+
+
+# -- datasets of many volumes -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """One volume of a dataset: its frames (one source per channel, by channel name) and
+    the arrays paired with them (``labels``, masks, a second modality), of the frames'
+    shape, by name."""
+
+    name: str
+    channels: tuple[tuple[str, FrameSource], ...]
+    pairs: tuple[tuple[str, FrameSource], ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels[0][1].shape
+
+    @property
+    def arrays(self) -> tuple[tuple[str, FrameSource], ...]:
+        """Every array of the volume by its name in the frames store: channels, then pairs."""
+        return (*self.channels, *self.pairs)
+
+
+def check_dataset(volumes: list[VolumeSource]) -> None:
+    """Refuse, in one line naming the volume, a dataset whose volumes or arrays disagree:
+    two volumes of one name, channels or paired arrays of another shape than the frames,
+    volumes of other channels or pairs than the first, or a paired array of another dtype
+    than the first volume's (frames of any number dtype are cast to the cubes' dtype)."""
+    if not volumes:
+        raise UserError("frames: no volumes given; expected at least one")
+    seen: set[str] = set()
+    first = volumes[0]
+    for volume in volumes:
+        if volume.name in seen:
+            raise UserError(f"volume '{volume.name}': given twice; expected one name a volume")
+        seen.add(volume.name)
+        if not volume.name or "/" in volume.name:
+            raise UserError(
+                f"volume {volume.name!r}: expected a name, without '/', for each volume"
+            )
+        shape = volume.shape
+        for name, source in volume.arrays[1:]:
+            kind = "channel" if any(name == c for c, _ in volume.channels) else "paired array"
+            if source.shape != shape:
+                raise UserError(
+                    f"volume '{volume.name}': {kind} '{name}' ({source.what}) has shape "
+                    f"{source.shape}; expected the frames' shape {shape}"
+                )
+        names = [name for name, _ in volume.arrays]
+        if len(set(names)) != len(names):
+            raise UserError(
+                f"volume '{volume.name}': arrays {names}; expected channel and paired "
+                "array names that differ"
+            )
+        for what, mine, theirs in (
+            ("channels", volume.channels, first.channels),
+            ("paired arrays", volume.pairs, first.pairs),
+        ):
+            if [n for n, _ in mine] != [n for n, _ in theirs]:
+                raise UserError(
+                    f"volume '{volume.name}': {what} {[n for n, _ in mine]}; expected those "
+                    f"of volume '{first.name}': {[n for n, _ in theirs]}"
+                )
+        for (name, source), (_, firsts) in zip(volume.pairs, first.pairs, strict=True):
+            if source.dtype != firsts.dtype:
+                raise UserError(
+                    f"volume '{volume.name}': paired array '{name}' ({source.what}) is "
+                    f"{source.dtype}; expected {firsts.dtype}, as in volume '{first.name}' "
+                    "(a paired array keeps its dtype in the cube store)"
+                )
+
+
+def _channels(
+    frames: Any, variable: str | None, storage: Storage, allow_nonfinite: bool
+) -> tuple[tuple[str, FrameSource], ...]:
+    """A volume's frames as channels: one array (channel ``frames``), a list of arrays
+    (channels ``0``, ``1``, ...), or a store's variables ``variable`` names, comma
+    separated (channels named by them)."""
+    if isinstance(frames, list | tuple):
+        return tuple(
+            (str(c), in_memory_source(array, allow_nonfinite)) for c, array in enumerate(frames)
+        )
+    if not isinstance(frames, str):
+        return ((FRAMES, in_memory_source(frames, allow_nonfinite)),)
+    names = [v.strip() for v in variable.split(",")] if variable else [None]
+    if len(names) == 1:
+        return ((FRAMES, location_source(frames, names[0], storage, allow_nonfinite)),)
+    if len(set(names)) != len(names) or not all(names):
+        raise UserError(f"frames_variable: '{variable}'; expected distinct names, comma separated")
+    return tuple((str(v), location_source(frames, v, storage, allow_nonfinite)) for v in names)
+
+
+def _pair(value: Any, storage: Storage) -> FrameSource:
+    if isinstance(value, str):
+        return location_source(value, None, storage, allow_nonfinite=True)
+    return in_memory_source(value, allow_nonfinite=True)
+
+
+def dataset_sources(
+    frames: Any,
+    pairs: Mapping[str, Any],
+    variable: str | None,
+    storage: Storage,
+    allow_nonfinite: bool = False,
+) -> list[VolumeSource]:
+    """The volumes of a dataset, in the order given: ``frames`` is one volume's frames
+    (anything :func:`location_source` or :func:`in_memory_source` takes, or a list of
+    arrays, its channels) or a mapping of volume names to such; ``pairs`` maps the name of
+    each paired array (``labels``) to one volume's array, or to a mapping by volume name."""
+    named = isinstance(frames, Mapping)
+    volumes = dict(frames) if named else {FRAMES: frames}
+    by_volume: dict[str, dict[str, Any]] = {name: {} for name in volumes}
+    for pair, given in pairs.items():
+        if isinstance(given, Mapping) != named:
+            raise UserError(
+                f"{pair}: expected "
+                + (
+                    "a mapping of volume names to arrays, as frames is"
+                    if named
+                    else "one array, as frames is"
+                )
+            )
+        for name, value in given.items() if named else [(FRAMES, given)]:
+            if name not in by_volume:
+                raise UserError(
+                    f"{pair}: volume '{name}' has no frames; expected one of "
+                    f"{', '.join(map(repr, volumes))}"
+                )
+            by_volume[name][pair] = value
+    found = [
+        VolumeSource(
+            str(name),
+            _channels(value, variable, storage, allow_nonfinite),
+            tuple((p, _pair(v, storage)) for p, v in by_volume[name].items()),
+        )
+        for name, value in volumes.items()
+    ]
+    check_dataset(found)
+    return found

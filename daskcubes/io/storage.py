@@ -394,9 +394,17 @@ class Storage:
                 return [entry["name"] for entry in entries if entry["type"] == "file"]
             return [name for name in fs.glob(path) if fs.isfile(name)]
 
-        found = self.retrying(url_or_glob, listed)
-        if local_path(url_or_glob) is not None:
+        return self._urls(url_or_glob, self.retrying(url_or_glob, listed))
+
+    def entries(self, url: str) -> list[str]:
+        """The files and folders in the folder ``url``, as URLs of the same kind."""
+        fs, path = self.filesystem(url)
+        return self._urls(url, self.retrying(url, lambda: list(fs.ls(path, detail=False))))
+
+    def _urls(self, given: str, found: list[str]) -> list[str]:
+        if local_path(given) is not None:
             return found
+        fs, _ = self.filesystem(given)
         return [fs.unstrip_protocol(name) for name in found]
 
 

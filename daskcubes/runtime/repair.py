@@ -18,15 +18,15 @@ import numpy as np
 import zarr
 
 from daskcubes.cut.cutter import cut_range
-from daskcubes.cut.job import CutJob, job_recipes, store_cut_job
+from daskcubes.cut.job import DatasetCut, cut_recipes, store_cut_job
 from daskcubes.errors import UserError
-from daskcubes.io.layout import FramesStoreInfo, frames_store_info, open_group, store_attrs
+from daskcubes.io.layout import DatasetInfo, frames_store_info, open_group, store_attrs
 from daskcubes.io.lease import LeaseTerms, hold_lease
 from daskcubes.io.schema import CUBES, CubeSchema
 from daskcubes.io.shards import has_chunk_checksums, shard_key, write_shard
 from daskcubes.io.storage import Storage
 from daskcubes.runtime.tasks import SampleJob, write_recipe_block
-from daskcubes.runtime.verify import RECIPE_ARRAYS, Report, Sample, verify_cube_store
+from daskcubes.runtime.verify import Report, Sample, recipe_arrays, verify_cube_store
 
 WHAT = "cube store"
 
@@ -45,9 +45,7 @@ class Repair:
         return "\n".join(f"{self.path}: {line}" for line in self.lines)
 
 
-def _frames_store(
-    path: str, recorded: str, against: str | None, storage: Storage
-) -> FramesStoreInfo:
+def _frames_store(path: str, recorded: str, against: str | None, storage: Storage) -> DatasetInfo:
     """The frames store the cubes are cut again from: ``against``, or the recorded one."""
     try:
         return frames_store_info(against or recorded, storage)
@@ -91,7 +89,9 @@ def repair_cube_store(
         _refuse_damaged_frames(path, report)
         # Recipes are cheap: every block is compared with the plan, not only the sampled.
         job = store_cut_job(schema, frames, storage)
-        blocks = sorted(report.bad_recipe_blocks | _differing_recipe_blocks(group, job))
+        blocks = sorted(
+            report.bad_recipe_blocks | _differing_recipe_blocks(group, job, schema.several)
+        )
         out = SampleJob(job, path, uuid.uuid4().hex)
         mended = Repair(path)
         for block in blocks:
@@ -99,11 +99,17 @@ def repair_cube_store(
             write_recipe_block(out, block)
             start, stop = plan.recipe_block_bounds(block)
             mended.lines.append(f"recipes of cubes {start}-{stop - 1} written again")
-        writer = cubes.with_config({"write_empty_chunks": True})  # as the run wrote them
+        writers = {  # empty chunks written too, as the run wrote them
+            name: storage.open_array(path, name, mode="r+").with_config(
+                {"write_empty_chunks": True}
+            )
+            for name in schema.cube_arrays
+        }
         for shard in sorted(report.bad_shards):
             held.check()
             start, stop = plan.shard_bounds(shard)
-            write_shard(writer, shard, cut_range(job, start, stop))
+            for name, values in cut_range(job, start, stop).items():
+                write_shard(writers[name], shard, values)
             mended.lines.append(
                 f"shard {shard_key(cubes, shard)} (cubes {start}-{stop - 1}) cut again from "
                 f"'{frames.path}'"
@@ -125,16 +131,17 @@ def _refuse_damaged_frames(path: str, report: Report) -> None:
         raise UserError(f"{WHAT} '{path}': cannot cut cubes again from {damaged[0]}")
 
 
-def _differing_recipe_blocks(group: zarr.Group, job: CutJob) -> set[int]:
+def _differing_recipe_blocks(group: zarr.Group, job: DatasetCut, several: bool) -> set[int]:
     """The blocks of recipes that cannot be read or differ from the plan's."""
     plan, bad = job.plan, set()
     for block in range(plan.n_recipe_blocks):
         start, stop = plan.recipe_block_bounds(block)
-        wanted = job_recipes(job, np.arange(start, stop))
+        volumes, wanted = cut_recipes(job, np.arange(start, stop))
+        expected = (wanted.frames, wanted.rows, wanted.columns, volumes)
         try:
             same = all(
-                np.array_equal(np.asarray(group[name][start:stop]), getattr(wanted, name))  # type: ignore[index]
-                for name in RECIPE_ARRAYS
+                np.array_equal(np.asarray(group[name][start:stop]), values)  # type: ignore[index]
+                for name, values in zip(recipe_arrays(several), expected, strict=False)
             )
         except Exception:  # a damaged chunk: verify has named it
             same = False

@@ -26,15 +26,20 @@ import numpy as np
 from dask.typing import Key
 from tqdm.auto import tqdm as auto_tqdm
 
-from daskcubes.core.plan import CubePlan
+from daskcubes.core.plan import Tiling
 from daskcubes.cut.cutter import warm_worker
 from daskcubes.cut.job import for_workers
 from daskcubes.errors import UserError
-from daskcubes.io.layout import WriteMode, create_cube_store, create_frames_store, mark_complete
+from daskcubes.io.layout import (
+    WriteMode,
+    create_cube_store,
+    create_frames_store,
+    mark_complete,
+    store_arrays,
+)
 from daskcubes.io.lease import LeaseTerms, hold_lease
 from daskcubes.io.progress import Progress, ProgressRecord, Work
-from daskcubes.io.schema import CubeSchema
-from daskcubes.io.sources import FrameSource
+from daskcubes.io.sources import VolumeSource, check_dataset
 from daskcubes.io.storage import Storage, StorageUnavailable
 from daskcubes.io.synthetic import (
     SyntheticFrames,
@@ -385,13 +390,17 @@ def generate(frames: SyntheticFrames, storage: Storage, options: StageOptions) -
     return replace(result, nbytes=check_synthetic_frames(frames, storage))
 
 
-def ingest(source: FrameSource, path: str, storage: Storage, options: StageOptions) -> StageResult:
-    """Write the frames of ``source`` into the zarr frames store at ``path``, then mark it
-    complete."""
-    n_frames = source.shape[0]
+def ingest(
+    volumes: list[VolumeSource], path: str, storage: Storage, options: StageOptions
+) -> StageResult:
+    """Write the dataset ``volumes`` (their frames and paired arrays) into the zarr frames
+    store at ``path``, then mark it complete."""
+    check_dataset(volumes)
+    arrays = store_arrays(volumes)
+    n_frames = sum(source.shape[0] for _, source in arrays)
 
     def open_store(mode: WriteMode) -> Progress | None:
-        attrs = create_frames_store(path, source, mode, storage)
+        attrs = create_frames_store(path, volumes, mode, storage)
         return None if attrs["complete"] else ProgressRecord(path, storage)
 
     stage = Stage(
@@ -400,19 +409,19 @@ def ingest(source: FrameSource, path: str, storage: Storage, options: StageOptio
         path,
         "frames",
         n_frames,
-        int(np.prod(source.shape)) * np.dtype(source.dtype).itemsize,
+        sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for _, s in arrays),
         prepare=lambda executor: None,
         open=open_store,
-        work=lambda _, done: ingest_tasks(source, path, storage, done.get("frames", set())),
+        work=lambda _, done: ingest_tasks(arrays, path, storage, done.get("frames", set())),
         made=lambda done: len(done.get("frames", ())),
         finish=lambda: mark_complete(path, storage, frames=n_frames),
         storage=storage,
-        inputs=(("frames", source.location),) if source.location else (),
+        inputs=tuple(("frames", s.location) for _, s in arrays if s.location),
     )
     return run_stage(stage, options)
 
 
-def cubes_in(plan: CubePlan, shards: set[int]) -> int:
+def cubes_in(plan: Tiling, shards: set[int]) -> int:
     """The cubes in ``shards``: each holds ``shard_size``, the last what is left. Counted,
     not summed shard by shard: the count is taken at every publication of a run's
     progress, which then took 20 ms at 62,500 shards."""
@@ -437,7 +446,7 @@ def sample(
         # A source kept whole is loaded on every worker now: start-up, not cutting.
         executor.on_each_worker(warm_worker, ready.cut)
 
-    schema = CubeSchema(plan, cut.dtype, compressor, frames.fingerprint)
+    schema = cut.schema(compressor)
 
     def open_store(mode: WriteMode) -> Progress | None:
         attrs = create_cube_store(job.out, schema, provenance, mode, storage)
@@ -449,7 +458,7 @@ def sample(
         job.out,
         "cubes",
         plan.n_cubes,
-        plan.n_cubes * int(np.prod(plan.cube_shape)) * np.dtype(cut.dtype).itemsize,
+        plan.n_cubes * cut.cube_nbytes,
         prepare=prepare,
         load=load,
         open=open_store,

@@ -24,8 +24,9 @@ from dask.base import tokenize
 from dask.typing import Key
 
 from daskcubes.cut.cutter import cut_range
-from daskcubes.cut.job import CutJob, job_recipes
+from daskcubes.cut.job import DatasetCut, cut_recipes
 from daskcubes.io.progress import Finishes, Work
+from daskcubes.io.schema import VOLUMES
 from daskcubes.io.shards import ShardWriter
 from daskcubes.io.sources import FrameSource
 from daskcubes.io.storage import Storage
@@ -37,12 +38,12 @@ class SampleJob:
     ``run`` it belongs to (any id of its own: a process keeps a run's arrays open, and a
     store another run replaced at the same path, with other codecs, is opened afresh)."""
 
-    cut: CutJob
+    cut: DatasetCut
     out: str
     run: str
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=16)
 def _open_output(job: SampleJob, name: str) -> zarr.Array:
     # Keyed by the whole job, its run among it: a store replaced at the same path is opened
     # afresh (a job of the same cut may write it with other codecs). Empty
@@ -51,27 +52,32 @@ def _open_output(job: SampleJob, name: str) -> zarr.Array:
     return array.with_config({"write_empty_chunks": True})
 
 
-@lru_cache(maxsize=8)
-def _cube_writer(job: SampleJob) -> ShardWriter:
-    return ShardWriter(_open_output(job, "cubes"))
+@lru_cache(maxsize=16)
+def _shard_writer(job: SampleJob, name: str) -> ShardWriter:
+    return ShardWriter(_open_output(job, name))
 
 
 def write_cube_task(job: SampleJob, task: int) -> None:
-    """Cut the cubes of task ``task`` and write them as whole shards of ``cubes``."""
+    """Cut the cubes of task ``task`` and their paired cubes, and write them as whole
+    shards of ``cubes`` and of each paired array."""
     start, stop = job.cut.plan.task_bounds(task)
-    cubes = cut_range(job.cut, start, stop)
+    arrays = cut_range(job.cut, start, stop)
     size = job.cut.plan.shard_size
-    for offset in range(0, stop - start, size):
-        _cube_writer(job).write((start + offset) // size, cubes[offset : offset + size])
+    for name, cubes in arrays.items():
+        for offset in range(0, stop - start, size):
+            _shard_writer(job, name).write((start + offset) // size, cubes[offset : offset + size])
 
 
 def write_recipe_block(job: SampleJob, block: int) -> None:
-    """Write the recipes of one block of cubes into ``columns``, ``rows`` and ``frames``."""
+    """Write the recipes of one block of cubes into ``columns``, ``rows`` and ``frames``,
+    and into ``volumes`` where the dataset has several."""
     start, stop = job.cut.plan.recipe_block_bounds(block)
-    block_recipes = job_recipes(job.cut, np.arange(start, stop))
+    volumes, block_recipes = cut_recipes(job.cut, np.arange(start, stop))
     _open_output(job, "columns")[start:stop] = block_recipes.columns
     _open_output(job, "rows")[start:stop] = block_recipes.rows
     _open_output(job, "frames")[start:stop] = block_recipes.frames
+    if len(job.cut.plan.plans) > 1:
+        _open_output(job, VOLUMES)[start:stop] = volumes
 
 
 def sample_tasks(job: SampleJob, shards_done: set[int], recipes_done: set[int]) -> Work:
@@ -99,21 +105,29 @@ def sample_tasks(job: SampleJob, shards_done: set[int], recipes_done: set[int]) 
     return Work(graph, finishes)
 
 
-def write_frame(values: np.ndarray, index: int, store: str, storage: Storage) -> None:
-    """Write ``values`` (one chunk of a source: ``(1, n_rows, n_cols)``) as frame ``index``."""
-    storage.open_array(store, "frames", mode="r+")[index] = values[0]
+def write_frame(values: np.ndarray, index: int, store: str, array: str, storage: Storage) -> None:
+    """Write ``values`` (one chunk of a source: ``(1, n_rows, n_cols)``) as frame ``index``
+    of ``array`` in the frames store ``store``."""
+    storage.open_array(store, array, mode="r+")[index] = values[0]
 
 
-def ingest_tasks(source: FrameSource, store: str, storage: Storage, done: set[int]) -> Work:
-    """The source's tasks and one write task per frame not in ``done``; each write task
-    finishes its frame. Culling leaves out the reads of finished frames."""
-    array = source.array
-    token = tokenize(source.fingerprint, array.name, store)
-    graph: dict[Key, Any] = dict(array.__dask_graph__())
+def ingest_tasks(
+    arrays: list[tuple[str, FrameSource]], store: str, storage: Storage, done: set[int]
+) -> Work:
+    """The sources' tasks and one write task per frame not in ``done``, the frames of
+    ``arrays`` (each source by its array's path in the store) numbered in turn; each
+    write task finishes its frame. Culling leaves out the reads of finished frames."""
+    graph: dict[Key, Any] = {}
     finishes: Finishes = {}
-    for i in range(source.shape[0]):
-        if i not in done:
-            key = (f"ingest-{token}", i)
-            graph[key] = (write_frame, (array.name, i, 0, 0), i, store, storage)
-            finishes[key] = ("frames", [i])
+    first = 0
+    for array, source in arrays:
+        frames = source.array
+        token = tokenize(source.fingerprint, frames.name, store, array)
+        graph.update(frames.__dask_graph__())
+        for i in range(source.shape[0]):
+            if first + i not in done:
+                key = (f"ingest-{token}", i)
+                graph[key] = (write_frame, (frames.name, i, 0, 0), i, store, array, storage)
+                finishes[key] = ("frames", [first + i])
+        first += source.shape[0]
     return Work(graph, finishes)

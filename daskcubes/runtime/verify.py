@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import zarr
 
-from daskcubes.core.plan import CubePlan, recipes
+from daskcubes.core.plan import Recipes, Tiling
+from daskcubes.core.volumes import dataset_recipes
 from daskcubes.cut.cutter import cut_range
-from daskcubes.cut.job import store_cut_job
+from daskcubes.cut.job import DatasetCut, cut_recipes, store_cut_job
 from daskcubes.errors import UserError
-from daskcubes.io.layout import frames_store_info, open_group, store_attrs
+from daskcubes.io.layout import frames_store_info, open_group, store_attrs, volume_array
 from daskcubes.io.maps import window_table
 from daskcubes.io.progress import recorded_progress
-from daskcubes.io.schema import CUBES, CubeSchema
+from daskcubes.io.schema import CUBES, VOLUMES, CubeSchema
 from daskcubes.io.shards import (
     MISSING,
     damaged_chunks,
@@ -119,7 +120,7 @@ def _read_shards(
         yield from pool.map(lambda item: read_and_check(*item), reads)
 
 
-def _shard_problems(plan: CubePlan, shards: Iterable[int], found: ShardReads) -> dict[int, str]:
+def _shard_problems(plan: Tiling, shards: Iterable[int], found: ShardReads) -> dict[int, str]:
     """Why each of ``shards`` (one per item of ``found``) is not whole or not as written,
     by shard; a good shard is not listed."""
     chunks = plan.shard_size
@@ -176,8 +177,9 @@ def _check_shards(
     cubes: zarr.Array,
     shards: np.ndarray,
 ) -> None:
-    """Check the ``shards`` of ``cubes``: present, their index whole (its checksum) and
-    pointing inside the file, and, where chunks have checksums, every chunk's."""
+    """Check the ``shards`` of ``cubes`` (the array of cubes, or a paired array): present,
+    their index whole (its checksum) and pointing inside the file, and, where chunks have
+    checksums, every chunk's."""
     plan, checksums = schema.plan, has_chunk_checksums(cubes)
     bad = 0
     listed: list[tuple[int, str]] = []  # the first bad shards; the rest are only counted
@@ -192,7 +194,8 @@ def _check_shards(
     for shard, problem in listed:
         start, stop = plan.shard_bounds(shard)
         report.problems.append(
-            f"array '{CUBES}', shard {shard_key(cubes, shard)} (cubes {start}-{stop - 1}): "
+            f"array '{cubes.basename}', shard {shard_key(cubes, shard)} (cubes "
+            f"{start}-{stop - 1}): "
             f"{problem}"
         )
     if bad > LISTED:
@@ -210,36 +213,51 @@ RECIPE_ARRAYS = ("frames", "rows", "columns")
 
 
 def _read_recipes(
-    report: Report, group: zarr.Group, start: int, stop: int
+    report: Report, group: zarr.Group, start: int, stop: int, several: bool
 ) -> list[np.ndarray] | None:
-    """The recorded ``frames``, ``rows`` and ``columns`` of cubes ``start .. stop``, or None
-    (with the problem reported) where a chunk cannot be read."""
+    """The recorded ``frames``, ``rows``, ``columns`` and ``volumes`` (zeros for a store
+    of one volume) of cubes ``start .. stop``, or None (with the problem reported) where
+    a chunk cannot be read."""
     found = []
-    for name in RECIPE_ARRAYS:
+    for name in recipe_arrays(several):
         try:
             found.append(np.asarray(group[name][start:stop]))  # type: ignore[index]
         except Exception as exc:  # any decoding failure is a finding, not a crash
             report.problems.append(f"array '{name}', cubes {start}-{stop - 1}: {_failure(exc)}")
             return None
-    return found
+    return found if several else [*found, np.zeros(stop - start, dtype=np.int32)]
 
 
-def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:
+def recipe_arrays(several: bool) -> tuple[str, ...]:
+    """The arrays of a store's recipes: ``volumes`` too for a store of several volumes."""
+    return (*RECIPE_ARRAYS, *((VOLUMES,) if several else ()))
+
+
+def _check_recipes(report: Report, group: zarr.Group, schema: CubeSchema) -> None:
     """Read every chunk of the recipe arrays (checking their checksums), and check the
-    recipes' bounds and distinct columns."""
+    recipes' bounds (each in its volume's frames) and distinct columns."""
+    plan = schema.plan
+    shapes = np.array(
+        [record.shape for record in schema.volumes]
+        if schema.volumes
+        else [(plan.first.n_frames, plan.first.n_rows, plan.first.n_cols)]
+    )
     for block in range(plan.n_recipe_blocks):
         start, stop = plan.recipe_block_bounds(block)
-        found = _read_recipes(report, group, start, stop)
+        found = _read_recipes(report, group, start, stop, schema.several)
         if found is None:
             report.bad_recipe_blocks.add(block)
             continue
-        frames, rows, columns = found
-        bad_columns = (columns < 0) | (columns >= plan.n_cols)
-        bad_rows = (rows < 0) | (rows + plan.height > plan.n_rows)
-        bad_frames = (frames < 0) | (frames >= plan.n_frames)
+        frames, rows, columns, volumes = found
+        bad_volumes = (volumes < 0) | (volumes >= len(shapes))
+        n_frames, n_rows, n_cols = shapes[np.where(bad_volumes, 0, volumes)].T
+        bad_columns = (columns < 0) | (columns >= n_cols[:, None])
+        bad_rows = (rows < 0) | (rows + plan.cube_shape[1] > n_rows)
+        bad_frames = (frames < 0) | (frames >= n_frames[:, None])
         ordered = np.sort(columns, axis=1)
         repeated = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
         for what, bad in (
+            ("volume out of range", bad_volumes),
             ("column out of bounds", bad_columns.any(axis=1)),
             ("first row out of bounds", bad_rows),
             ("frame out of bounds", bad_frames.any(axis=1)),
@@ -254,27 +272,63 @@ def _check_recipes(report: Report, group: zarr.Group, plan: CubePlan) -> None:
 
 
 def check_frames_store(report: Report, path: str, storage: Storage) -> None:
-    """Read every chunk of the frames store at ``path``, checking its checksum if it has
-    them; a damaged chunk is reported naming its frame and rows."""
-    array = storage.open_array(path, "frames", mode="r")
-    if not has_chunk_checksums(array):
-        report.facts.append(f"frames store '{path}': its chunks carry no checksums")
-        return
+    """Read every chunk of every array of the frames store at ``path``, checking its
+    checksum if it has them; a damaged chunk is reported naming its array, frame and rows."""
+    attrs = store_attrs(open_group(path, "frames store", storage))
+    names = [
+        volume_array(k, name)
+        for k, volume in enumerate(attrs.get("volumes", []))
+        for name in volume["arrays"]
+    ] or ["frames"]
     bad = 0
-    rows = array.chunks[1]
-    for frame in range(array.shape[0]):
-        for first in range(0, array.shape[1], rows):
-            last = min(first + rows, array.shape[1])
-            try:
-                array[frame, first:last]
-            except Exception as exc:  # any decoding failure is a finding, not a crash
-                bad += 1
-                if bad <= LISTED:
-                    report.problems.append(
-                        f"frames store '{path}': array 'frames', frame {frame}, rows "
-                        f"{first}-{last - 1}: {_failure(exc)}; ingest it again"
-                    )
+    for name in names:
+        array = storage.open_array(path, name, mode="r")
+        if not has_chunk_checksums(array):
+            report.facts.append(f"frames store '{path}': its chunks carry no checksums")
+            return
+        rows = array.chunks[1]
+        for frame in range(array.shape[0]):
+            for first in range(0, array.shape[1], rows):
+                last = min(first + rows, array.shape[1])
+                try:
+                    array[frame, first:last]
+                except Exception as exc:  # any decoding failure is a finding, not a crash
+                    bad += 1
+                    if bad <= LISTED:
+                        report.problems.append(
+                            f"frames store '{path}': array '{name}', frame {frame}, rows "
+                            f"{first}-{last - 1}: {_failure(exc)}; ingest it again"
+                        )
     report.facts.append(f"frames store '{path}': every chunk read and checked")
+
+
+def _planner(
+    schema: CubeSchema, storage: Storage, job: DatasetCut | None, attrs: dict[str, Any]
+) -> Callable[[np.ndarray], tuple[np.ndarray, Recipes]]:
+    """What gives the planned volume and recipe of cubes: the cut made anew, or the
+    store's plan with its map read again (a map of a dataset's volumes is in the frames
+    store the store records)."""
+    if job is not None:
+        return lambda cubes: cut_recipes(job, cubes)
+    plan = schema.plan
+    if schema.volumes and plan.definition.label_ratios and plan.definition.labels is None:
+        frames = frames_store_info(attrs["frames_store"]["path"], storage)
+        cut = store_cut_job(schema, frames, storage)
+        return lambda cubes: cut_recipes(cut, cubes)
+    tables = [
+        None
+        if p is None or p.map_spec is None
+        else window_table(
+            p.map_spec,
+            storage,
+            p.definition.modes,
+            p.cube_shape,
+            (p.n_frames, p.n_rows, p.n_cols),
+            True,
+        )
+        for p in plan.plans
+    ]
+    return lambda cubes: dataset_recipes(plan, cubes, tables)
 
 
 def _runs(cubes: np.ndarray, shard_size: int) -> list[tuple[int, int]]:
@@ -343,7 +397,8 @@ def verify_cube_store(
     checksums = has_chunk_checksums(cubes)
     rng = np.random.default_rng(seed)
     checked = _chosen(rng, plan.n_shards, "all" if shards is None else shards)
-    _check_shards(report, storage, path, schema, cubes, checked)
+    for name in schema.cube_arrays:
+        _check_shards(report, storage, path, schema, group[name], checked)  # type: ignore[arg-type]
     if not checksums:
         report.facts.append(
             "chunks carry no checksums (a store written before daskcubes added them): "
@@ -353,7 +408,7 @@ def verify_cube_store(
         report.facts.append(f"{len(checked)} of {plan.n_shards} shards read and checked")
     else:
         report.facts.append(f"every chunk of {plan.n_shards} shards read and checked")
-    _check_recipes(report, group, plan)
+    _check_recipes(report, group, schema)
 
     chosen = _chosen(rng, plan.n_cubes, sample)
     job = None
@@ -368,20 +423,16 @@ def verify_cube_store(
             check_frames_store(report, against, storage)
             if len(report.problems) == before:  # cut from damaged frames, nothing compares
                 job = store_cut_job(schema, frames, storage)  # on this one thread
-    table = None
-    if plan.map_spec is not None:
-        try:  # the map the windows were drawn from: still there, with the same values
-            frames_shape = (plan.n_frames, plan.n_rows, plan.n_cols)
-            modes, cube_shape = plan.definition.modes, plan.cube_shape
-            table = window_table(plan.map_spec, storage, modes, cube_shape, frames_shape, True)
-        except UserError as exc:
-            report.problems.append(f"windows cannot be drawn again: {exc}")
-            return report
+    try:  # the maps the windows were drawn from: still there, with the same values
+        planned_of = _planner(schema, storage, job, attrs)
+    except UserError as exc:
+        report.problems.append(f"windows cannot be drawn again: {exc}")
+        return report
     differing = 0
     for start, stop in _runs(chosen, plan.shard_size):
         shard = start // plan.shard_size
         try:
-            stored = np.asarray(cubes[start:stop])
+            stored = {name: np.asarray(group[name][start:stop]) for name in schema.cube_arrays}  # type: ignore[index]
         except Exception as exc:  # any decoding failure is a finding, not a crash
             if shard not in report.bad_shards:
                 report.bad_shards.add(shard)
@@ -389,10 +440,10 @@ def verify_cube_store(
                     f"array '{CUBES}', cubes {start}-{stop - 1}: {_failure(exc)}"
                 )
             continue
-        recorded = _read_recipes(report, group, start, stop)
-        planned = recipes(plan, start, stop, table)
+        recorded = _read_recipes(report, group, start, stop, schema.several)
+        volumes, planned = planned_of(np.arange(start, stop))
         if recorded is not None:
-            expected = (planned.frames, planned.rows, planned.columns)
+            expected = (planned.frames, planned.rows, planned.columns, volumes)
             same = np.ones(stop - start, dtype=bool)
             for found, wanted in zip(recorded, expected, strict=True):
                 same &= (found == wanted).reshape(stop - start, -1).all(axis=1)
@@ -405,7 +456,7 @@ def verify_cube_store(
             continue
         anew = cut_range(job, start, stop)
         for offset in range(stop - start):
-            if not np.array_equal(stored[offset], anew[offset]):
+            if not all(np.array_equal(stored[n][offset], anew[n][offset]) for n in stored):
                 report.bad_shards.add(shard)
                 differing += 1
                 if differing <= LISTED:

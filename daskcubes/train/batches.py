@@ -22,14 +22,23 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 
 from daskcubes.errors import UserError
-from daskcubes.train.buffers import BufferRing, CubeSource, DeviceCubeSource, default_threads
+from daskcubes.train.buffers import (
+    BufferRing,
+    CubeSource,
+    DeviceCubeSource,
+    default_threads,
+    empty_outputs,
+    source_arrays,
+)
 
 T = TypeVar("T")
 
 
 class Batch(NamedTuple):
     """``cubes[k]`` is cube ``indices[k]``: ``(n,)`` indices, ``(n, depth, dim, dim)`` cubes
-    (a numpy array, or a torch tensor for a source on a device)."""
+    (a numpy array, or a torch tensor for a source on a device; ``(n, channel, depth,
+    dim, dim)`` for cubes of several channels). A source with paired arrays gives a
+    mapping of array names to such arrays: ``{"cubes": ..., "labels": ...}``."""
 
     indices: np.ndarray
     cubes: Any
@@ -289,7 +298,10 @@ class Batches:
         # In use at once: ``threads`` batches being read, ``prefetch`` queued, the one the
         # loop holds and, for a moment, the one before it.
         keep = prefetch + self.threads + 2
-        self.ring = BufferRing((batch_size, *source.cube_shape), source.dtype, keep)
+        self.rings = {
+            name: BufferRing((batch_size, *shape), dtype, keep)
+            for name, (shape, dtype) in source_arrays(source).items()
+        }
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -339,10 +351,7 @@ class Batches:
         reading: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
         with ThreadPoolExecutor(self.threads, thread_name_prefix=name) as pool:
             for ids in indices:
-                if self.copy:
-                    out = np.empty((len(ids), *source.cube_shape), source.dtype)
-                else:
-                    out = self.ring.take(len(ids))
+                out = self._outputs(source, len(ids))
                 reading.append((ids, pool.submit(source.read, ids, out)))
                 if len(reading) == self.threads:
                     done, read = reading.popleft()
@@ -350,6 +359,13 @@ class Batches:
             while reading:
                 done, read = reading.popleft()
                 yield Batch(done, read.result())
+
+    def _outputs(self, source: CubeSource, n: int) -> Any:
+        """Where a batch of ``n`` cubes is read to: fresh memory (``copy``) or the rings'."""
+        if self.copy:
+            return empty_outputs(source_arrays(source), n)
+        outs = {name: ring.take(n) for name, ring in self.rings.items()}
+        return outs["cubes"] if len(outs) == 1 else outs
 
     def _rest_of_epoch(self) -> Iterator[Batch]:
         rest = self.cursor.rest()

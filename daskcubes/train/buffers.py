@@ -12,6 +12,16 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+#: Each array a source hands out per cube, by name: ``cubes`` first, then the paired
+#: arrays (``labels``, ...), each with the shape of one item and its dtype.
+Arrays = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+
+def empty_outputs(arrays: Arrays, n: int) -> Any:
+    """Fresh outputs for ``n`` cubes of ``arrays``: one array, or a mapping of several."""
+    made = {name: np.empty((n, *shape), dtype) for name, (shape, dtype) in arrays.items()}
+    return made["cubes"] if len(made) == 1 else made
+
 
 class CubeSource(Protocol):
     """Anything batches can be read from: :class:`~daskcubes.train.reader.CubeStore` or
@@ -28,7 +38,14 @@ class CubeSource(Protocol):
     @property
     def dtype(self) -> np.dtype: ...
 
-    def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray: ...
+    def read(self, positions: np.ndarray, out: Any = None) -> Any: ...
+
+
+def source_arrays(source: Any) -> Arrays:
+    """Each array ``source`` hands out per cube (its ``arrays``, where it has paired
+    arrays or channels), else its cubes."""
+    arrays: Arrays | None = getattr(source, "arrays", None)
+    return arrays or {"cubes": (tuple(source.cube_shape), np.dtype(source.dtype))}
 
 
 class PendingCubes(Protocol):
@@ -50,6 +67,9 @@ class DeviceCubeSource(Protocol):
 
     @property
     def dtype(self) -> np.dtype: ...
+
+    @property
+    def arrays(self) -> Arrays: ...
 
     def start(self, positions: np.ndarray, fresh: bool = False) -> PendingCubes: ...
 

@@ -45,9 +45,9 @@ import torch
 
 from daskcubes.core.kernels import gather_cubes
 from daskcubes.core.plan import CubePlan, Recipes
-from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
+from daskcubes.cut.job import CutJob, DatasetCut, available_memory, job_recipes, laid_out
 from daskcubes.errors import UserError
-from daskcubes.train.buffers import BufferRing, CubeSource
+from daskcubes.train.buffers import Arrays, BufferRing, CubeSource
 from daskcubes.train.reader import CubeIndexing
 
 #: Batches handed out at once from one source's reused buffers: one being cut, two
@@ -376,6 +376,11 @@ class DeviceBatches:
     def __len__(self) -> int:
         return self._n_cubes
 
+    @property
+    def arrays(self) -> Arrays:
+        """Each array handed out per cube: its item shape and dtype."""
+        return {"cubes": (self.cube_shape, self.dtype)}
+
     def output(self, n: int, fresh: bool) -> torch.Tensor:
         """Where a batch of ``n`` cubes goes (on CUDA: call on the source's stream)."""
         shape = (n, *self.cube_shape)
@@ -392,6 +397,17 @@ class DeviceBatches:
         return None if self.stream is None else self.stream.record_event()
 
 
+def single_job(cut: DatasetCut) -> CutJob:
+    """The one job of a cut of one volume of plain frames, which the device stream takes."""
+    volume = cut.volumes[0]
+    if len(cut.volumes) > 1 or volume is None or len(volume.jobs) > 1:
+        raise UserError(
+            f"frames store '{cut.frames.path}': the device stream cuts one volume of plain "
+            "frames; open it with gather='host' for volumes, channels or paired arrays"
+        )
+    return volume.channels[0]
+
+
 class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
     """The cubes of ``job``, cut on ``device`` when read: stream mode on a device.
 
@@ -401,15 +417,16 @@ class DeviceStream(DeviceBatches, CubeIndexing[torch.Tensor]):
     one while the loop trains on this one. The source is uploaded on the first read.
     """
 
-    def __init__(self, job: CutJob, device: DeviceLike) -> None:
+    def __init__(self, cut: DatasetCut, device: DeviceLike) -> None:
         found = usable_device(device)
+        self.cut, job = cut, single_job(cut)
         # The budget is the device's: max_slab_bytes, or by default a share of its free
         # memory once the batches handed out at once, and what the one being cut needs
         # beyond its output, are set aside.
         plan, dtype = job.plan, np.dtype(job.dtype)
         batch = RESERVED_BATCH * int(np.prod(plan.cube_shape)) * dtype.itemsize
         reserved = KEEP_BUFFERS * batch + batch_overhead(plan, RESERVED_BATCH)
-        self.job = for_workers(job, max(free_memory(found) - reserved, 0), threads=1)
+        self.job = laid_out(job, max(free_memory(found) - reserved, 0), threads=1)
         super().__init__(found, plan.n_cubes, plan.cube_shape, np.dtype(self.job.dtype))
         self.source = DeviceSource(self.job, found)
         self.where = f"stream of frames store '{self.job.frames.path}' on {found}"

@@ -13,26 +13,31 @@ device, cut there (:class:`~daskcubes.train.device.DeviceStream`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from daskcubes.cut.cutter import cut_cubes
-from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
+from daskcubes.cut.cutter import cut_into, output_shapes
+from daskcubes.cut.job import DatasetCut, available_memory, for_workers
+from daskcubes.io.schema import CUBES
 from daskcubes.train.buffers import default_threads
-from daskcubes.train.reader import CubeIndexing
+from daskcubes.train.reader import Arrays, CubeIndexing, empty_outputs
 
 
-class CubeStream(CubeIndexing[np.ndarray]):
+class CubeStream(CubeIndexing[Any]):
     """The cubes of ``job`` (its frames store, plan and dtype), computed when read.
 
     Reads like :class:`~daskcubes.train.reader.CubeStore` (the same indexing): ``len``,
-    indexing and :meth:`read`, so :class:`~daskcubes.train.batches.Batches` takes either. The source
-    rows the cubes need are loaded once per process, on the first read, if they fit the
-    budget; else each read works through them block by block.
+    indexing and :meth:`read`, so :class:`~daskcubes.train.batches.Batches` takes either;
+    with paired arrays, a mapping of array names to arrays. The source rows the cubes
+    need are loaded once per process, on the first read, if they fit the budget (of a
+    dataset of many volumes, as many volumes as fit it, the least recently used dropped
+    first); else each read works through them block by block.
     :meth:`read` may run in several threads at once (``Batches`` reads a batch on each
     of its threads, so that the cut uses every core): the cut releases the GIL.
     """
 
-    def __init__(self, job: CutJob) -> None:
+    def __init__(self, job: DatasetCut) -> None:
         # The source laid out for this machine, and the threads Batches reads with.
         self.job = for_workers(job, available_memory(), default_threads())
 
@@ -53,9 +58,22 @@ class CubeStream(CubeIndexing[np.ndarray]):
     def dtype(self) -> np.dtype:
         return np.dtype(self.job.dtype)
 
-    def read(self, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    @property
+    def arrays(self) -> Arrays:
+        """Each array handed out per cube: its item shape and dtype."""
+        return {
+            name: (shape[1:], np.dtype(dtype))
+            for name, (shape, dtype) in output_shapes(self.job, 1).items()
+        }
+
+    def volumes(self, positions: np.ndarray) -> np.ndarray:
+        """The volume of each cube at ``positions``."""
+        return self.job.plan.volumes_of(np.asarray(positions, dtype=np.int64))[0]
+
+    def read(self, positions: np.ndarray, out: Any = None) -> Any:
         """Cubes at ``positions`` (non-negative, any order), into ``out`` if given."""
         positions = np.asarray(positions, dtype=np.int64)
         if out is None:
-            out = np.empty((len(positions), *self.cube_shape), dtype=self.dtype)
-        return cut_cubes(self.job, job_recipes(self.job, positions), out)
+            out = empty_outputs(self.arrays, len(positions))
+        cut_into(self.job, positions, out if isinstance(out, dict) else {CUBES: out})
+        return out
