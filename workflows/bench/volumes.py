@@ -270,10 +270,10 @@ def stream_settings(dataset: Dataset, **extra: Any) -> dict[str, Any]:
 
 
 def _parts(batch: Any) -> tuple[Any, Any]:
-    """A batch's cubes and label patches (a dict, as the volumes API hands them out)."""
-    if isinstance(batch, dict):
-        return batch["cubes"], batch["labels"]
-    return batch.cubes, batch.labels
+    """A batch's cubes and label patches: a source with paired arrays hands out a
+    ``Batch`` whose ``cubes`` maps array names to arrays."""
+    arrays = batch.cubes
+    return arrays["cubes"], arrays["labels"]
 
 
 def daskcubes_stream(dataset: Dataset, budget: int | None) -> Rate:
@@ -319,8 +319,8 @@ def daskcubes_sample(dataset: Dataset, scheduler: str) -> Rate:
             progress=False,
         )
         if first:
-            cubes = daskcubes.open_cubes(out)
-            _records["ones"] = half_class_one(cubes.labels[:])  # type: ignore[attr-defined]
+            store = daskcubes.open_cubes(out)
+            _records["ones"] = half_class_one(store.read(np.arange(len(store)))["labels"])
         rates.append(result.rate)
         return result.items
 
