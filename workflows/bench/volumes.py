@@ -490,7 +490,7 @@ def measure_volumes(setup: Setup) -> list[Row]:
                 rows.append(row)
     found = {row.key: row.rate for row in rows}
     ratio = found[Key.VOLUMES_STREAM_QUARTER] / found[Key.VOLUMES_STREAM]
-    note = f"(max_slab_bytes {budget / 2**20:,.0f} MiB, a quarter of the frames)"
+    note = f"(max_slab_bytes {budget:,} bytes, a quarter of the frames)"
     rows.append(Row(Key.VOLUMES_QUARTER_RATIO, ratio, RATIO, note=note))
     rows.append(Row(Key.VOLUMES_STREAM_PEAK, peaks[Key.VOLUMES_STREAM], MIB))
     measured = [key for key in (Key.VOLUMES_TORCHIO, Key.VOLUMES_MONAI) if key in found]
