@@ -61,6 +61,10 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument(
             *flags, dest=name, type=_json_object, default=None, metavar="JSON", help=text
         )
+    elif any(typing.get_origin(arg) is dict for arg in args):  # a word, or a JSON object
+        parser.add_argument(
+            *flags, dest=name, type=_word_or_json, default=None, metavar="WORD|JSON", help=text
+        )
     elif annotation is bool:
         parser.add_argument(
             *flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text
@@ -71,6 +75,11 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument(*flags, dest=name, type=int, default=None, metavar="N", help=text)
     else:
         parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=text)
+
+
+def _word_or_json(text: str) -> str | dict[str, Any]:
+    """A setting's word (``windows``), or a JSON object (``{"a": 1}``)."""
+    return _json_object(text) if text.lstrip().startswith("{") else text
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -243,8 +252,10 @@ def _describe_plan(schema: CubeSchema) -> list[str]:
         )
         lines += [
             f"    {k} '{record.name}': {' x '.join(map(str, record.shape))}, "
-            + (f"share {share:.3f}" if share > 0 else "left out (too small for the cube)")
-            for k, (record, share) in enumerate(zip(schema.volumes, plan.shares, strict=True))
+            + ("left out (too small for the cube)" if held is None else f"share {share:.3f}")
+            for k, (record, share, held) in enumerate(
+                zip(schema.volumes, plan.shares, plan.plans, strict=True)
+            )
         ]
         if len(schema.channels) > 1:
             lines.append(f"  channels: {', '.join(schema.channels)}")

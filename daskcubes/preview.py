@@ -31,8 +31,9 @@ def cube_figure(store_path: str, index: int, storage_options: dict[str, Any] | N
     """The matplotlib figure of cube ``index`` of the cube store at ``store_path``.
 
     Three panels: the first frame (row x col), the middle row through all frames
-    (frame x col) and the middle column through all frames (frame x row), with ticks at
-    whole indices only; the title gives the cube's recipe. ``storage_options`` are
+    (frame x col) and the middle column through all frames (frame x row), of the first
+    channel of cubes of several, with ticks at whole indices only; the title gives the
+    cube's recipe and, for a store of several volumes, its volume. ``storage_options`` are
     fsspec options for a URL.
     """
     plt = _pyplot()
@@ -41,8 +42,13 @@ def cube_figure(store_path: str, index: int, storage_options: dict[str, Any] | N
     store = open_cubes(store_path, storage_options=storage_options)
     if not -len(store) <= index < len(store):
         raise UserError(f"--cube {index}: out of range; the store holds {len(store)} cubes")
-    cube = store[index]
+    read = store[index]
+    cube = read["cubes"] if isinstance(read, dict) else read  # beside it: its paired cubes
+    channel = " (channel 0)" if cube.ndim == 4 else ""
+    cube = cube[0] if cube.ndim == 4 else cube
     recipe = store.recipes(index)
+    names = [volume["name"] for volume in store.attrs["plan"].get("volumes", [])]
+    volume = f"volume '{names[int(store.volumes(index)[0])]}', " if len(names) > 1 else ""
     _, height, width = cube.shape
     panels = [
         (cube[0], "frame 0", "col", "row"),
@@ -57,8 +63,9 @@ def cube_figure(store_path: str, index: int, storage_options: dict[str, Any] | N
             axis.set_major_locator(MaxNLocator(integer=True))
         figure.colorbar(shown, ax=ax, shrink=0.8)
     figure.suptitle(
-        f"{Path(store_path).name} cube {index % len(store)}: {cube.shape} {cube.dtype}, "
-        f"seed {store.attrs.get('seed')}\nframes {_shorten(recipe.frames[0])}, "
+        f"{Path(store_path).name} cube {index % len(store)}{channel}: {cube.shape} "
+        f"{cube.dtype}, seed {store.attrs.get('seed')}\n{volume}frames "
+        f"{_shorten(recipe.frames[0])}, "
         f"first row {recipe.rows[0]}, columns {_shorten(recipe.columns[0])}",
         fontsize=10,
     )

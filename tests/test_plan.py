@@ -16,7 +16,6 @@ from daskcubes.config import Config, load_config
 from daskcubes.core import draws
 from daskcubes.core.definition import Definition
 from daskcubes.core.kernels import compiled_draws
-from daskcubes.core.volumes import DatasetPlan
 from daskcubes.core.plan import (
     AUTO_MIN_TASKS,
     LEGACY_RECIPE,
@@ -29,6 +28,7 @@ from daskcubes.core.plan import (
     seedsequence_columns,
     task_size_for,
 )
+from daskcubes.core.volumes import DatasetPlan
 from daskcubes.cut import job as job_module
 from daskcubes.errors import UserError
 from daskcubes.io.schema import CubeSchema

@@ -52,7 +52,7 @@ def test_compressed_stores_are_read_through_zarr(tmp_path: Path, stored: Config)
     config = config.model_copy(update={"frames_store": stored.frames_store})
     jobs.sample(config, show_progress=False)
     store = open_cubes(config.out)
-    assert store._raw is None
+    assert store._raws["cubes"] is None
     order = np.random.default_rng(1).permutation(len(store))
     expected = zarr_cubes(stored)
     assert np.array_equal(store[order], expected[order])

@@ -239,7 +239,7 @@ def test_resume_removes_temporary_files_of_interrupted_writes(frames_ready: Path
 def test_ingest_tasks_are_one_per_unfinished_frame(frames_ready: Path) -> None:
     storage = Storage.of()
     source = files_source(find_frame_files(str(frames_ready / "frames"), storage), storage)
-    work = ingest_tasks(source, str(frames_ready / "frames.zarr"), storage, done={1})
+    work = ingest_tasks([("frames", source)], str(frames_ready / "frames.zarr"), storage, {1})
     n_frames = source.shape[0]
     assert sorted(units for _, units in work.finishes.values()) == [
         [i] for i in range(n_frames) if i != 1

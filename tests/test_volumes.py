@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from daskcubes.core.definition import Definition
-from daskcubes.core.volumes import volume_shares, volumes_of_shards, window_count
+from daskcubes.core.plan import CubePlan
+from daskcubes.core.volumes import (
+    DatasetPlan,
+    dataset_plan,
+    volume_shares,
+    volumes_of_shards,
+    window_count,
+)
 from daskcubes.errors import UserError
 
 NAMES = ("a", "b", "c", "d")
@@ -107,3 +114,39 @@ def test_bad_shares_are_one_line(counts: list[int], asked: object, message: str)
     with pytest.raises(UserError, match=message) as raised:
         volume_shares(NAMES, counts, asked)  # type: ignore[arg-type]
     assert "\n" not in str(raised.value)
+
+
+def test_a_task_cuts_the_shards_of_one_volume_and_every_shard_once() -> None:
+    shapes = [(10, 20, 30), (12, 25, 22), (9, 18, 40)]
+    definition = Definition(frame_mode="window", row_mode="window", column_mode="window")
+
+    def make(k: int, n: int) -> CubePlan:
+        frames, rows, cols = shapes[k]
+        return CubePlan(
+            n_cubes=n,
+            depth=4,
+            height=6,
+            width=5,
+            n_frames=frames,
+            n_rows=rows,
+            n_cols=cols,
+            seed=1,
+            task_size=4,
+            shard_size=4,
+            definition=definition,
+        )
+
+    plan, left_out = dataset_plan(
+        ["a", "b", "c"], shapes, make, 1000, (4, 6, 5), definition, "windows", 16
+    )
+    assert not left_out and plan.n_shards == 250
+    groups = plan.task_groups()
+    shards = np.concatenate(groups)
+    assert sorted(shards.tolist()) == list(range(250))
+    for group in groups:
+        volumes, _ = plan.volumes_of(group * plan.shard_size)
+        assert len(group) <= 4 and len(set(volumes.tolist())) == 1
+    single = DatasetPlan.of(make(0, 1000))
+    assert [g.tolist() for g in single.task_groups()] == [
+        list(single.first.task_shards(t)) for t in range(single.first.n_tasks)
+    ]

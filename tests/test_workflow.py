@@ -34,7 +34,7 @@ def test_the_summary_keeps_start_up_apart_from_cutting(
 ) -> None:
     loaded: list[float] = []
 
-    def slow_slab(job: cutter.CutJob) -> None:
+    def slow_slab(job: cutter.DatasetCut) -> None:
         time.sleep(0.5)  # a slab that takes long to load: start-up, not cutting
         loaded.append(time.perf_counter())
         cutter.warm_worker(job)
@@ -106,6 +106,7 @@ CHANGED: dict[str, Any] = {
     "labels": "l.zarr",
     "label_ratios": {0: 1.0, 2: 3.0},
     "label_fraction": 0.25,
+    "volume_shares": {"a": 1.0, "b": 3.0},
     "seed": 9,
     "dtype": "float32",
     "shard_size": 2,

@@ -134,6 +134,10 @@ class Tiling:
         per_task = self.task_size // self.shard_size
         return range(task * per_task, min((task + 1) * per_task, self.n_shards))
 
+    def task_groups(self) -> list[np.ndarray]:
+        """The shards of each task: consecutive ones, ``task_size`` cubes' worth."""
+        return [np.arange(s.start, s.stop) for s in map(self.task_shards, range(self.n_tasks))]
+
     def recipe_block_bounds(self, block: int) -> tuple[int, int]:
         start = block * self.recipe_block
         return start, min(start + self.recipe_block, self.n_cubes)

@@ -29,11 +29,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 
-from daskcubes.core.definition import Definition
+from daskcubes.core.definition import Definition, check_grid_count
 from daskcubes.core.draws import GOLDEN, VOLUME_DRAWS, draw_key
 from daskcubes.core.plan import CubePlan, Recipes, Tiling, recipes_of
 from daskcubes.core.tables import WindowTable
@@ -153,7 +154,11 @@ class DatasetPlan(Tiling):
 
     def __post_init__(self) -> None:
         self.check_tiling()
-        if self.grid and self.n_cubes > self.offsets[-1]:
+        if self.grid and len(self.plans) == 1:
+            first = self.first
+            shape = (first.n_frames, first.n_rows, first.n_cols)
+            check_grid_count(self.n_cubes, first.cube_shape, first.definition, shape)
+        elif self.grid and self.n_cubes > self.offsets[-1]:
             counts = ", ".join(
                 f"{name} {count}" for name, count in zip(self.names, self.grid_counts, strict=True)
             )
@@ -167,7 +172,7 @@ class DatasetPlan(Tiling):
         """The plan of one volume: exactly the cubes of ``plan``, in its tasks."""
         return cls((FRAMES,), (plan,), (1.0,), plan.n_cubes, plan.task_size, plan.shard_size)
 
-    @property
+    @cached_property
     def first(self) -> CubePlan:
         """The plan of the first volume that holds the cube (its cube, seed, definition)."""
         return next(plan for plan in self.plans if plan is not None)
@@ -198,6 +203,24 @@ class DatasetPlan(Tiling):
         """A grid's first cube of each volume, then the grids' total."""
         return np.concatenate([[0], np.cumsum(self.grid_counts)])
 
+    def task_groups(self) -> list[np.ndarray]:
+        """The shards of each task: of several volumes, the shards of one volume each, a
+        task's worth at a time, volume after volume, so that a task cuts from one
+        volume's source (one volume: consecutive shards). The store's bytes do not
+        depend on them."""
+        if len(self.plans) == 1:
+            return super().task_groups()
+        per_task = self.task_size // self.shard_size
+        shards = np.arange(self.n_shards)
+        volumes, _ = self.volumes_of(shards * self.shard_size)
+        grouped = shards[np.argsort(volumes, kind="stable")]
+        bounds = np.flatnonzero(np.diff(np.sort(volumes))) + 1
+        return [
+            part[first : first + per_task]
+            for part in np.split(grouped, bounds)
+            for first in range(0, len(part), per_task)
+        ]
+
     def volumes_of(self, cubes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(volume, index in that volume's plan) of each of ``cubes``, int32 and int64."""
         cubes = np.asarray(cubes, dtype=np.int64)
@@ -208,6 +231,17 @@ class DatasetPlan(Tiling):
             return volumes, cubes - self.offsets[volumes]
         shares = np.array(self.shares, dtype=np.float64)
         return volumes_of_shards(self.seed, cubes // self.shard_size, shares), cubes
+
+
+def check_frame_counts(definition: Definition, shapes: Sequence[Shape]) -> None:
+    """Refuse ``frame_mode all`` over volumes of several frame counts, in one line."""
+    frame_counts = sorted({shape[0] for shape in shapes})
+    if definition.frame_mode == "all" and len(frame_counts) > 1:
+        raise UserError(
+            f"frame_mode all: the volumes have {frame_counts[0]} to {frame_counts[-1]} "
+            "frames, and a cube stacks every frame of one; set depth and frame_mode window "
+            "(or subset) to cut cubes of a few frames from each"
+        )
 
 
 def dataset_plan(
@@ -224,13 +258,7 @@ def dataset_plan(
     ``task_size``, volume ``k``'s plan of ``n`` cubes made by ``make(k, n)`` (the shard
     size is theirs); returns it with the names of the volumes left out, too small for the cube.
     ``frame_mode all`` needs volumes of one frame count."""
-    frame_counts = sorted({shape[0] for shape in shapes})
-    if definition.frame_mode == "all" and len(frame_counts) > 1:
-        raise UserError(
-            f"frame_mode all: the volumes have {frame_counts[0]} to {frame_counts[-1]} "
-            "frames, and a cube stacks every frame of one; set depth and frame_mode window "
-            "(or subset) to cut cubes of a few frames from each"
-        )
+    check_frame_counts(definition, shapes)
     counts = [window_count(definition, cube_shape, shape) for shape in shapes]
     shares = volume_shares(names, counts, asked)
     grid = definition.has_grid
@@ -258,7 +286,7 @@ def dataset_recipes(
     """The volume and recipe of each of ``cubes`` (any indices, any order); ``tables[k]``
     is volume ``k``'s map table (None where it draws from no map)."""
     volumes, local = plan.volumes_of(cubes)
-    found = np.unique(volumes)
+    found = np.unique(volumes) if len(plan.plans) > 1 else volumes[:1]
     if len(found) == 1:
         volume_plan = plan.plans[int(found[0])]
         assert volume_plan is not None  # a volume left out is never drawn

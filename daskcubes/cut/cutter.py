@@ -53,6 +53,22 @@ class _Slabs:
         self._slabs: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
         self.loads = 0
 
+    @staticmethod
+    def nbytes(job: CutJob) -> int:
+        frames = job.frames
+        return (
+            frames.shape[0]
+            * job.source.rows_needed
+            * frames.shape[2]
+            * np.dtype(job.dtype).itemsize
+        )
+
+    def room(self, job: CutJob) -> bool:
+        """Whether the whole slab of ``job`` fits beside those kept."""
+        with self._lock:
+            held = sum(slab.nbytes for slab in self._slabs.values())
+        return held + self.nbytes(job) <= job.source.held
+
     def get(self, job: CutJob) -> np.ndarray:
         layout = job.source
         key = (job.frames, job.storage, job.dtype, layout.rows_needed, layout.rows_contiguous)
@@ -60,8 +76,7 @@ class _Slabs:
             if key in self._slabs:
                 self._slabs.move_to_end(key)
                 return self._slabs[key]
-            frames, rows = job.frames, layout.rows_needed
-            nbytes = frames.shape[0] * rows * frames.shape[2] * np.dtype(job.dtype).itemsize
+            frames, rows, nbytes = job.frames, layout.rows_needed, self.nbytes(job)
             while (
                 self._slabs and sum(s.nbytes for s in self._slabs.values()) + nbytes > layout.held
             ):
@@ -87,6 +102,22 @@ def slab_loads() -> int:
     return _slabs.loads
 
 
+def resident_volumes(cut: DatasetCut) -> int:
+    """How many volumes' whole slabs a worker keeps at once within its budget, counting
+    the largest volumes (at least 1: a volume beyond the budget is cut block by block)."""
+    sizes = sorted(
+        (sum(_Slabs.nbytes(job) for job in v.jobs) for v in cut.volumes if v is not None),
+        reverse=True,
+    )
+    held, total, fits = cut.jobs()[0].source.held, 0, 0
+    for size in sizes:
+        total += size
+        if total > held:
+            break
+        fits += 1
+    return max(fits, 1)
+
+
 def worker_slab(job: CutJob) -> np.ndarray:
     """The whole slab of a ``whole`` layout, loaded once per process while it is kept."""
     return _slabs.get(job)
@@ -94,11 +125,11 @@ def worker_slab(job: CutJob) -> np.ndarray:
 
 def warm_worker(cut: DatasetCut) -> None:
     """Compile the cut for each array's dtype and layout, and load the whole slabs of its
-    arrays into this process, as many as the budget keeps (returns nothing, so that the
-    slabs stay where they are)."""
+    arrays into this process, as many as the budget keeps beside each other (returns
+    nothing, so that the slabs stay where they are)."""
     for job in cut.jobs():
         compile_kernel(job.dtype, job.source.rows_contiguous)
-        if job.source.whole:
+        if job.source.whole and _slabs.room(job):
             worker_slab(job)
 
 
@@ -167,7 +198,7 @@ def cut_into(cut: DatasetCut, cubes: np.ndarray, outs: Mapping[str, np.ndarray])
     """The cubes ``cubes`` (any indices, any order) and their paired cubes into ``outs``
     (by name, as :func:`output_shapes`); returns each cube's volume."""
     volumes, recipes = cut_recipes(cut, cubes)
-    found = np.unique(volumes)
+    found = np.unique(volumes) if len(cut.volumes) > 1 else volumes[:1]
     for volume in found:
         mine = np.flatnonzero(volumes == volume) if len(found) > 1 else slice(None)
         part = (
@@ -190,10 +221,15 @@ def cut_into(cut: DatasetCut, cubes: np.ndarray, outs: Mapping[str, np.ndarray])
     return volumes
 
 
-def cut_range(cut: DatasetCut, start: int, stop: int) -> dict[str, np.ndarray]:
-    """Cubes ``start .. stop`` and their paired cubes, by array name, as views into
+def cut_at(cut: DatasetCut, cubes: np.ndarray) -> dict[str, np.ndarray]:
+    """The cubes ``cubes`` and their paired cubes, by array name, as views into
     per-thread buffers, valid until the thread's next call."""
-    shapes = output_shapes(cut, stop - start)
+    shapes = output_shapes(cut, len(cubes))
     outs = {name: _batch_buffer(name, shape, dtype) for name, (shape, dtype) in shapes.items()}
-    cut_into(cut, np.arange(start, stop), outs)
+    cut_into(cut, cubes, outs)
     return outs
+
+
+def cut_range(cut: DatasetCut, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Cubes ``start .. stop`` and their paired cubes (as :func:`cut_at`)."""
+    return cut_at(cut, np.arange(start, stop))

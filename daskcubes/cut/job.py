@@ -19,7 +19,14 @@ import psutil
 from daskcubes.core.definition import CubeSizes, Definition, check_cube_fits
 from daskcubes.core.plan import RECIPE, CubePlan, Recipes, recipes_of, task_size_for
 from daskcubes.core.tables import WindowTable
-from daskcubes.core.volumes import DatasetPlan, Shape, ShareMode, dataset_plan, dataset_recipes
+from daskcubes.core.volumes import (
+    DatasetPlan,
+    Shape,
+    ShareMode,
+    check_frame_counts,
+    dataset_plan,
+    dataset_recipes,
+)
 from daskcubes.errors import UserError
 from daskcubes.io.layout import DatasetInfo, FramesStoreInfo, VolumeInfo
 from daskcubes.io.maps import window_table
@@ -54,7 +61,8 @@ class SourceLayout:
     row_step: int
     rows_contiguous: bool
     #: Bytes a worker holds of every array's whole slabs together (the arrays of a volume
-    #: share it, so ``budget`` is an array's share); the least recently used go first.
+    #: share it by their itemsize, so ``budget`` is an array's share); the least recently
+    #: used go first.
     held: int = 0
 
 
@@ -122,12 +130,12 @@ def _layout(
     max_slab_bytes: int | None,
     worker_memory: int | None,
     threads: int,
-    arrays: int = 1,
+    share: float = 1.0,
 ) -> SourceLayout:
-    """The layout of one of a volume's ``arrays`` arrays, within its share of the budget."""
+    """The layout of one of a volume's arrays, within its ``share`` of the budget."""
     memory = available_memory() if worker_memory is None else worker_memory
     held = source_budget(max_slab_bytes, memory)
-    layout = source_layout(plan, frames.path, dtype, held // arrays, threads)
+    layout = source_layout(plan, frames.path, dtype, int(held * share), threads)
     return replace(layout, held=held)
 
 
@@ -230,10 +238,12 @@ def _volume_cut(
     threads: int,
 ) -> VolumeCut:
     """The jobs of one volume's arrays, each laid out within its share of the budget."""
-    arrays = len(volume.channels) + len(volume.pairs)
+    dtypes = [dtype] * len(volume.channels) + [pair.dtype for pair in volume.pairs]
+    whole = sum(np.dtype(d).itemsize for d in dtypes)
 
     def job(frames: FramesStoreInfo, as_dtype: str) -> CutJob:
-        layout = _layout(plan, frames, as_dtype, max_slab_bytes, worker_memory, threads, arrays)
+        share = np.dtype(as_dtype).itemsize / whole
+        layout = _layout(plan, frames, as_dtype, max_slab_bytes, worker_memory, threads, share)
         return CutJob(frames, plan, as_dtype, storage, layout, max_slab_bytes)
 
     return VolumeCut(
@@ -270,6 +280,7 @@ def plan_cut(
     A volume too small for the cube is left out (its share is 0) and named on stderr.
     """
     shapes = frames.shapes
+    check_frame_counts(definition, shapes)
     largest = (max(s[0] for s in shapes), max(s[1] for s in shapes), max(s[2] for s in shapes))
     one = len(shapes) == 1
     check_cube_fits(
@@ -357,12 +368,12 @@ def _with_map(plan: CubePlan, storage: Storage, shape: Shape, fingerprint: str |
     return replace(plan, map_fingerprint=table.fingerprint)
 
 
-def laid_out(job: CutJob, worker_memory: int, threads: int, arrays: int = 1) -> CutJob:
+def laid_out(job: CutJob, worker_memory: int, threads: int, share: float = 1.0) -> CutJob:
     """``job`` with its source laid out for workers of ``worker_memory`` bytes and
-    ``threads`` threads, one of ``arrays`` arrays sharing the budget (nothing is read
-    again)."""
+    ``threads`` threads, within its ``share`` of the budget (its volume's other arrays
+    have the rest; nothing is read again)."""
     asked = job.max_slab_bytes
-    layout = _layout(job.plan, job.frames, job.dtype, asked, worker_memory, threads, arrays)
+    layout = _layout(job.plan, job.frames, job.dtype, asked, worker_memory, threads, share)
     return replace(job, source=layout)
 
 
@@ -371,11 +382,12 @@ def for_workers(cut: DatasetCut, worker_memory: int, threads: int) -> DatasetCut
     ``threads`` threads (nothing is read again)."""
 
     def volume(cut: VolumeCut) -> VolumeCut:
-        arrays = len(cut.jobs)
-        return VolumeCut(
-            tuple(laid_out(job, worker_memory, threads, arrays) for job in cut.channels),
-            tuple(laid_out(job, worker_memory, threads, arrays) for job in cut.pairs),
-        )
+        whole = sum(np.dtype(job.dtype).itemsize for job in cut.jobs)
+
+        def laid(job: CutJob) -> CutJob:
+            return laid_out(job, worker_memory, threads, np.dtype(job.dtype).itemsize / whole)
+
+        return VolumeCut(tuple(map(laid, cut.channels)), tuple(map(laid, cut.pairs)))
 
     return replace(cut, volumes=tuple(None if v is None else volume(v) for v in cut.volumes))
 

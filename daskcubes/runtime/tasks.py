@@ -23,7 +23,7 @@ import zarr
 from dask.base import tokenize
 from dask.typing import Key
 
-from daskcubes.cut.cutter import cut_range
+from daskcubes.cut.cutter import cut_at
 from daskcubes.cut.job import DatasetCut, cut_recipes
 from daskcubes.io.progress import Finishes, Work
 from daskcubes.io.schema import VOLUMES
@@ -57,15 +57,17 @@ def _shard_writer(job: SampleJob, name: str) -> ShardWriter:
     return ShardWriter(_open_output(job, name))
 
 
-def write_cube_task(job: SampleJob, task: int) -> None:
-    """Cut the cubes of task ``task`` and their paired cubes, and write them as whole
+def write_cube_task(job: SampleJob, shards: tuple[int, ...]) -> None:
+    """Cut the cubes of ``shards`` and their paired cubes, and write them as whole
     shards of ``cubes`` and of each paired array."""
-    start, stop = job.cut.plan.task_bounds(task)
-    arrays = cut_range(job.cut, start, stop)
-    size = job.cut.plan.shard_size
+    plan = job.cut.plan
+    bounds = [plan.shard_bounds(shard) for shard in shards]
+    arrays = cut_at(job.cut, np.concatenate([np.arange(*b) for b in bounds]))
     for name, cubes in arrays.items():
-        for offset in range(0, stop - start, size):
-            _shard_writer(job, name).write((start + offset) // size, cubes[offset : offset + size])
+        offset = 0
+        for shard, (start, stop) in zip(shards, bounds, strict=True):
+            _shard_writer(job, name).write(shard, cubes[offset : offset + stop - start])
+            offset += stop - start
 
 
 def write_recipe_block(job: SampleJob, block: int) -> None:
@@ -96,11 +98,11 @@ def sample_tasks(job: SampleJob, shards_done: set[int], recipes_done: set[int]) 
             key = (f"recipes-{token}", block)
             graph[key] = (write_recipe_block, job, block)
             finishes[key] = ("recipes", [block])
-    for task in range(plan.n_tasks):
-        shards = plan.task_shards(task)
+    for task, group in enumerate(plan.task_groups()):
+        shards = tuple(group.tolist())
         if not set(shards) <= shards_done:
             key = (f"sample-{token}", task)
-            graph[key] = (write_cube_task, job, task)
+            graph[key] = (write_cube_task, job, shards)
             finishes[key] = ("shards", list(shards))
     return Work(graph, finishes)
 

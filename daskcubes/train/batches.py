@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
@@ -44,13 +44,30 @@ class Batch(NamedTuple):
     cubes: Any
 
 
-def epoch_order(n_cubes: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+def epoch_order(
+    n_cubes: int,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    groups: np.ndarray | None = None,
+    per_block: int = 0,
+) -> np.ndarray:
     """Every cube index once, in the order of ``epoch``: a permutation seeded by
-    ``(seed, epoch)`` when ``shuffle``, else ``0 .. n_cubes - 1``."""
+    ``(seed, epoch)`` when ``shuffle``, else ``0 .. n_cubes - 1``.
+
+    With ``groups`` (each cube's volume) and ``per_block``, the permutation shuffles in
+    blocks, as Mosaic's shuffle-block algorithms do: the volumes in a random order, cut
+    into blocks of ``per_block`` volumes, and the cubes of each block in a random order,
+    block after block; a batch then draws from the volumes of one block (or two, where
+    it straddles them), which a stream holds at once."""
     if not shuffle:
         return np.arange(n_cubes)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,)))
-    return rng.permutation(n_cubes)
+    if groups is None or per_block < 1:
+        return rng.permutation(n_cubes)
+    volumes = rng.permutation(int(groups.max()) + 1)
+    blocks = [volumes[first : first + per_block] for first in range(0, len(volumes), per_block)]
+    return np.concatenate([rng.permutation(np.flatnonzero(np.isin(groups, b))) for b in blocks])
 
 
 class Position(NamedTuple):
@@ -80,6 +97,10 @@ class BatchPlan:
     drop_last: bool = False
     rank: int = 0
     world_size: int = 1
+    #: Shuffle in blocks of this many volumes (0: over every cube), ``groups`` giving
+    #: each cube's volume (see :func:`epoch_order`).
+    shuffle_block: int = 0
+    groups: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -105,7 +126,10 @@ class BatchPlan:
     def batches(self, epoch: int, taken: int = 0) -> list[np.ndarray]:
         """The cube indices of each batch of ``epoch`` after its first ``taken`` cubes,
         in training order."""
-        left = epoch_order(self.n_cubes, self.seed, epoch, self.shuffle)[taken:]
+        order = epoch_order(
+            self.n_cubes, self.seed, epoch, self.shuffle, self.groups, self.shuffle_block
+        )
+        left = order[taken:]
         mine = left[self.rank :: self.world_size]
         size = self.batch_size
         return [mine[k * size : (k + 1) * size] for k in range(self._count(len(left)))]
@@ -158,11 +182,12 @@ class EpochCursor:
             "n_cubes": plan.n_cubes,
             "seed": plan.seed,
             "shuffle": plan.shuffle,
+            "shuffle_block": plan.shuffle_block,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("n_cubes", "seed", "shuffle"):
-            if state.get(name) != getattr(self.plan, name):
+        for name in ("n_cubes", "seed", "shuffle", "shuffle_block"):
+            if state.get(name, 0 if name == "shuffle_block" else None) != getattr(self.plan, name):
                 raise UserError(
                     f"loader state: {name} {state.get(name)!r}, but this loader has "
                     f"{getattr(self.plan, name)!r}; a saved position only fits the same "
@@ -229,6 +254,16 @@ def prefetched(items: Iterator[T], depth: int) -> Generator[T, None, None]:
         thread.join()
 
 
+def shuffle_blocks(source: Any) -> tuple[int, np.ndarray | None]:
+    """Volumes a shuffled epoch of ``source`` takes a block at a time, and each cube's
+    volume: for a stream of volumes that do not all fit its budget at once, as many as
+    do; else (0, None), a shuffle over every cube."""
+    resident = getattr(source, "resident_volumes", None)
+    if resident is None or resident >= source.n_volumes:
+        return 0, None
+    return resident, source.volumes(np.arange(len(source)))
+
+
 class Batches:
     """Batches of cubes from ``source`` for a training loop.
 
@@ -237,7 +272,9 @@ class Batches:
     source : a :class:`~daskcubes.train.reader.CubeStore` (``open_cubes``) or a
         :class:`~daskcubes.train.stream.CubeStream`.
     batch_size : cubes per batch.
-    shuffle : a new order every epoch, seeded by ``(seed, epoch)``.
+    shuffle : a new order every epoch, seeded by ``(seed, epoch)``; over a stream of
+        more volumes than its budget holds at once, in blocks of the volumes it holds
+        (see :func:`epoch_order`).
     seed : shuffling seed; the same seed gives the same order on every rank and run.
     drop_last : leave out a last, smaller batch.
     rank, world_size : this process's share when several processes train together.
@@ -291,7 +328,10 @@ class Batches:
         self.source = source
         # A host source handed to a device (OnDevice): read here, then handed over.
         self.host: CubeSource | None = getattr(source, "host", None)
-        self.plan = BatchPlan(len(source), batch_size, shuffle, seed, drop_last, rank, world_size)
+        per_block, groups = shuffle_blocks(self.host or source) if shuffle else (0, None)
+        self.plan = BatchPlan(
+            len(source), batch_size, shuffle, seed, drop_last, rank, world_size, per_block, groups
+        )
         self.cursor = EpochCursor(self.plan)
         self.prefetch = prefetch
         self.copy = copy

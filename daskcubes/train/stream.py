@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from daskcubes.cut.cutter import cut_into, output_shapes
+from daskcubes.cut.cutter import cut_into, output_shapes, resident_volumes
 from daskcubes.cut.job import DatasetCut, available_memory, for_workers
 from daskcubes.io.schema import CUBES
 from daskcubes.train.buffers import default_threads
@@ -69,6 +69,17 @@ class CubeStream(CubeIndexing[Any]):
     def volumes(self, positions: np.ndarray) -> np.ndarray:
         """The volume of each cube at ``positions``."""
         return self.job.plan.volumes_of(np.asarray(positions, dtype=np.int64))[0]
+
+    @property
+    def n_volumes(self) -> int:
+        return len(self.job.plan.plans)
+
+    @property
+    def resident_volumes(self) -> int:
+        """How many volumes the stream holds at once within its budget: a shuffled
+        :class:`~daskcubes.train.batches.Batches` shuffles in blocks of as many where
+        that is fewer than all."""
+        return resident_volumes(self.job)
 
     def read(self, positions: np.ndarray, out: Any = None) -> Any:
         """Cubes at ``positions`` (non-negative, any order), into ``out`` if given."""

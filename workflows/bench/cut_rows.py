@@ -36,7 +36,7 @@ from bench.rows import CUBES_PER_S, Key, Row
 from daskcubes import Batches, jobs, open_stream
 from daskcubes.core.kernels import gather_cubes
 from daskcubes.cut.cutter import cut_range, warm_worker, worker_slab
-from daskcubes.cut.job import CutJob, available_memory, for_workers, job_recipes
+from daskcubes.cut.job import DatasetCut, available_memory, for_workers, job_recipes
 
 #: Alternating rounds of every row; each row reports its median.
 ROUNDS = 5
@@ -44,7 +44,7 @@ ROUNDS = 5
 LOOP_BATCH = 16
 
 
-def _job(setup: Setup, cubes: int, threads: int, **settings: Any) -> CutJob:
+def _job(setup: Setup, cubes: int, threads: int, **settings: Any) -> DatasetCut:
     job = for_workers(
         jobs.cut_job(setup.config(cubes=cubes, **settings)), available_memory(), threads
     )
@@ -52,7 +52,7 @@ def _job(setup: Setup, cubes: int, threads: int, **settings: Any) -> CutJob:
     return job
 
 
-def task_bounds(job: CutJob) -> list[tuple[int, int]]:
+def task_bounds(job: DatasetCut) -> list[tuple[int, int]]:
     """The cubes of each task of ``job``'s run, ``(start, stop)``, as its plan cuts them
     into tasks (the one place here that knows the plan's names for them)."""
     plan = job.plan
@@ -63,8 +63,9 @@ def kernel_rate(setup: Setup) -> Callable[[], float]:
     """The kernel alone: every task's recipes of the article's job computed beforehand,
     then ``gather_cubes`` on the worker slab into one buffer per thread."""
     job, threads = _job(setup, setup.cubes, setup.threads), setup.threads
-    plan, slab = job.plan, worker_slab(job)
-    batches = [job_recipes(job, np.arange(*bounds)) for bounds in task_bounds(job)]
+    plan, only = job.plan, job.jobs()[0]  # the article's: one volume of plain frames
+    slab = worker_slab(only)
+    batches = [job_recipes(only, np.arange(*bounds)) for bounds in task_bounds(job)]
     size = max(stop - start for start, stop in task_bounds(job))
     buffers = [np.empty((size, *plan.cube_shape), job.dtype) for _ in range(threads)]
 
@@ -76,7 +77,7 @@ def kernel_rate(setup: Setup) -> Callable[[], float]:
     return lambda: plan.n_cubes / on_threads(threads, work)
 
 
-def cutter_rate(job: CutJob, threads: int) -> float:
+def cutter_rate(job: DatasetCut, threads: int) -> float:
     """:func:`~daskcubes.cut.cutter.cut_range` task by task on threads, without dask."""
     tasks = task_bounds(job)
 
@@ -87,7 +88,7 @@ def cutter_rate(job: CutJob, threads: int) -> float:
     return job.plan.n_cubes / on_threads(threads, work)
 
 
-def tasks_rate(job: CutJob, threads: int) -> float:
+def tasks_rate(job: DatasetCut, threads: int) -> float:
     """Cubes per second made and discarded by daskcubes tasks on ``threads`` threads."""
     graph: dict[TaskKey, Any] = {
         ("generate", b): (cut_range, job, *bounds) for b, bounds in enumerate(task_bounds(job))
@@ -137,7 +138,7 @@ def stacked_peer(setup: Setup, dtype: str | None = None) -> Callable[[], float]:
     return lambda: article_step3(stacked, setup.dim, columns, setup.threads)
 
 
-def on_article_job(stage: Callable[[CutJob, int], float], setup: Setup) -> Callable[[], float]:
+def on_article_job(stage: Callable[[DatasetCut, int], float], setup: Setup) -> Callable[[], float]:
     """``stage`` on the job of the article's cubes (see :func:`_job`)."""
     job = _job(setup, setup.cubes, setup.threads)
     return lambda: stage(job, setup.threads)

@@ -19,7 +19,6 @@ import daskcubes
 from bench.data import Setup, scratch_path
 from bench.rows import CUBES_PER_S, RATIO, Key, Row
 from daskcubes.io.layout import create_cube_store
-from daskcubes.io.schema import CubeSchema
 from daskcubes.io.storage import Storage
 from daskcubes.jobs import cut_job
 from daskcubes.runtime.verify import verify_cube_store
@@ -32,7 +31,7 @@ def end_to_end_rate(setup: Setup, path: str, checksums: bool) -> float:
     """Cubes per second of ``sample`` into a fresh store whose chunks have checksums or not."""
     config = setup.config(out=path, cubes=setup.cubes, workers=setup.threads, dtype=setup.dtype)
     job = cut_job(config)
-    schema = CubeSchema(job.plan, config.dtype, config.compressor, job.frames.fingerprint)
+    schema = job.schema(config.compressor)
     create_cube_store(path, replace(schema, checksums=checksums), {}, "new", Storage.of())
     return daskcubes.sample(config, mode="resume", progress=False).rate
 

@@ -39,7 +39,7 @@ from bench.definitions import window_shape
 from bench.probes import Resident, in_fresh_process, median_of_rounds
 from bench.rows import CUBES_PER_S, SECONDS, Key, Row, importable
 from daskcubes import Batches, open_stream
-from daskcubes.cut.job import job_recipes
+from daskcubes.cut.job import cut_recipes
 
 BATCH = 16
 #: A held measurement: a call runs it once more and returns its patches per second.
@@ -130,7 +130,7 @@ def plan_weighted(setup: Setup, maps: tuple[str, str], n: int) -> tuple[float, f
     started = time.perf_counter()
     stream = open_stream(daskcubes_config(setup, "weighted", maps, n))
     summarised = time.perf_counter()
-    job_recipes(stream.job, np.arange(n))
+    cut_recipes(stream.job, np.arange(n))
     return summarised - started, time.perf_counter() - summarised
 
 
