@@ -130,6 +130,9 @@ def test_only_some_measurements_decide_only_their_targets(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+# Six interpreters (four with torch), five rounds, TorchIO's queue starting its workers
+# every epoch: 3.7 min at load 8, past the suite's 300 s at load 13-18.
+@pytest.mark.timeout(900)
 def test_tiny_volumes_run_measures_its_rows_and_decides_its_targets(tmp_path: Path) -> None:
     """``--only volumes`` at tiny shapes: every row of the group (the peers' where TorchIO
     and MONAI are installed), its targets decided, labels balanced in every row."""
