@@ -127,3 +127,44 @@ def test_only_some_measurements_decide_only_their_targets(tmp_path: Path) -> Non
     decided = [t for t in TARGETS if t.keys <= measured]
     assert Key.STREAM_LOOP in {t.row for t in decided}
     assert done.stdout.count(" -> ") == len(decided)
+
+
+@pytest.mark.slow
+# Six interpreters (four with torch), five rounds, TorchIO's queue starting its workers
+# every epoch: 3.7 min at load 8, past the suite's 300 s at load 13-18.
+@pytest.mark.timeout(900)
+def test_tiny_volumes_run_measures_its_rows_and_decides_its_targets(tmp_path: Path) -> None:
+    """``--only volumes`` at tiny shapes: every row of the group (the peers' where TorchIO
+    and MONAI are installed), its targets decided, labels balanced in every row."""
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    done = tiny_benchmark(
+        out,
+        scratch,
+        *("--only", "volumes", "--volume-count", "3", "--volume-frames", "12"),
+        *("--volume-size", "24", "--volume-patch", "6", "--volume-patches", "48"),
+    )
+    rows = json.loads((out / "benchmark.json").read_text())["rows"]
+    volumes = {key for key, name in OPT_IN.items() if name == "volumes"}
+    peers = {Key.VOLUMES_TORCHIO: "torchio", Key.VOLUMES_MONAI: "monai"}
+    without = {key for key, module in peers.items() if not importable(module)}
+    if without == peers.keys():  # the faster peer's rows need one of them
+        without |= {Key.VOLUMES_FASTER_PEER, Key.VOLUMES_PEER_PEAK}
+    measured = {row["key"] for row in rows}
+    assert measured == volumes - without
+    assert all(row["rate"] > 0 for row in rows)
+    for row in rows:
+        assert f"| {row['method']} |" in done.stdout
+        # Every patch row says how many of its patches are at least half class 1:
+        # label-balanced 1:1 between classes 0 and 1 puts that near half.
+        share = re.search(r"; (\d+)% at least half class 1;", row["method"])
+        if row["unit"] == "cubes/s" and row["key"] != Key.VOLUMES_FASTER_PEER:
+            assert share and 25 <= int(share.group(1)) <= 75, row["method"]
+    ours = [t for t in TARGETS if t.keys & volumes]
+    assert len(ours) == 4
+    # Each of its targets is decided where its rows were measured, and only those.
+    decided = [t for t in ours if t.keys <= measured]
+    assert done.stdout.count(" -> ") == len(decided)
+    assert len(decided) == (4 if peers.keys() - without else 1)
+    for target in decided:
+        assert re.search(rf"- {re.escape(target.text)}: [\d,.]+ -> (met|MISSED)\n", done.stdout)
+    assert not scratch.exists()

@@ -55,7 +55,10 @@ def window_table(
 
 #: Tables read in this process, oldest first, by their map (with its digest) and window.
 _tables: dict[tuple[MapSpec, Storage, tuple[str, str, str], Shape, Shape], WindowTable] = {}
-_KEPT_TABLES = 4
+#: A dataset of many volumes has a table per volume, and a batch draws from any of them:
+#: with 4 kept, a stream of 24 labelled volumes summarised most of them again for every
+#: batch (its first epoch of 3,072 patches ran over 8 minutes; bench/volumes.py).
+_KEPT_TABLES = 256
 
 
 def _summary(

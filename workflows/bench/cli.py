@@ -31,6 +31,7 @@ from bench import (
     patches,
     probes,
     reading,
+    volumes,
 )
 from bench.data import Setup, article_array, prepare, read_frames
 from bench.report import charts, machine, table
@@ -72,7 +73,7 @@ MEASUREMENTS: list[Measurement] = [
     joined(distributed.measure),
     joined(reading.measure),
 ]
-OPT_IN: list[Measurement] = [million.measure_million]
+OPT_IN: list[Measurement] = [million.measure_million, volumes.measure_volumes]
 
 
 def measure_threads(setup: Setup) -> dict[Key, dict[int, float]]:
@@ -137,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="/dev/shm/daskcubes-article",
         help="million: where the article-shape frames store is made once and kept",
     )
+    add("--volume-count", type=int, help="volumes: how many (default 24; quick 6)")
+    add("--volume-frames", type=int, help="volumes: about how many frames (default 64; quick 32)")
+    add("--volume-size", type=int, help="volumes: about how many rows and columns (256; quick 96)")
+    add("--volume-patch", type=int, help="volumes: the patches' edge (default 32; quick 16)")
+    add(
+        "--volume-patches",
+        type=int,
+        help="volumes: patches a row's call, a multiple of 4 x volumes (default 3072; quick 384)",
+    )
     return parser
 
 
@@ -168,6 +178,11 @@ def setup_from_args(args: argparse.Namespace) -> Setup:
         million_timeout=args.million_timeout,
         article_cubes=(0 if quick else 64) if args.article_cubes is None else args.article_cubes,
         article_root=args.article_root,
+        volume_count=args.volume_count or (6 if quick else 24),
+        volume_frames=args.volume_frames or (32 if quick else 64),
+        volume_size=args.volume_size or (96 if quick else 256),
+        volume_patch=args.volume_patch or (16 if quick else 32),
+        volume_patches=args.volume_patches or (384 if quick else 3072),
     )
 
 

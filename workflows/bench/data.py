@@ -61,6 +61,15 @@ class Setup:
     million_timeout: float = 900
     article_cubes: int = 64
     article_root: str = "/dev/shm/daskcubes-article"
+    #: bench.volumes: how many volumes, each about ``volume_frames`` frames of
+    #: ``volume_size`` x ``volume_size`` (drawn from ``volume_seed``), the patches' edge,
+    #: and the patches of each row's call (a multiple of 4 x ``volume_count``).
+    volume_count: int = 24
+    volume_frames: int = 64
+    volume_size: int = 256
+    volume_patch: int = 32
+    volume_patches: int = 3072
+    volume_seed: int = 27
 
     def config(self, **overrides: Any) -> Config:
         """A daskcubes config on this setup's frames store, writing into scratch."""

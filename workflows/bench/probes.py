@@ -60,6 +60,9 @@ def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
         return pool.submit(function, *args).result()
 
 
+K = TypeVar("K")
+T = TypeVar("T")
+
 #: What the interpreter of a :class:`Resident` holds: its measurement, once built.
 _held: list[Callable[[], Any]] = []
 
@@ -96,6 +99,11 @@ class Resident:
     def peak_mib(self) -> float:
         return float(self._pool.submit(_peak_mib).result())
 
+    def run(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in this measurement's interpreter (e.g. to read what the
+        measurement recorded there)."""
+        return self._pool.submit(function, *args).result()
+
     def close(self) -> None:
         self._pool.shutdown()
 
@@ -104,9 +112,6 @@ class Resident:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-K = TypeVar("K")
 
 
 def median_of_rounds(measurements: Mapping[K, Callable[[], float]], rounds: int) -> dict[K, float]:

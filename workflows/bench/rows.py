@@ -119,6 +119,18 @@ class Key(StrEnum):
     MILLION_ARTICLE_STREAM = "article shapes, stream mode: rate"
     MILLION_ARTICLE_STREAM_HOURS = "article shapes, stream mode: a million cubes projected"
     MILLION_ARTICLE_BYTES = "article shapes: 1,000,000 cubes stored"
+    # bench.volumes (``--only volumes``): label-balanced patches of many volumes.
+    VOLUMES_INGEST = "many volumes: ingest of the volumes and their labels"
+    VOLUMES_STREAM = "many volumes: daskcubes stream mode with labels (Batches)"
+    VOLUMES_STREAM_QUARTER = "many volumes: stream mode with labels, a quarter-dataset budget"
+    VOLUMES_QUARTER_RATIO = "many volumes: quarter budget / in memory, stream mode"
+    VOLUMES_THREADS = "many volumes: daskcubes sample with labels, threads"
+    VOLUMES_CLUSTER = "many volumes: daskcubes sample with labels, LocalCluster (2 x 1)"
+    VOLUMES_TORCHIO = "many volumes: TorchIO Queue + LabelSampler + SubjectsLoader"
+    VOLUMES_MONAI = "many volumes: MONAI CacheDataset + RandCropByLabelClassesd + DataLoader"
+    VOLUMES_FASTER_PEER = "many volumes: the faster peer's rate"
+    VOLUMES_STREAM_PEAK = "many volumes: stream mode's peak memory (with its workers)"
+    VOLUMES_PEER_PEAK = "many volumes: the faster peer's peak memory (with its workers)"
 
 
 ARTICLE = "the article's ladder"
@@ -127,6 +139,7 @@ DASKCUBES = "daskcubes"
 CEILING = "the machine's ceilings"
 PATCH_LIBRARIES = "3-D patch libraries"
 MILLION = "a million cubes"
+VOLUMES = "many volumes"
 
 GROUP: dict[Key, str] = {
     **dict.fromkeys(
@@ -159,11 +172,15 @@ GROUP: dict[Key, str] = {
     ),
 }
 GROUP.update({key: MILLION for key in Key if key.name.startswith("MILLION_")})
+GROUP.update({key: VOLUMES for key in Key if key.name.startswith("VOLUMES_")})
 GROUP.update({key: DASKCUBES for key in Key if key not in GROUP})
 
 #: Rows measured only when ``--only`` names their measurement (it takes minutes and
 #: processes of its own), by that measurement's name.
-OPT_IN: dict[Key, str] = {key: "million" for key in Key if key.name.startswith("MILLION_")}
+OPT_IN: dict[Key, str] = {
+    **{key: "million" for key in Key if key.name.startswith("MILLION_")},
+    **{key: "volumes" for key in Key if key.name.startswith("VOLUMES_")},
+}
 
 #: The module a row needs beyond the README's test line: without it the row is skipped.
 NEEDS: dict[Key, str] = {
@@ -174,6 +191,8 @@ NEEDS: dict[Key, str] = {
     Key.TORCH_STREAM: "torch",
     **{key: "torchio" for key in Key if key.name.startswith("TORCHIO_")},
     **{key: "monai" for key in Key if key.name.startswith("MONAI_")},
+    Key.VOLUMES_TORCHIO: "torchio",
+    Key.VOLUMES_MONAI: "monai",
 }
 
 

@@ -195,6 +195,27 @@ TARGETS: list[Target] = [
     ),
     Target("resume after SIGKILL: byte-identical", Key.MILLION_IDENTICAL, None, 1),
     Target("verify of the million-cube store <= 30 s", Key.MILLION_VERIFY, None, 30, at_most=True),
+    *(
+        # The faster peer's rows are there where TorchIO or MONAI is: no single module.
+        Target(text, Key.VOLUMES_STREAM, Key.VOLUMES_FASTER_PEER, bound)
+        for text, bound in (
+            ("many volumes: stream mode with labels >= 5x the faster peer", 5),
+            ("moonshot: many volumes: stream mode with labels >= 20x the faster peer", 20),
+        )
+    ),
+    Target(
+        "many volumes: stream mode's peak memory <= the faster peer's (with workers)",
+        Key.VOLUMES_STREAM_PEAK,
+        Key.VOLUMES_PEER_PEAK,
+        1.0,
+        at_most=True,
+    ),
+    Target(
+        "many volumes: stream mode under a quarter-dataset budget >= 0.5x in memory",
+        Key.VOLUMES_QUARTER_RATIO,
+        None,
+        0.5,
+    ),
     Target(
         "peak memory, larger run <= 1.2x smaller run",
         Key.MEMORY_LARGE,
