@@ -230,7 +230,8 @@ def test_channels_are_cut_as_one_cube_with_a_channel_axis(tmp_path: Path) -> Non
     daskcubes.sample(**given, progress=False)
     cubes = open_cubes(given["out"])
     assert cubes.cubes.shape == (40, 3, 4, 6, 5)
-    assert cubes.cubes.metadata.dimension_names == ("cube", "channel", "frame", "row", "col")
+    dims = ("cube", "channel", "frame", "row", "col")
+    assert cubes.cubes.metadata.dimension_names == dims  # type: ignore[union-attr]
     read, recipes, drawn = cubes[:], cubes.recipes(slice(None)), cubes.volumes(slice(None))
     for i in range(40):
         name = list(SHAPES)[int(drawn[i])]

@@ -56,7 +56,6 @@ def test_preview_of_a_dataset_names_the_cube_s_volume_and_draws_its_first_channe
     labels = {name: np.zeros(channels[0].shape, "int8") for name, channels in frames.items()}
     store, out = str(tmp_path / "frames.zarr"), str(tmp_path / "cubes.zarr")
     daskcubes.ingest(frames=frames, labels=labels, frames_store=store, progress=False)
-    windows = {"frame_mode": "window", "row_mode": "window", "column_mode": "window"}
     daskcubes.sample(
         frames_store=store,
         out=out,
@@ -64,7 +63,9 @@ def test_preview_of_a_dataset_names_the_cube_s_volume_and_draws_its_first_channe
         depth=3,
         dim=4,
         shard_size=1,
-        **windows,
+        frame_mode="window",
+        row_mode="window",
+        column_mode="window",
         progress=False,
     )
     cubes = daskcubes.open_cubes(out)

@@ -89,7 +89,7 @@ def measure(root: Path, kind: str, cubes: int) -> None:
         dtype="float32",
         scheduler="threads",
         **WINDOWS,
-        **maps,  # type: ignore[arg-type]
+        **maps,
     )
     started = time.perf_counter()
     daskcubes.sample(config, mode="overwrite", progress=False)

@@ -40,6 +40,7 @@ def window_table(
     """
     key = (maps, storage, modes, cube_shape, frames_shape)
     if not fresh and maps.fingerprint is not None and key in _tables:
+        _tables[key] = _tables.pop(key)  # the most recently used, last
         return _tables[key]
     table = _summary(maps, storage, modes, cube_shape, frames_shape)
     if maps.fingerprint is not None and table.fingerprint != maps.fingerprint:
@@ -53,7 +54,8 @@ def window_table(
     return table
 
 
-#: Tables read in this process, oldest first, by their map (with its digest) and window.
+#: Tables read in this process, least recently used first, by their map (with its
+#: digest) and window.
 _tables: dict[tuple[MapSpec, Storage, tuple[str, str, str], Shape, Shape], WindowTable] = {}
 #: A dataset of many volumes has a table per volume, and a batch draws from any of them:
 #: with 4 kept, a stream of 24 labelled volumes summarised most of them again for every
