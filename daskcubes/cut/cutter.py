@@ -36,7 +36,7 @@ def load_slab(
     """``(len(frames), len(rows), n_cols)`` source values as ``dtype``, in the layout
     :func:`~daskcubes.core.kernels.empty_slab` makes, read one frame at a time so that only
     the slab and one frame's rows are held at once."""
-    array = storage.open_array(source.path, "frames", mode="r")
+    array = storage.open_array(source.path, source.array, mode="r")
     slab = empty_slab(len(frames), len(rows), source.shape[2], dtype, rows_contiguous)
     for layer, frame in enumerate(frames):
         slab[layer] = array[frame, rows.start : rows.stop, :]  # cast once, here
