@@ -5,6 +5,7 @@ checks it."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -44,6 +45,23 @@ EXECUTORS: dict[str, dict[str, Any]] = {
     "processes": {"scheduler": "processes", "workers": 2, "task_size": 16},
     "distributed": {"task_size": 8},
 }
+
+
+@contextmanager
+def triton_interpreted(monkeypatch: Any) -> Iterator[None]:
+    """Device streams cut by the Triton kernel, run on the CPU by Triton's interpreter
+    (``TRITON_INTERPRET=1``, read when the kernel is defined: so its module is loaded
+    again, and again afterwards). Imports torch: for modules that skip without it."""
+    from daskcubes.train import device, device_kernel
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    importlib.reload(device_kernel)
+    monkeypatch.setattr(device, "device_gather", lambda _, uploads: device.TritonGather(uploads))
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        importlib.reload(device_kernel)
 
 
 def small_config(root: Path, **overrides: Any) -> Config:

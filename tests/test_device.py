@@ -11,7 +11,6 @@ CUDA.
 
 from __future__ import annotations
 
-import importlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,10 +39,9 @@ from daskcubes.train.device import (  # noqa: E402
     Uploads,
     batch_overhead,
     device_gather,
-    single_job,
     upload_index,
 )
-from tests.helpers import DEFINITIONS, small_config  # noqa: E402
+from tests.helpers import DEFINITIONS, small_config, triton_interpreted  # noqa: E402
 
 #: Skips a ``gpu`` test without CUDA (as conftest.py does), for this module run alone.
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -76,7 +74,7 @@ def out_of_core_budgets(config: Config) -> dict[str, int]:
     plan = job.plan.first
     row_bytes = plan.n_cols * np.dtype(config.dtype).itemsize
     budgets = {"frame blocks": 2 * plan.height * row_bytes}
-    if single_job(job).source.rows_needed > plan.height + 2:
+    if job.jobs()[0].source.rows_needed > plan.height + 2:
         budgets["bands"] = plan.n_frames * (plan.height + 2) * row_bytes
     return budgets
 
@@ -92,7 +90,7 @@ def test_device_cubes_are_the_host_stream_s_and_the_store_s_bytes(
     stored = open_cubes(config.out)[:]
     assert host(open_stream(config)[:]).tobytes() == stored.tobytes()
     on_device = open_stream(config, device, gather="device")
-    assert isinstance(on_device, DeviceStream) and on_device.job.source.whole
+    assert isinstance(on_device, DeviceStream) and on_device.jobs[0].source.whole
     cubes = on_device[:]
     assert cubes.device.type == device and cubes.dtype == getattr(torch, dtype)
     assert host(cubes).tobytes() == stored.tobytes()
@@ -100,7 +98,7 @@ def test_device_cubes_are_the_host_stream_s_and_the_store_s_bytes(
     assert host(on_device[order]).tobytes() == stored[order].tobytes()
     for budget in out_of_core_budgets(config).values():
         banded = open_stream(with_budget(config, budget), device, gather="device")
-        assert isinstance(banded, DeviceStream) and not banded.job.source.whole
+        assert isinstance(banded, DeviceStream) and not banded.jobs[0].source.whole
         assert host(banded[order]).tobytes() == stored[order].tobytes()
 
 
@@ -110,14 +108,8 @@ def triton_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     (``TRITON_INTERPRET=1``, read when the kernel is defined: so its module is loaded
     again, and again after the test)."""
     pytest.importorskip("triton")
-    from daskcubes.train import device_kernel
-
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    importlib.reload(device_kernel)
-    monkeypatch.setattr(device_module, "device_gather", lambda _, uploads: TritonGather(uploads))
-    yield
-    monkeypatch.undo()
-    importlib.reload(device_kernel)
+    with triton_interpreted(monkeypatch):
+        yield
 
 
 @pytest.mark.usefixtures("triton_on_the_cpu")
@@ -137,7 +129,7 @@ def test_the_triton_kernel_gives_the_store_s_bytes(tmp_path: Path, name: str, dt
         )
         assert isinstance(stream, DeviceStream)
         assert isinstance(stream.source.gather, TritonGather)
-        assert stream.job.source.whole == (budget is None)
+        assert stream.jobs[0].source.whole == (budget is None)
         assert host(stream[order]).tobytes() == stored[order].tobytes()
 
 
@@ -149,8 +141,9 @@ def test_the_out_of_core_budgets_give_both_kinds_of_block(tmp_path: Path) -> Non
     bands = open_stream(with_budget(config, budgets["bands"]), "cpu", gather="device")
     blocks = open_stream(with_budget(config, budgets["frame blocks"]), "cpu", gather="device")
     assert isinstance(bands, DeviceStream) and isinstance(blocks, DeviceStream)
-    assert bands.job.source.frame_block == config.n_frames and bands.job.source.row_step == 3
-    assert blocks.job.source.frame_block == 2 and blocks.job.source.row_step == 1
+    band_layout, block_layout = bands.jobs[0].source, blocks.jobs[0].source
+    assert band_layout.frame_block == config.n_frames and band_layout.row_step == 3
+    assert block_layout.frame_block == 2 and block_layout.row_step == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -224,8 +217,13 @@ def test_a_corrupt_recipe_is_one_line_and_never_reaches_the_device(
     def reached(*args: object, **kwargs: object) -> None:
         raise AssertionError("a corrupt recipe reached the device")
 
-    good = device_module.job_recipes
-    monkeypatch.setattr(device_module, "job_recipes", lambda *a: corrupt(good(*a), field))
+    good = device_module.cut_recipes
+
+    def corrupted(*args: Any) -> tuple[np.ndarray, Recipes]:
+        volumes, recipes = good(*args)
+        return volumes, corrupt(recipes, field)
+
+    monkeypatch.setattr(device_module, "cut_recipes", corrupted)
     monkeypatch.setattr(stream.source, "gather", reached)
     monkeypatch.setattr(device_module, "upload_rows", reached)
     with pytest.raises(UserError) as raised:
@@ -413,13 +411,13 @@ def test_recipes_are_worked_out_ahead_a_block_of_batches_at_once(
     """An epoch of 10 batches of 4 (37 cubes): the recipes of ``block`` cubes in one call."""
     stream, stored = device_stream
     made: list[int] = []
-    job_recipes = device_module.job_recipes
+    cut_recipes = device_module.cut_recipes
 
-    def counted(job: Any, positions: np.ndarray) -> Recipes:
+    def counted(cut: Any, positions: np.ndarray) -> tuple[np.ndarray, Recipes]:
         made.append(len(positions))
-        return job_recipes(job, positions)
+        return cut_recipes(cut, positions)
 
-    monkeypatch.setattr(device_module, "job_recipes", counted)
+    monkeypatch.setattr(device_module, "cut_recipes", counted)
     monkeypatch.setattr(device_module, "RECIPES_AHEAD", block)
     for ids, cubes in Batches(stream, 4, shuffle=True, seed=2, prefetch=2):
         assert host(cubes).tobytes() == stored[ids].tobytes()

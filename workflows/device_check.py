@@ -258,15 +258,13 @@ def gather_alone(stream: Any, batch: int, batches: int) -> float:
     import numpy as np
     import torch
 
-    from daskcubes.cut.job import job_recipes
-
     order = np.random.default_rng(0).permutation(len(stream))[: batch * batches]
-    recipes = [job_recipes(stream.job, ids) for ids in order.reshape(batches, batch)]
+    recipes = [stream.recipes(ids) for ids in order.reshape(batches, batch)]
     out = torch.empty((batch, *stream.cube_shape), dtype=stream.torch_dtype, device=stream.device)
 
     def run() -> None:
-        for recipe in recipes:
-            stream.source.cut(recipe, out)
+        for volumes, recipe in recipes:
+            stream.cut_into(volumes, recipe, out)
 
     return best_rate(batch * batches, run, stream.device)
 

@@ -6,6 +6,12 @@ of workers, forked or spawned: the dataset pickles as its description only (a pa
 config), and each process opens the store, or loads the stream's slab, on first use.
 Every batch is read into memory of its own, which the caller owns.
 
+A store or stream with paired arrays (``labels``, masks) hands out each cube with its
+paired cubes, as a mapping of tensors by array name, ``{"cubes": ..., "labels": ...}``
+(each in its own dtype), the dictionaries MONAI and TorchIO pipelines take; cubes of
+several channels are ``(channel, depth, height, width)``, batched ``(N, C, D, H, W)``
+as PyTorch's 3-D convolutions take them. Without paired arrays a cube is a tensor.
+
 With :meth:`CubeDataset.collate` as the loader's ``collate_fn``, each batch is read once,
 straight into the tensor the training loop gets: in a worker process, into shared memory
 that is handed to the main process as it is. ``default_collate`` works too, at the price
@@ -39,9 +45,9 @@ except ImportError as error:
 from daskcubes.config import Config
 from daskcubes.jobs import open_stream
 from daskcubes.train.batches import BatchPlan, EpochCursor, Position
-from daskcubes.train.buffers import CubeSource, DeviceCubeSource
-from daskcubes.train.device import OnDevice, Pending, Staging, usable_device
-from daskcubes.train.reader import open_cubes
+from daskcubes.train.buffers import CubeSource, DeviceCubeSource, source_arrays
+from daskcubes.train.device import OnDevice, Pending, Staging, fill_from, usable_device
+from daskcubes.train.reader import first_of, open_cubes
 
 # Shared-memory buffers each worker keeps: its batches waiting in the loader's queue
 # (``prefetch_factor``, 2 by default), the one the training loop holds, and the one
@@ -50,7 +56,9 @@ SHARED_BUFFERS = 4
 
 
 class CubeDataset(Dataset):
-    """Cube ``i`` as a ``(depth, dim, dim)`` tensor.
+    """Cube ``i`` as a ``(depth, dim, dim)`` tensor (``(channel, depth, dim, dim)`` for
+    cubes of several channels), or, where the cubes have paired arrays, a mapping of
+    such tensors by array name: ``{"cubes": ..., "labels": ...}``.
 
     Parameters
     ----------
@@ -64,7 +72,7 @@ class CubeDataset(Dataset):
         survive a fork); for workers, leave ``device`` out and use ``pin_memory``.
 
     ``DataLoader`` fetches whole batches through ``__getitems__``, read in store order,
-    into one tensor (in shared memory inside a worker process) that
+    into one tensor per array (in shared memory inside a worker process) that
     :meth:`collate` hands on without copying.
     """
 
@@ -95,7 +103,8 @@ class CubeDataset(Dataset):
             else:
                 store = open_cubes(self.spec, allow_incomplete=self.allow_incomplete)
                 self._opened = store if self.device is None else OnDevice(store, self.device)
-            self._buffers = SharedBuffers(keep=SHARED_BUFFERS)
+            arrays = len(source_arrays(self._opened))
+            self._buffers = SharedBuffers(keep=SHARED_BUFFERS * arrays)
             self._pid = os.getpid()
         return self._opened
 
@@ -112,11 +121,10 @@ class CubeDataset(Dataset):
     def __len__(self) -> int:
         return self._length
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> Any:
         if not -self._length <= index < self._length:
             raise IndexError(f"cube {index} out of range for {self._length} cubes")
-        cube = self.source.read(np.array([index % self._length]))[0]
-        return cube if isinstance(cube, torch.Tensor) else torch.from_numpy(cube)
+        return as_tensors(first_of(self.source.read(np.array([index % self._length]))))
 
     def __getitems__(self, indices: list[int]) -> CubeRows:
         source = self.source
@@ -124,10 +132,12 @@ class CubeDataset(Dataset):
         if isinstance(source, DeviceCubeSource):
             return CubeRows(source.read(positions))
         if get_worker_info() is None:
-            return CubeRows(torch.from_numpy(source.read(positions)))
-        out, batch = self.buffers.take((len(positions), *source.cube_shape), source.dtype)
-        source.read(positions, out=out)
-        return CubeRows(batch)
+            return CubeRows(as_tensors(source.read(positions)))
+        outs, batch = {}, {}
+        for name, (shape, dtype) in source_arrays(source).items():
+            outs[name], batch[name] = self.buffers.take((len(positions), *shape), dtype)
+        source.read(positions, out=outs["cubes"] if len(outs) == 1 else outs)
+        return CubeRows(batch["cubes"] if len(batch) == 1 else batch)
 
     @staticmethod
     def collate(rows: Any) -> Any:
@@ -165,7 +175,10 @@ class DeviceCollate:
 
     def __call__(self, rows: Any) -> Any:
         batch = CubeDataset.collate(rows)
-        if not isinstance(batch, torch.Tensor) or batch.device == torch.device(self.device):
+        tensors = batch if isinstance(batch, dict) else {"cubes": batch}
+        if not all(isinstance(t, torch.Tensor) for t in tensors.values()) or all(
+            t.device == torch.device(self.device) for t in tensors.values()
+        ):
             return batch
         if get_worker_info() is not None:
             raise UserError(
@@ -173,26 +186,35 @@ class DeviceCollate:
                 "processes, where CUDA is not available: use num_workers=0, or "
                 "CubeDataset.collate with pin_memory=True and .to(device, non_blocking=True)"
             )
-        shape = tuple(batch.shape[1:])
-        dtype = batch.numpy().dtype
+        host = {name: tensor.numpy() for name, tensor in tensors.items()}
+        arrays = {name: (values.shape[1:], values.dtype) for name, values in host.items()}
         staging = self._staging
-        if staging is None or (staging.cube_shape, staging.dtype) != (shape, dtype):
-            staging = self._staging = Staging(torch.device(self.device), 0, shape, dtype)  # type: ignore[arg-type]
-
-        def fill(host: np.ndarray) -> None:
-            host[...] = batch.numpy()
-
-        pending: Pending = staging.upload(len(batch), fill, fresh=True)
+        if staging is None or staging.arrays != arrays:
+            staging = self._staging = Staging(torch.device(self.device), 0, arrays)
+        n = len(host["cubes"])
+        pending: Pending = staging.upload(n, fill_from(host), fresh=True)
         return pending.ready()
 
 
-class CubeRows(list[torch.Tensor]):
-    """The cubes of one batch as a list of tensors (what ``default_collate`` stacks), and
-    the ``(n, depth, dim, dim)`` tensor they are rows of, ``batch``."""
+class CubeRows(list[Any]):
+    """The cubes of one batch as a list of tensors (what ``default_collate`` stacks), or of
+    mappings of tensors by array name where the cubes have paired arrays, and the ``(n,
+    depth, dim, dim)`` tensor they are rows of (the mapping of such tensors), ``batch``."""
 
-    def __init__(self, batch: torch.Tensor) -> None:
-        super().__init__(batch)
+    def __init__(self, batch: Any) -> None:
+        if isinstance(batch, dict):
+            n = len(batch["cubes"])
+            super().__init__({name: t[k] for name, t in batch.items()} for k in range(n))
+        else:
+            super().__init__(batch)
         self.batch = batch
+
+
+def as_tensors(read: Any) -> Any:
+    """A read as tensors (over the same memory): one, or a mapping of them by name."""
+    if isinstance(read, dict):
+        return {name: as_tensors(values) for name, values in read.items()}
+    return read if isinstance(read, torch.Tensor) else torch.from_numpy(np.asarray(read))
 
 
 class SharedBuffers:

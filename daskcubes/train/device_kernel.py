@@ -13,6 +13,12 @@ depth + 1 + width)``: each cube's frames, its first row and its columns. A progr
 tile of ``BLOCK_H`` rows by ``BLOCK_W`` columns of one cube layer: it reads the tile's
 column indices once, then its values, and writes them where they go, row by row,
 contiguously. No index of the output's size is made, nor any temporary.
+
+The output may be one channel of a batch of several (``out[:, c]`` of ``(n, channels,
+depth, height, width)``): each cube's values contiguous, cubes ``out.stride(0)`` apart.
+``slots`` (int64, one per cube of the index) puts index cube ``k`` into output cube
+``slots[k]``: the cubes of one volume of a batch drawn from several, cut where they go
+with an index of that volume's cubes only.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ MAX_BLOCK_W = 128
 def _cut(
     block,
     index,
+    slots,
     out,
     n_frames,
     block_rows,
@@ -39,13 +46,16 @@ def _cut(
     depth,
     height,
     width,
+    cube_stride,
+    HAS_SLOTS: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    layer = tl.program_id(0).to(tl.int64)  # cube i's layer f: i * depth + f
+    layer = tl.program_id(0).to(tl.int64)  # index cube i's layer f: i * depth + f
     cube = layer // depth
+    f = layer % depth
     recipe = index + cube * (depth + 1 + width)
-    frame = tl.load(recipe + layer % depth)
+    frame = tl.load(recipe + f)
     first = tl.load(recipe + depth)
     held = (frame >= 0) & (frame < n_frames)
     r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -54,18 +64,31 @@ def _cut(
     columns = tl.load(recipe + depth + 1 + c, mask=in_row, other=0)
     mask = (r < height)[:, None] & in_row[None, :]
     source = block + ((frame * block_rows + first + r) * n_cols)[:, None] + columns[None, :]
-    target = out + ((layer * height + r) * width)[:, None] + c[None, :]
+    slot = tl.load(slots + cube) if HAS_SLOTS else cube  # constexpr: one branch compiled
+    target = out + slot * cube_stride + ((f * height + r) * width)[:, None] + c[None, :]
     tl.store(target, tl.load(source, mask=mask), mask=mask)
 
 
-def gather(block: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The cubes of ``index`` (int64, ``(n, depth + 1 + width)``) from the row-major
-    ``block`` (frames, rows, n_cols) into the contiguous ``out`` (n, depth, height,
-    width), all on one device; indices checked by the caller."""
-    n, depth, height, width = out.shape
+def gather(
+    block: torch.Tensor,
+    index: torch.Tensor,
+    out: torch.Tensor,
+    slots: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The cubes of ``index`` (int64, ``(m, depth + 1 + width)``) from the row-major
+    ``block`` (frames, rows, n_cols) into ``out`` (n, depth, height, width; each cube
+    contiguous), cube ``k`` into ``out[slots[k]]`` (``slots`` int64 ``(m,)``; None:
+    ``out[k]``, ``m == n``), all on one device; indices checked by the caller."""
+    _, depth, height, width = out.shape
+    n = len(index)
     n_frames, block_rows, n_cols = block.shape
-    assert block.is_contiguous() and out.is_contiguous() and index.is_contiguous()
+    assert block.is_contiguous() and index.is_contiguous()
+    assert out.stride()[1:] == (height * width, width, 1)
     assert index.shape == (n, depth + 1 + width) and index.dtype == torch.int64
+    if slots is None:
+        assert n == len(out)
+    else:
+        assert slots.shape == (n,) and slots.dtype == torch.int64 and slots.is_contiguous()
     block_w = min(triton.next_power_of_2(width), MAX_BLOCK_W)
     block_h = min(triton.next_power_of_2(height), max(TILE // block_w, 1))
     grid = (n * depth, triton.cdiv(height, block_h), triton.cdiv(width, block_w))
@@ -73,6 +96,7 @@ def gather(block: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> torch
         _cut[grid](
             block,
             index,
+            index if slots is None else slots,
             out,
             n_frames,
             block_rows,
@@ -80,6 +104,8 @@ def gather(block: torch.Tensor, index: torch.Tensor, out: torch.Tensor) -> torch
             depth,
             height,
             width,
+            out.stride(0),
+            HAS_SLOTS=slots is not None,
             BLOCK_H=block_h,
             BLOCK_W=block_w,
         )
