@@ -505,3 +505,25 @@ def test_info_names_the_volumes_of_a_frames_store_and_a_cube_store(
     for line in ("    0 'v2': 6 x 9 x 11, share", "    1 'v10': 5 x 10 x 8, share", "    2 'v11'"):
         assert line in cubes
     assert "  paired arrays: labels (int8)" in cubes
+
+
+def test_the_shipped_volumes_preset_runs_on_data_at_its_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    place = tmp_path / "daskcubes-data" / "volumes"
+    shapes = {"scan-1": (12, 40, 36), "scan-2": (10, 36, 40)}
+    expected = {}
+    for k, (name, shape) in enumerate(shapes.items()):
+        values = random_frames(shape, k)
+        labels = np.zeros(shape, dtype="int8")
+        labels[:, :, : shape[2] // 2] = 1
+        expected[name] = (values.astype("float32"), labels)
+    frame_files(place / "scan-1" / "frames", expected["scan-1"][0])
+    zarr_array(place / "scan-1" / "labels.zarr", expected["scan-1"][1])
+    netcdf(place / "scan-2.nc", image=expected["scan-2"][0])
+    zarr_array(place / "scan-2-labels.zarr", expected["scan-2"][1])
+    assert main(["run", "--config", "volumes", "--scheduler", "sync", "--quiet"]) == 0
+    check_cubes(place / "cubes.zarr", expected)
+    labels = read(place / "cubes.zarr", "labels")
+    assert 0.4 < (labels == 1).mean() < 0.6  # label_ratios 1:1
