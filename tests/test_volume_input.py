@@ -527,3 +527,84 @@ def test_the_shipped_volumes_preset_runs_on_data_at_its_paths(
     check_cubes(place / "cubes.zarr", expected)
     labels = read(place / "cubes.zarr", "labels")
     assert 0.4 < (labels == 1).mean() < 0.6  # label_ratios 1:1
+
+
+# -- the same checks in Python: mappings of volume names to paths or arrays --------------
+
+
+def _api_dataset(root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    frames = {
+        "a": str(zarr_array(root / "a.zarr", random_frames((5, 8, 9), 0))),
+        "b": str(zarr_array(root / "b.zarr", random_frames((6, 8, 9), 1, "float32"))),
+    }
+    labels = {
+        "a": str(zarr_array(root / "la.zarr", label_volume((5, 8, 9), 0))),
+        "b": str(zarr_array(root / "lb.zarr", label_volume((6, 8, 9), 1))),
+    }
+    return frames, labels
+
+
+API_CASES: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "label-shape": (
+        lambda f, la, r: (f, {**la, "b": la["a"]}),
+        ("volume 'b'", "labels", "la.zarr", "(5, 8, 9)", "(6, 8, 9)"),
+    ),
+    "labels-without-frames": (
+        lambda f, la, r: (f, {**la, "c": la["a"]}),
+        ("labels: volume 'c' has no frames",),
+    ),
+    "channels-of-other-shapes": (
+        lambda f, la, r: (
+            {**f, "b": [random_frames((6, 8, 9), 2), random_frames((6, 8, 8), 3)]},
+            {},
+        ),
+        ("volume 'b'", "channel '1'", "(6, 8, 8)"),
+    ),
+    "paired-dtypes": (
+        lambda f, la, r: (
+            f,
+            {**la, "b": str(zarr_array(r / "lb16.zarr", label_volume((6, 8, 9), 1, "int16")))},
+        ),
+        ("volume 'b'", "labels", "lb16.zarr", "int16", "int8", "volume 'a'"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", API_CASES)
+def test_bad_volumes_in_python_are_one_line(case: str, tmp_path: Path) -> None:
+    change, expected = API_CASES[case]
+    frames, labels = change(*_api_dataset(tmp_path), tmp_path)
+    with pytest.raises(UserError) as raised:
+        daskcubes.ingest(
+            frames=frames,
+            labels=labels or None,
+            frames_store=str(tmp_path / "frames.zarr"),
+            progress=False,
+        )
+    message = str(raised.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message, (part, message)
+    assert not (tmp_path / "frames.zarr").exists()
+
+
+def test_a_preset_s_bad_volumes_are_the_same_line_in_python(tmp_path: Path) -> None:
+    listed = _listed(tmp_path)
+    file = preset(tmp_path, [listed[0], {**listed[1], "labels": listed[0]["labels"]}])
+    with pytest.raises(UserError, match=r"^volume 'b': paired array 'labels' \(labels '.*la"):
+        daskcubes.ingest(str(file), progress=False)
+    file = preset(tmp_path, [listed[0], {**listed[1], "lables": "x"}])
+    with pytest.raises(UserError, match=r"setting 'volumes': volume 1 'b': unknown key 'lables'"):
+        daskcubes.ingest(str(file), progress=False)
+
+
+def test_frames_of_other_dtypes_mix_in_python_and_paired_arrays_keep_theirs(
+    tmp_path: Path,
+) -> None:
+    frames, labels = _api_dataset(tmp_path)  # float64 and float32 frames, int8 labels
+    daskcubes.ingest(
+        frames=frames, labels=labels, frames_store=str(tmp_path / "frames.zarr"), progress=False
+    )
+    attrs = daskcubes_attrs(tmp_path / "frames.zarr")
+    assert attrs["pairs"] == {"labels": "int8"}
+    assert [v["arrays"]["frames"]["dtype"] for v in attrs["volumes"]] == ["float64", "float32"]
