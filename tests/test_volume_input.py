@@ -335,7 +335,12 @@ def _frame_files_beside_frames(root: Path) -> tuple[str, ...]:
     return ("volume 'v10'", "v10/stray.parquet", "frames.zarr")
 
 
+def _no_folder(root: Path) -> tuple[str, ...]:
+    return ("volumes", "vols'", "no such folder")
+
+
 BAD_FOLDERS = {
+    "no-folder": _no_folder,
     "label-shape": _label_shape,
     "labels-without-frames": _labels_without_frames,
     "one-name-twice": _one_name_twice,

@@ -574,6 +574,8 @@ def folder_volumes(folder: str, storage: Storage) -> list[VolumeFiles]:
 
     Anything else, or an empty folder, is refused in one line naming it."""
     storage.check_reachable(folder, "volumes")
+    if not storage.exists(folder):
+        raise UserError(f"volumes '{folder}': no such folder; expected a folder of volumes")
     if not storage.isdir(folder) or is_array_location(folder, storage):
         raise UserError(
             f"volumes '{folder}': not a folder of volumes; give one store or folder of "
