@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import math
+import posixpath
 import sys
 import tempfile
 import types
@@ -48,6 +49,10 @@ COMMANDS = {
 }
 
 
+#: What the value of a setting's option is, where VALUE says too little.
+METAVARS = {"volumes": "DIR"}
+
+
 def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     field = Config.model_fields[name]
     flag = "--" + name.replace("_", "-")
@@ -74,7 +79,8 @@ def _add_setting(parser: argparse.ArgumentParser, name: str) -> None:
     elif annotation is int or (isinstance(annotation, types.UnionType) and int in args):
         parser.add_argument(*flags, dest=name, type=int, default=None, metavar="N", help=text)
     else:
-        parser.add_argument(*flags, dest=name, default=None, metavar="VALUE", help=text)
+        metavar = METAVARS.get(name, "VALUE")
+        parser.add_argument(*flags, dest=name, default=None, metavar=metavar, help=text)
 
 
 def _word_or_json(text: str) -> str | dict[str, Any]:
@@ -182,7 +188,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {name: getattr(args, name) for name in Config.model_fields}
     if args.frames is not None and args.synthetic is None:
         overrides["synthetic"] = False  # frames named on the command line are the user's data
-    return config_of(args.config, overrides, "command line")
+    config = config_of(args.config, overrides, "command line")
+    # A folder of volumes is its own option: --frames names one volume's store or files.
+    if config.volumes is not None and args.frames is not None:
+        given = "--volumes" if args.volumes is not None else "the preset's volumes"
+        raise UserError(
+            f"command line: --frames and {given} both name the data; give --frames for one "
+            "volume (files or one store) or --volumes for a folder of volumes, not both"
+        )
+    if args.volumes is not None and args.synthetic:
+        raise UserError(
+            "command line: --synthetic generates frames, but --volumes names the data; "
+            "leave out --synthetic"
+        )
+    return config
 
 
 def describe_store(path: str, storage: Storage) -> list[str]:
@@ -200,14 +219,19 @@ def describe_store(path: str, storage: Storage) -> list[str]:
         lines += _describe_plan(CubeSchema.from_attrs(attrs["plan"]))
         lines.append(f"  frames store: {attrs['frames_store']['path']}")
     elif "volumes" in attrs:
+        pairs = ", ".join(f"{name} ({dtype})" for name, dtype in attrs["pairs"].items())
         lines.append(
             f"  {len(attrs['volumes'])} volumes; channels {', '.join(attrs['channels'])}; "
-            f"paired arrays {', '.join(attrs['pairs']) or 'none'}"
+            f"paired arrays {pairs or 'none'}"
         )
-        lines += [
-            f"    {k} '{volume['name']}': {' x '.join(map(str, volume['shape']))}"
-            for k, volume in enumerate(attrs["volumes"])
-        ]
+        for k, volume in enumerate(attrs["volumes"]):
+            arrays = [
+                f"{name} {array['dtype']} from {_sources(array['sources'])}"
+                for name, array in volume["arrays"].items()
+            ]
+            shape = " x ".join(map(str, volume["shape"]))
+            lines.append(f"    {k} '{volume['name']}': {shape}, {arrays[0]}")
+            lines += [f"      {array}" for array in arrays[1:]]
     else:
         sources = attrs["sources"]
         named = (
@@ -215,6 +239,19 @@ def describe_store(path: str, storage: Storage) -> list[str]:
         )
         lines.append(f"  sources: {named}, columns {len(attrs['columns'])}")
     return lines
+
+
+def _sources(sources: list[dict[str, Any]]) -> str:
+    """Where an array of a frames store came from, as its attributes record it: frame
+    files, a stored array (and its variable), or an array given in Python."""
+    if sources and all("path" in s for s in sources):
+        folder = posixpath.dirname(sources[0]["path"]) or "."
+        return f"{len(sources)} files in '{folder}'"
+    first = sources[0] if sources else {}
+    if "array" not in first or "dask" in first:
+        return str(first.get("array", "an array given in Python"))
+    variable = f" variable '{first['variable']}'" if "variable" in first else ""
+    return f"'{first['array']}'{variable}"
 
 
 def _describe_plan(schema: CubeSchema) -> list[str]:

@@ -52,6 +52,61 @@ Compressor = Literal["none", "lz4", "zstd"]
 FrameFormat = Literal["parquet", "csv"]
 
 
+class VolumeEntry(BaseModel):
+    """One volume of a dataset named in a preset (``volumes:`` as a list): its name, its
+    frames (anything ``frames`` takes), and the arrays stored and cut beside them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="the volume's name (numbered in the order listed)")
+    frames: str = Field(
+        description="its frames: a folder or glob of frame files, a zarr array, or a zarr "
+        "store, NetCDF or HDF5 file (frames_variable)"
+    )
+    labels: str | None = Field(
+        None, description="its label volume, of the frames' shape, cut with each cube"
+    )
+    arrays: dict[str, str] = Field(
+        default_factory=dict,
+        description="other arrays of the frames' shape cut with each cube, by name (mask: PATH)",
+    )
+    frames_variable: str | None = Field(
+        None,
+        description="the variable(s) of its frames, comma separated for channels "
+        "(default: the setting frames_variable)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _has_frames(cls, values: Any) -> Any:
+        # Labels for a volume without frames: one line naming both, not "field required".
+        if isinstance(values, dict) and "frames" not in values:
+            given = ", ".join(f"{k} {short(v)}" for k, v in values.items() if k != "name")
+            raise ValueError(
+                f"volume {short(values.get('name'))} has no frames ({given or 'nothing else'} "
+                "given); expected frames: PATH"
+            )
+        return values
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ValueError("expected a name, without '/', for each volume")
+        return value
+
+    @model_validator(mode="after")
+    def _labels_once(self) -> VolumeEntry:
+        if "labels" in self.arrays:
+            raise ValueError(f"volume '{self.name}': labels given in arrays; give them as labels")
+        return self
+
+    @property
+    def pairs(self) -> dict[str, str]:
+        """The paired arrays by name: ``labels`` first, then ``arrays``."""
+        return {**({} if self.labels is None else {"labels": self.labels}), **self.arrays}
+
+
 class Config(BaseModel):
     """All settings of a daskcubes run, validated.
 
@@ -72,8 +127,18 @@ class Config(BaseModel):
         description="the variable of frames (frame, row, column) in a zarr store, NetCDF or "
         "HDF5 file (default: its only 3-D variable)",
     )
+    volumes: str | list[VolumeEntry] | None = Field(
+        None,
+        description="a dataset of many volumes instead of frames: a folder holding one entry "
+        "a volume, in natural sort order, each named by its entry less its suffix (a folder "
+        "of frame files, a zarr array or group, a NetCDF/HDF5 file, or a folder holding "
+        "'frames' and paired arrays such as 'labels'); in a preset also a list of "
+        "{name, frames, labels, arrays, frames_variable}. Nothing synthetic is generated",
+    )
     synthetic: bool = Field(
-        True, description="generate synthetic frames into 'frames' before ingesting"
+        True,
+        description="generate synthetic frames into 'frames' before ingesting (false "
+        "whenever volumes are given)",
     )
     frame_format: FrameFormat = Field("parquet", description="file format of synthetic frames")
     n_frames: int = Field(100, ge=1, description="synthetic frames: how many")
@@ -243,7 +308,39 @@ class Config(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, values: Any) -> Any:
-        return canonical(values) if isinstance(values, dict) else values
+        if not isinstance(values, dict):
+            return values
+        values = canonical(values)
+        if values.get("volumes") is not None:  # the user's data: nothing to generate
+            values["synthetic"] = False
+        return values
+
+    @field_validator("volumes", mode="before")
+    @classmethod
+    def _volumes(cls, value: Any) -> str | list[VolumeEntry] | None:
+        # One message for each form (a union would report each alternative's error).
+        if value is None or isinstance(value, str):
+            if value is not None and not value.strip():
+                raise ValueError("expected a folder of volumes, or a list of volumes")
+            return value
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError(
+                "expected a folder of volumes, or a list of volumes, each "
+                "{name, frames, labels, arrays, frames_variable}"
+            )
+        entries = [
+            entry if isinstance(entry, VolumeEntry) else _entry(k, entry)
+            for k, entry in enumerate(value)
+        ]
+        names = [entry.name for entry in entries]
+        for k, name in enumerate(names):
+            if name in names[:k]:
+                first = entries[names.index(name)]
+                raise ValueError(
+                    f"volume '{name}': given twice, by frames '{first.frames}' and "
+                    f"'{entries[k].frames}'; expected one name a volume"
+                )
+        return entries
 
     @field_validator("task_size", mode="plain")
     @classmethod
@@ -312,6 +409,33 @@ class Config(BaseModel):
         return self
 
 
+def _entry(index: int, given: Any) -> VolumeEntry:
+    """The ``index``-th volume of a preset's list, whose first problem is one line naming
+    it (a ValueError, as a setting's validator raises)."""
+    if not isinstance(given, dict):
+        raise ValueError(
+            f"volume {index} is {short(given)}; expected a mapping "
+            "{name, frames, labels, arrays, frames_variable}"
+        )
+    try:
+        return VolumeEntry(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = f"volume {index}" + (
+            f" '{given['name']}'" if isinstance(given.get("name"), str) else ""
+        )
+        key = ".".join(str(part) for part in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            known = ", ".join(VolumeEntry.model_fields)
+            raise ValueError(f"{where}: unknown key '{key}'; known keys: {known}") from None
+        if not key:
+            raise ValueError(
+                message if message.startswith("volume ") else f"{where}: {message}"
+            ) from None
+        raise ValueError(f"{where}: {key}: {message} (got {short(first.get('input'))})") from None
+
+
 def canonical(settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` with every older name (:data:`ALIASES`) given its current one."""
     renamed = dict(settings)
@@ -345,6 +469,8 @@ def describe(error: ValidationError, source: str | None = None) -> str:
         line = f"unknown setting '{name}'; known settings: {', '.join(Config.model_fields)}"
     elif not name:  # a check across settings: its message names them
         line = message
+    elif name == "volumes" and first["type"] == "value_error":  # it names the volume
+        line = f"setting '{name}': {message}"
     else:
         line = f"setting '{name}': {message} (got {short(first.get('input'))})"
     return f"{source}: {line}" if source else line

@@ -22,7 +22,13 @@ from daskcubes.cut.job import DatasetCut, plan_cut
 from daskcubes.errors import UserError
 from daskcubes.io.layout import WriteMode, frames_store_info
 from daskcubes.io.lease import LeaseTerms
-from daskcubes.io.sources import VolumeSource, dataset_sources
+from daskcubes.io.sources import (
+    VolumeFiles,
+    VolumeSource,
+    dataset_sources,
+    folder_volumes,
+    volume_sources,
+)
 from daskcubes.io.storage import Storage
 from daskcubes.io.synthetic import SyntheticFrames
 from daskcubes.runtime import stages
@@ -127,6 +133,11 @@ def generate(
     executor: Executor | None = None,
 ) -> StageResult:
     """Write the config's ``n_frames`` synthetic frame files into ``frames``."""
+    if config.volumes is not None:
+        raise UserError(
+            "generate: writes synthetic frames into frames, but volumes are given "
+            "(the dataset to ingest); leave volumes out to generate frames"
+        )
     frames = SyntheticFrames(
         config.frames,
         config.frame_format,
@@ -159,11 +170,21 @@ def ingest(
 
 
 def config_volumes(config: Config, storage: Storage) -> list[VolumeSource]:
-    """The dataset the config names: the frames at ``frames`` (one volume, with channels
-    if ``frames_variable`` names several variables)."""
-    return dataset_sources(
-        config.frames, {}, config.frames_variable, storage, config.allow_nonfinite
-    )
+    """The dataset the config names: its ``volumes`` (a folder of volumes, or a preset's
+    list), or else the frames at ``frames`` (one volume); each with channels where its
+    ``frames_variable`` names several variables."""
+    if config.volumes is None:
+        return dataset_sources(
+            config.frames, {}, config.frames_variable, storage, config.allow_nonfinite
+        )
+    if isinstance(config.volumes, str):
+        found = folder_volumes(config.volumes, storage)
+    else:
+        found = [
+            VolumeFiles(v.name, v.frames, tuple(v.pairs.items()), v.frames_variable)
+            for v in config.volumes
+        ]
+    return volume_sources(found, config.frames_variable, storage, config.allow_nonfinite)
 
 
 def sample(

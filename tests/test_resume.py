@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import zarr
 
@@ -288,3 +289,91 @@ def test_a_store_of_an_older_layout_resumes_in_it_and_verifies(
     assert main(["verify", str(out), "--against", str(frames_ready / "frames.zarr")]) == 0
     new = open_cubes(str(frames_ready / "new.zarr"))
     assert open_cubes(str(out))[:].tobytes() == new[:].tobytes()
+
+
+# -- datasets of many volumes -----------------------------------------------------------
+
+#: Volumes of other shapes and frame counts: (name, frames, rows, columns).
+VOLUMES = (("v2", 90, 24, 30), ("v10", 110, 20, 36), ("v11", 100, 28, 26))
+
+
+def volume_args(root: Path) -> list[str]:
+    return [
+        *("--volumes", str(root / "vols"), "--frames-store", str(root / "frames.zarr")),
+        "--quiet",
+    ]
+
+
+def volumes_folder(root: Path, fmt: str = "parquet", labels: bool = True) -> Path:
+    """A folder of volumes, each a folder of frame files (written by ``generate``) and,
+    with ``labels``, int8 labels (class 1 in the left half of every frame, else 0)."""
+    for k, (name, n_frames, n_rows, n_cols) in enumerate(VOLUMES):
+        folder = root / "vols" / name
+        frames = folder / "frames" if labels else folder
+        generate = ["generate", "--frames", str(frames), "--synthetic", "--frame-format", fmt]
+        generate += ["--n-frames", str(n_frames), "--n-rows", str(n_rows)]
+        generate += ["--n-cols", str(n_cols), "--seed", str(k), "--dim", "4", "--quiet"]
+        assert main(generate) == 0
+        if labels:
+            values = np.zeros((n_frames, n_rows, n_cols), dtype="int8")
+            values[:, :, : n_cols // 2] = 1
+            zarr.create_array(str(folder / "labels.zarr"), data=values, chunks=(8, n_rows, n_cols))
+    return root / "vols"
+
+
+def test_sigkill_mid_ingest_of_many_volumes_then_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    volumes_folder(tmp_path, fmt="csv")
+    args = volume_args(tmp_path)
+    process = start(["ingest", *args, "--scheduler", "sync"])
+    interrupt_after_progress(process, tmp_path / "frames.zarr", "frames", signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    total = 2 * sum(n_frames for _, n_frames, _, _ in VOLUMES)  # frames and labels
+    assert 0 < recorded(tmp_path / "frames.zarr", "frames") < total
+    assert main(["sample", "--frames-store", str(tmp_path / "frames.zarr"), "--quiet"]) == 2
+    assert "incomplete (its ingest did not finish)" in capsys.readouterr().err
+    assert main(["ingest", *args, "--resume"]) == 0
+    clean = [*args, "--frames-store", str(tmp_path / "clean.zarr")]
+    assert main(["ingest", *clean]) == 0
+    assert_stores_identical(tmp_path / "clean.zarr", tmp_path / "frames.zarr")
+    stored: Any = zarr.open_group(str(tmp_path / "frames.zarr"), mode="r")
+    assert [v["name"] for v in stored.attrs["daskcubes"]["volumes"]] == ["v2", "v10", "v11"]
+
+
+def volume_cube_args(root: Path, out: str = "cubes.zarr") -> list[str]:
+    # Many one-cube tasks of label-balanced windows, so that a run lasts long enough to
+    # be killed half-way.
+    return [
+        *("--frames-store", str(root / "frames.zarr"), "--out", str(root / out)),
+        *("--no-synthetic", "--depth", "6", "--frame-mode", "window", "--dim", "8"),
+        *("--row-mode", "window", "--column-mode", "window"),
+        *("--label-ratios", '{"0": 1, "1": 1}', "--seed", "5", "--cubes", "600"),
+        *("--shard-size", "1", "--batch-size", "1", "--workers", "2", "--quiet"),
+    ]
+
+
+def test_sigkill_mid_sample_of_many_volumes_with_labels_then_resume(tmp_path: Path) -> None:
+    volumes_folder(tmp_path)
+    assert main(["ingest", *volume_args(tmp_path)]) == 0
+    killed = kill_mid_run(["sample", *volume_cube_args(tmp_path)], 200, tmp_path / "kill")
+    assert killed.stopped and killed.status == -signal.SIGKILL, killed.output
+    out = tmp_path / "cubes.zarr"
+    assert 200 <= recorded(out, "shards") < 600, killed.output
+    with pytest.raises(UserError, match="incomplete"):
+        open_cubes(str(out))
+
+    finished_before = recorded(out, "shards")
+    resumed = start(["sample", *volume_cube_args(tmp_path), "--resume"])
+    done, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    made_before = int(done.split("cubes (")[1].split(" made by an earlier run")[0])
+    assert made_before >= finished_before  # only unfinished cubes were cut again
+    assert main(["sample", *volume_cube_args(tmp_path, out="clean.zarr")]) == 0
+    assert_stores_identical(tmp_path / "clean.zarr", out)
+    group: Any = zarr.open_group(str(out), mode="r")
+    volumes, labels = np.asarray(group["volumes"][...]), np.asarray(group["labels"][...])
+    assert set(volumes.tolist()) == {0, 1, 2}  # every volume is cut from
+    assert labels.dtype == np.int8 and 0.4 < (labels == 1).mean() < 0.6  # balanced 1:1
+    assert open_cubes(str(out)).complete

@@ -28,10 +28,12 @@ import dask.array as da
 import numpy as np
 import zarr
 from dask.base import tokenize
+from natsort import natsorted
 
 from daskcubes.core.volumes import FRAMES
 from daskcubes.errors import UserError
 from daskcubes.io.frames import (
+    FRAME_SUFFIXES,
     FrameSpec,
     find_frame_files,
     fingerprint,
@@ -385,8 +387,9 @@ def check_dataset(volumes: list[VolumeSource]) -> None:
         ):
             if [n for n, _ in mine] != [n for n, _ in theirs]:
                 raise UserError(
-                    f"volume '{volume.name}': {what} {[n for n, _ in mine]}; expected those "
-                    f"of volume '{first.name}': {[n for n, _ in theirs]}"
+                    f"volume '{volume.name}' ({volume.channels[0][1].what}): {what} "
+                    f"{[n for n, _ in mine]}; expected those of volume '{first.name}': "
+                    f"{[n for n, _ in theirs]}"
                 )
         for (name, source), (_, firsts) in zip(volume.pairs, first.pairs, strict=True):
             if source.dtype != firsts.dtype:
@@ -462,5 +465,170 @@ def dataset_sources(
         )
         for name, value in volumes.items()
     ]
+    check_dataset(found)
+    return found
+
+
+# -- a folder of volumes, and volumes named one by one -----------------------------------
+
+
+@dataclass(frozen=True)
+class VolumeFiles:
+    """Where one volume of a dataset is: its frames (frame files, a zarr array or group, a
+    NetCDF or HDF5 file), the variable(s) of its frames (``None``: the setting's), and the
+    paired arrays stored beside them, by name."""
+
+    name: str
+    frames: str
+    pairs: tuple[tuple[str, str], ...] = ()
+    variable: str | None = None
+
+
+#: Suffixes a volume's name drops: a folder of volumes names each volume by its entry's
+#: name less one of these (``a.zarr`` and ``a.nc`` are volume ``a``).
+ARRAY_SUFFIXES = (".zarr", *XARRAY_FILE_SUFFIXES)
+
+
+def entry_stem(url: str) -> str:
+    """The name of a folder's entry less an array suffix (``.zarr``, ``.nc``, ``.h5``, ...);
+    other names (a folder ``run.1`` of frame files) stay whole."""
+    name = basename(url)
+    stem, suffix = posixpath.splitext(name)
+    return stem if suffix.lower() in ARRAY_SUFFIXES else name
+
+
+def _entry_kind(url: str, storage: Storage) -> str | None:
+    """``array`` (a zarr store, a NetCDF or HDF5 file), ``folder`` (any other folder), or
+    ``None`` (another file)."""
+    if is_array_location(url, storage):
+        return "array"
+    return "folder" if storage.isdir(url) else None
+
+
+_NEITHER = (
+    "expected a folder of frame files (parquet or CSV), a zarr array or group, or a NetCDF "
+    "or HDF5 file"
+)
+
+
+def _listed(folder: str, storage: Storage) -> list[str]:
+    """The entries of ``folder`` in natural sort order, less hidden ones (``.DS_Store``)."""
+    return list(
+        natsorted(
+            (url for url in storage.entries(folder) if not basename(url).startswith(".")),
+            key=basename,
+        )
+    )
+
+
+def _unique(entries: list[str], what: str) -> dict[str, str]:
+    """``entries`` by stem; two entries of one stem are refused, naming both."""
+    by_stem: dict[str, str] = {}
+    for url in entries:
+        stem = entry_stem(url)
+        if stem in by_stem:
+            raise UserError(
+                f"{what} '{stem}': given twice, by '{by_stem[stem]}' and '{url}'; expected "
+                f"one entry a {what}"
+            )
+        by_stem[stem] = url
+    return by_stem
+
+
+def _folder_volume(name: str, url: str, storage: Storage) -> VolumeFiles:
+    """The volume in the folder ``url``: frame files, or an entry named ``frames`` and
+    the arrays paired with it (``labels``, ...) as entries of their own names."""
+    entries = _listed(url, storage)
+    arrays = [e for e in entries if _entry_kind(e, storage) is not None]
+    files = [e for e in entries if e not in arrays]
+    frame_files = [f for f in files if posixpath.splitext(f)[1].lower() in FRAME_SUFFIXES]
+    by_name = _unique(arrays, f"volume '{name}': array")
+    if FRAMES not in by_name:
+        if arrays:
+            raise UserError(
+                f"volume '{name}' ('{url}'): holds '{basename(arrays[0])}' but no frames; "
+                f"a volume with paired arrays holds its frames as an entry named "
+                f"'{FRAMES}' ({_NEITHER})"
+            )
+        if not frame_files:
+            raise UserError(f"volume '{name}' ('{url}'): holds no frames; {_NEITHER}")
+        return VolumeFiles(name, url)
+    if files:
+        raise UserError(
+            f"volume '{name}': '{files[0]}' beside its frames '{by_name[FRAMES]}'; a volume "
+            f"with an entry '{FRAMES}' holds only it and its paired arrays ({_NEITHER})"
+        )
+    pairs = tuple((pair, found) for pair, found in by_name.items() if pair != FRAMES)
+    return VolumeFiles(name, by_name[FRAMES], pairs)
+
+
+def folder_volumes(folder: str, storage: Storage) -> list[VolumeFiles]:
+    """The volumes of the folder ``folder``, one an entry (hidden ones aside), in the
+    natural sort order of their names, each named by its entry's name less its suffix:
+
+    - a folder of frame files (parquet or CSV);
+    - a zarr array or group, a NetCDF or HDF5 file (``frames_variable`` names its
+      variable, or several, comma separated, for channels);
+    - a folder holding an entry named ``frames`` (any of the above, less its suffix) and
+      the arrays paired with it, each an entry named by the array (``labels.zarr``).
+
+    Anything else, or an empty folder, is refused in one line naming it."""
+    storage.check_reachable(folder, "volumes")
+    if not storage.exists(folder):
+        raise UserError(f"volumes '{folder}': no such folder; expected a folder of volumes")
+    if not storage.isdir(folder) or is_array_location(folder, storage):
+        raise UserError(
+            f"volumes '{folder}': not a folder of volumes; give one store or folder of "
+            "frame files as frames (--frames)"
+        )
+    entries = _listed(folder, storage)
+    if not entries:
+        raise UserError(f"volumes '{folder}': an empty folder; expected one entry a volume")
+    found = []
+    for name, url in _unique(entries, "volume").items():
+        kind = _entry_kind(url, storage)
+        if kind is None:
+            raise UserError(f"volumes '{folder}': '{url}' is not a volume; {_NEITHER}")
+        found.append(
+            VolumeFiles(name, url) if kind == "array" else _folder_volume(name, url, storage)
+        )
+    return found
+
+
+def volume_sources(
+    volumes: list[VolumeFiles],
+    variable: str | None,
+    storage: Storage,
+    allow_nonfinite: bool = False,
+) -> list[VolumeSource]:
+    """The dataset ``volumes`` as sources, in the order given, checked as
+    :func:`check_dataset` checks; each volume's ``variable``, or else ``variable``, names
+    the variable(s) of its frames. Problems name the volume and its file."""
+    seen: dict[str, str] = {}
+    for volume in volumes:
+        if volume.name in seen:
+            raise UserError(
+                f"volume '{volume.name}': given twice, by '{seen[volume.name]}' and "
+                f"'{volume.frames}'; expected one name a volume"
+            )
+        seen[volume.name] = volume.frames
+    found = []
+    for volume in volumes:
+        try:
+            channels = _channels(
+                volume.frames, volume.variable or variable, storage, allow_nonfinite
+            )
+            pairs = tuple(
+                (name, replace(_pair(url, storage), what=f"{name} '{url}'"))
+                for name, url in volume.pairs
+            )
+        except UserError as error:
+            message = str(error)
+            raise UserError(
+                message
+                if message.startswith(f"volume '{volume.name}'")
+                else f"volume '{volume.name}': {message}"
+            ) from None
+        found.append(VolumeSource(volume.name, channels, pairs))
     check_dataset(found)
     return found
