@@ -131,6 +131,11 @@ def ingest(
     of the frames' shape, or a mapping by volume name as ``frames`` is.
     """
     pairs = {**(paired or {}), **({} if labels is None else {"labels": labels})}
+    if (frames is not None or pairs) and settings_of(config, **settings).volumes is not None:
+        raise UserError(
+            "ingest: frames (or labels) and the setting volumes both name the dataset; give "
+            "frames, one volume or a mapping of volumes, or volumes, a folder or a list"
+        )
     if (frames is None or isinstance(frames, str | Path)) and not pairs:
         if frames is not None:
             settings["frames"] = str(frames)

@@ -323,3 +323,12 @@ def test_damaged_label_and_volume_chunks_are_found_and_cut_again(
     assert mended.shards == [5] and mended.recipe_blocks == [0]
     assert_stores_identical(given["out"], clean)
     assert not verify_cube_store(given["out"], Storage(), store).problems
+
+
+def test_frames_and_the_volumes_setting_together_are_refused(tmp_path: Path) -> None:
+    frames, labels = volumes()
+    store = tmp_path / "frames.zarr"
+    for given in ({"frames": frames}, {"frames": str(tmp_path)}, {"labels": labels}):
+        with pytest.raises(UserError, match="frames \\(or labels\\) and the setting volumes"):
+            daskcubes.ingest(**given, volumes=str(tmp_path), frames_store=str(store))
+    assert not store.exists()
