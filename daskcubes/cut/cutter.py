@@ -10,6 +10,7 @@ at a time.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -175,12 +176,14 @@ _buffers = threading.local()
 def _batch_buffer(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A per-thread output buffer for array ``name``, reused so that each task does not
     page-fault anew."""
-    kept: dict[str, np.ndarray] = getattr(_buffers, "arrays", None) or {}
-    _buffers.arrays = kept
+    kept: dict[str, np.ndarray] | None = getattr(_buffers, "arrays", None)
+    if kept is None:
+        kept = _buffers.arrays = {}
+    size = math.prod(shape)
     buffer = kept.get(name)
-    if buffer is None or buffer.dtype != dtype or buffer.size < int(np.prod(shape)):
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
         buffer = kept[name] = np.empty(shape, dtype=dtype)
-    return buffer.reshape(-1)[: int(np.prod(shape))].reshape(shape)
+    return buffer.reshape(-1)[:size].reshape(shape)
 
 
 def output_shapes(cut: DatasetCut, n: int) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -198,6 +201,10 @@ def cut_into(cut: DatasetCut, cubes: np.ndarray, outs: Mapping[str, np.ndarray])
     """The cubes ``cubes`` (any indices, any order) and their paired cubes into ``outs``
     (by name, as :func:`output_shapes`); returns each cube's volume."""
     volumes, recipes = cut_recipes(cut, cubes)
+    only = cut.volumes[0]
+    if len(cut.volumes) == 1 and only is not None and len(outs) == 1 and cut.channels == 1:
+        cut_cubes(only.channels[0], recipes, outs[CUBES])  # one array of one volume
+        return volumes
     found = np.unique(volumes) if len(cut.volumes) > 1 else volumes[:1]
     for volume in found:
         mine = np.flatnonzero(volumes == volume) if len(found) > 1 else slice(None)
