@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 
 from daskcubes.core.definition import CubeSizes, Definition, check_cube_fits
-from daskcubes.core.plan import CubePlan, Recipes, recipes_of, task_size_for
+from daskcubes.core.plan import CubePlan, Recipes, task_size_for
 from daskcubes.core.tables import WindowTable
 from daskcubes.core.volumes import (
     DatasetPlan,
@@ -378,15 +378,6 @@ def _with_map(
     return replace(plan, map_fingerprint=table.fingerprint)
 
 
-def laid_out(job: CutJob, worker_memory: int, threads: int, share: float = 1.0) -> CutJob:
-    """``job`` with its source laid out for workers of ``worker_memory`` bytes and
-    ``threads`` threads, within its ``share`` of the budget (its volume's other arrays
-    have the rest; nothing is read again)."""
-    asked = job.max_slab_bytes
-    layout = _layout(job.plan, job.frames, job.dtype, asked, worker_memory, threads, share)
-    return replace(job, source=layout)
-
-
 def for_workers(cut: DatasetCut, worker_memory: int, threads: int) -> DatasetCut:
     """``cut`` with its source laid out for workers of ``worker_memory`` bytes and
     ``threads`` threads (nothing is read again)."""
@@ -395,7 +386,10 @@ def for_workers(cut: DatasetCut, worker_memory: int, threads: int) -> DatasetCut
         whole = sum(np.dtype(job.dtype).itemsize for job in cut.jobs)
 
         def laid(job: CutJob) -> CutJob:
-            return laid_out(job, worker_memory, threads, np.dtype(job.dtype).itemsize / whole)
+            share = np.dtype(job.dtype).itemsize / whole  # of the volume's budget
+            asked = job.max_slab_bytes
+            layout = _layout(job.plan, job.frames, job.dtype, asked, worker_memory, threads, share)
+            return replace(job, source=layout)
 
         return VolumeCut(tuple(map(laid, cut.channels)), tuple(map(laid, cut.pairs)))
 
@@ -412,11 +406,6 @@ def job_table(job: CutJob, fresh: bool = False) -> WindowTable | None:
     return window_table(
         spec, job.storage, plan.definition.modes, plan.cube_shape, job.frames.shape, fresh
     )
-
-
-def job_recipes(job: CutJob, cubes: np.ndarray) -> Recipes:
-    """Recipes of ``cubes`` (any indices, any order) under the job's plan."""
-    return recipes_of(job.plan, cubes, job_table(job))
 
 
 def cut_recipes(cut: DatasetCut, cubes: np.ndarray) -> tuple[np.ndarray, Recipes]:

@@ -36,7 +36,7 @@ from bench.rows import CUBES_PER_S, Key, Row
 from daskcubes import Batches, jobs, open_stream
 from daskcubes.core.kernels import gather_cubes
 from daskcubes.cut.cutter import cut_range, warm_worker, worker_slab
-from daskcubes.cut.job import DatasetCut, available_memory, for_workers, job_recipes
+from daskcubes.cut.job import DatasetCut, available_memory, cut_recipes, for_workers
 
 #: Alternating rounds of every row; each row reports its median.
 ROUNDS = 5
@@ -63,9 +63,8 @@ def kernel_rate(setup: Setup) -> Callable[[], float]:
     """The kernel alone: every task's recipes of the article's job computed beforehand,
     then ``gather_cubes`` on the worker slab into one buffer per thread."""
     job, threads = _job(setup, setup.cubes, setup.threads), setup.threads
-    plan, only = job.plan, job.jobs()[0]  # the article's: one volume of plain frames
-    slab = worker_slab(only)
-    batches = [job_recipes(only, np.arange(*bounds)) for bounds in task_bounds(job)]
+    plan, slab = job.plan, worker_slab(job.jobs()[0])  # the article's: one volume's frames
+    batches = [cut_recipes(job, np.arange(*bounds))[1] for bounds in task_bounds(job)]
     size = max(stop - start for start, stop in task_bounds(job))
     buffers = [np.empty((size, *plan.cube_shape), job.dtype) for _ in range(threads)]
 
