@@ -150,11 +150,11 @@ class CubeSchema:
         """The ``daskcubes.plan`` attribute of the store."""
         plan, definition, first = self.plan, self.plan.definition, self.plan.first
         volume = (
-            {
+            {  # in the order stores have always recorded them
+                "map_fingerprint": first.map_fingerprint,
                 "n_frames": first.n_frames,
                 "n_rows": first.n_rows,
                 "n_cols": first.n_cols,
-                "map_fingerprint": first.map_fingerprint,
             }
             if not self.volumes
             else {
@@ -173,7 +173,6 @@ class CubeSchema:
             "height": first.height,
             "width": first.width,
             **definition.to_dict(),
-            **{key: volume.pop(key) for key in ("map_fingerprint",) if key in volume},
             **volume,
             "seed": plan.seed,
             "shard_size": plan.shard_size,
