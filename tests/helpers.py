@@ -64,6 +64,38 @@ def triton_interpreted(monkeypatch: Any) -> Iterator[None]:
         importlib.reload(device_kernel)
 
 
+#: Windows along every axis, as the map tests draw them.
+WINDOWS: dict[str, Any] = {"frame_mode": "window", "row_mode": "window", "column_mode": "window"}
+
+
+def save(path: Path, values: np.ndarray) -> str:
+    """``values`` as a zarr array at ``path``; returns the path."""
+    import zarr
+
+    array = zarr.open_array(str(path), mode="w", shape=values.shape, dtype=values.dtype)
+    array[...] = values
+    return str(path)
+
+
+def map_config(root: Path, kind: str, **more: Any) -> Config:
+    """A run of windows drawn from a weight map or a label volume of 6 x 30 x 20."""
+    shape = (6, 30, 20)
+    if kind == "weights":
+        weights = np.random.default_rng(2).random(shape)
+        weights[:, 10:] = 0.0
+        maps: dict[str, Any] = {"weights": save(root / "weights.zarr", weights)}
+    else:
+        labels = np.zeros(shape, dtype=np.int16)
+        labels[:, :, 12:] = 3
+        maps = {
+            "labels": save(root / "labels.zarr", labels),
+            "label_ratios": {0: 1.0, 3: 1.0},
+            "label_fraction": 0.75,
+        }
+    values = {"n_frames": 6, "n_rows": 30, "n_cols": 20, "depth": 2, "height": 5, "width": 4}
+    return small_config(root, **values, **WINDOWS, **maps, **more)
+
+
 def small_config(root: Path, **overrides: Any) -> Config:
     """Settings of a small run whose files all live under ``root``."""
     values: dict[str, Any] = {

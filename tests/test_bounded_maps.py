@@ -19,15 +19,7 @@ from daskcubes.core.plan import RECIPE, WEIGHTS_RECIPE, CubePlan
 from daskcubes.core.tables import MapSpec, WindowTable, starts_shape, summarise
 from daskcubes.cut import job as job_module
 from daskcubes.errors import UserError
-from tests.helpers import small_config
-
-WINDOWS: dict[str, Any] = {"frame_mode": "window", "row_mode": "window", "column_mode": "window"}
-
-
-def save(path: Path, values: np.ndarray) -> str:
-    array = zarr.open_array(str(path), mode="w", shape=values.shape, dtype=values.dtype)
-    array[...] = values
-    return str(path)
+from tests.helpers import map_config, save
 
 
 def follows(counts: np.ndarray, weights: np.ndarray) -> bool:
@@ -40,25 +32,6 @@ def follows(counts: np.ndarray, weights: np.ndarray) -> bool:
     statistic = float(((counts[weights > 0] - expected) ** 2 / expected).sum())
     df = expected.size - 1
     return statistic < df + 3.72 * np.sqrt(2 * df)
-
-
-def map_config(root: Path, kind: str) -> Any:
-    """A run of windows drawn from a weight map or a label volume of 6 x 30 x 20."""
-    shape = (6, 30, 20)
-    if kind == "weights":
-        weights = np.random.default_rng(2).random(shape)
-        weights[:, 10:] = 0.0
-        maps: dict[str, Any] = {"weights": save(root / "weights.zarr", weights)}
-    else:
-        labels = np.zeros(shape, dtype=np.int16)
-        labels[:, :, 12:] = 3
-        maps = {
-            "labels": save(root / "labels.zarr", labels),
-            "label_ratios": {0: 1.0, 3: 1.0},
-            "label_fraction": 0.75,
-        }
-    values = {"n_frames": 6, "n_rows": 30, "n_cols": 20, "depth": 2, "height": 5, "width": 4}
-    return small_config(root, **values, **WINDOWS, **maps)
 
 
 class ArrayMap:

@@ -18,10 +18,10 @@ from daskcubes.errors import UserError
 from daskcubes.io.storage import Storage
 from daskcubes.runtime.verify import verify_cube_store
 from daskcubes.testing import assert_stores_identical
+from tests.helpers import WINDOWS
 
 #: Three volumes of different shapes (frames, rows, columns).
 SHAPES = {"a": (10, 20, 30), "b": (12, 25, 22), "c": (9, 18, 40)}
-WINDOWS = {"frame_mode": "window", "row_mode": "window", "column_mode": "window"}
 CUBE = {"depth": 4, "height": 6, "width": 5}
 
 

@@ -13,7 +13,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from daskcubes import jobs, open_cubes, open_stream
 from daskcubes.cli import main
-from daskcubes.config import Config
 from daskcubes.core.definition import Definition
 from daskcubes.core.plan import CubePlan, Recipes, recipes
 from daskcubes.core.tables import WindowTable
@@ -21,18 +20,11 @@ from daskcubes.errors import UserError
 from daskcubes.io.maps import window_table
 from daskcubes.io.storage import Storage
 from daskcubes.testing import assert_stores_identical
-from tests.helpers import small_args, small_config
+from tests.helpers import WINDOWS, map_config, save, small_args
 
 #: A small volume and window: 3 x 10 x 8 = 240 window starts.
 VOLUME = (4, 12, 10)
 WINDOW = (2, 3, 3)
-WINDOWS: dict[str, Any] = {"frame_mode": "window", "row_mode": "window", "column_mode": "window"}
-
-
-def save(path: Path, values: np.ndarray) -> str:
-    array = zarr.open_array(str(path), mode="w", shape=values.shape, dtype=values.dtype)
-    array[...] = values
-    return str(path)
 
 
 def weight_map() -> np.ndarray:
@@ -202,25 +194,6 @@ def test_a_class_no_window_can_meet_is_refused(tmp_path: Path) -> None:
 
 
 # -- through the pipeline ----------------------------------------------------------------
-
-
-def map_config(root: Path, kind: str, **more: Any) -> Config:
-    """A run of windows drawn from a weight map or a label volume of 6 x 30 x 20."""
-    shape = (6, 30, 20)
-    if kind == "weights":
-        weights = np.random.default_rng(2).random(shape)
-        weights[:, 10:] = 0.0
-        maps: dict[str, Any] = {"weights": save(root / "weights.zarr", weights)}
-    else:
-        labels = np.zeros(shape, dtype=np.int16)
-        labels[:, :, 12:] = 3
-        maps = {
-            "labels": save(root / "labels.zarr", labels),
-            "label_ratios": {0: 1.0, 3: 1.0},
-            "label_fraction": 0.75,
-        }
-    values = {"n_frames": 6, "n_rows": 30, "n_cols": 20, "depth": 2, "height": 5, "width": 4}
-    return small_config(root, **values, **WINDOWS, **maps, **more)
 
 
 @pytest.mark.parametrize("kind", ["weights", "labels"])

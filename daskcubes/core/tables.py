@@ -541,13 +541,8 @@ def _weight_totals(
         return running
 
     # The sums of ``height`` rows of the window's frames, frame start by frame start.
-    held = np.zeros((start_rows, start_cols + width - 1), dtype=np.uint64)
-    for frame in range(depth):
-        np.add(held, _rows_of(down_rows(frame), 0, start_rows, height), out=held)
-    for start in range(n_starts):
-        if start:
-            np.add(held, _rows_of(down_rows(start + depth - 1), 0, start_rows, height), out=held)
-            np.subtract(held, _rows_of(down_rows(start - 1), 0, start_rows, height), out=held)
+    zeros = np.zeros((start_rows, start_cols + width - 1), dtype=np.uint64)
+    for held in _over_frame_starts(zeros, down_rows, depth, n_starts, start_rows, height):
         totals.append(_block_totals(_across_columns(held, width), rows))
     return scale, np.concatenate(totals)
 
@@ -571,6 +566,25 @@ def _class_rows(values: np.ndarray, spec: MapSpec, height: int) -> np.ndarray:
     for k, label in enumerate(labels):
         np.cumsum(values == label, axis=0, dtype=dtype, out=running[k, 1:])
     return running
+
+
+def _over_frame_starts(
+    held: np.ndarray,
+    down_rows: Callable[[int], np.ndarray],
+    depth: int,
+    n_starts: int,
+    start_rows: int,
+    height: int,
+) -> Iterator[np.ndarray]:
+    """``held`` (zeros) summed over the ``height`` rows of ``depth`` frames, for each frame
+    start in turn: the frame that enters added, the one that leaves taken away, in place."""
+    for frame in range(depth):
+        np.add(held, _rows_of(down_rows(frame), 0, start_rows, height), out=held)
+    for start in range(n_starts):
+        if start:
+            np.add(held, _rows_of(down_rows(start + depth - 1), 0, start_rows, height), out=held)
+            np.subtract(held, _rows_of(down_rows(start - 1), 0, start_rows, height), out=held)
+        yield held
 
 
 def _rows_of(down: np.ndarray, first: int, stop: int, height: int) -> np.ndarray:
@@ -628,13 +642,8 @@ def _label_counts(
         return running
 
     # Each class's counts over ``height`` rows of the window's frames, start by start.
-    held = np.zeros((len(asked), start_rows, start_cols + width - 1), dtype=np.int64)
-    for frame in range(depth):
-        np.add(held, _rows_of(down_rows(frame), 0, start_rows, height), out=held)
-    for start in range(n_starts):
-        if start:
-            np.add(held, _rows_of(down_rows(start + depth - 1), 0, start_rows, height), out=held)
-            np.subtract(held, _rows_of(down_rows(start - 1), 0, start_rows, height), out=held)
+    zeros = np.zeros((len(asked), start_rows, start_cols + width - 1), dtype=np.int64)
+    for held in _over_frame_starts(zeros, down_rows, depth, n_starts, start_rows, height):
         for k, count in enumerate(_across_columns(held, width)):
             most[k] = max(most[k], int(count.max()))
             found[k].append(_block_totals((count >= need).astype(np.int64), rows))
